@@ -1,0 +1,277 @@
+//! Configuration: the serde model, profile defaults and validation.
+//! Layering (least to most specific) lives in [`load`].
+
+mod load;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pgmux_wire::auth::Secret;
+use serde::{Deserialize, Serialize};
+
+pub use load::{load, ConfigError, Env};
+
+/// `DJANGO_ENV=production` selects [`Profile::Production`]; anything else is
+/// development. The profile sets the defaults that BookTrader's contract names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Development,
+    Production,
+}
+
+impl Profile {
+    pub fn server_lifetime(self) -> u64 {
+        match self {
+            Profile::Development => 300,
+            Profile::Production => 600,
+        }
+    }
+    pub fn server_connect_timeout(self) -> u64 {
+        match self {
+            Profile::Development => 10,
+            Profile::Production => 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Transaction,
+    Session,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthType {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    Md5,
+    Plain,
+    Trust,
+}
+
+/// Every general setting is a flat top-level key; see proxy.toml for the
+/// annotated list. Durations are in seconds (fractions allowed).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen_addr: String,
+    pub metrics_addr: String,
+    pub server_host: String,
+    pub server_port: u16,
+    pub pool_mode: PoolMode,
+    pub pool_size: u32,
+    pub min_pool_size: u32,
+    pub max_db_connections: u32,
+    pub max_client_conn: u32,
+    pub server_lifetime: f64,
+    pub server_lifetime_jitter: f64,
+    pub server_idle_timeout: f64,
+    pub server_connect_timeout: f64,
+    pub server_login_retry: f64,
+    pub query_wait_timeout: f64,
+    pub client_login_timeout: f64,
+    pub server_reset_query: String,
+    pub max_message_size: u32,
+    pub auth_type: AuthType,
+    pub auth_file: String,
+    pub admin_users: Vec<String>,
+    pub wildcard_databases: bool,
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    #[serde(default)]
+    pub users: BTreeMap<String, UserConfig>,
+    /// Chosen by `DJANGO_ENV`, not by a key.
+    #[serde(skip_deserializing, default = "default_profile")]
+    pub profile: Profile,
+}
+
+fn default_profile() -> Profile {
+    Profile::Development
+}
+
+/// `[databases.NAME]`: where a client-facing database name really lives.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub dbname: Option<String>,
+    pub pool_size: Option<u32>,
+}
+
+/// `[users.NAME]`: a user allowed in. `password` may be plaintext, an
+/// `md5...` hash or a SCRAM verifier; only plaintext lets pgmux log in to the
+/// server as that user when the server asks for a password.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    #[serde(serialize_with = "mask")]
+    pub password: String,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserConfig { password: *** }")
+    }
+}
+
+fn mask<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("********")
+}
+
+/// Where a pool's server connections go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+/// Zero means "never" for the optional timeouts.
+fn optional_secs(s: f64) -> Option<Duration> {
+    (s > 0.0).then(|| secs(s))
+}
+
+impl Config {
+    pub fn listen(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("listen_addr", &self.listen_addr)
+    }
+    pub fn metrics(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.metrics_addr.is_empty() {
+            return Ok(None);
+        }
+        parse_addr("metrics_addr", &self.metrics_addr).map(Some)
+    }
+    pub fn server_lifetime(&self) -> Option<Duration> {
+        optional_secs(self.server_lifetime)
+    }
+    pub fn server_idle_timeout(&self) -> Option<Duration> {
+        optional_secs(self.server_idle_timeout)
+    }
+    pub fn server_connect_timeout(&self) -> Duration {
+        secs(self.server_connect_timeout)
+    }
+    pub fn server_login_retry(&self) -> Duration {
+        secs(self.server_login_retry)
+    }
+    pub fn query_wait_timeout(&self) -> Option<Duration> {
+        optional_secs(self.query_wait_timeout)
+    }
+    pub fn client_login_timeout(&self) -> Duration {
+        secs(self.client_login_timeout)
+    }
+
+    /// The backend for a client-facing database name, or `None` when the
+    /// name is not configured and wildcard pooling is off.
+    pub fn target(&self, database: &str) -> Option<Target> {
+        let db = self.databases.get(database);
+        if db.is_none() && !self.wildcard_databases {
+            return None;
+        }
+        let db = db.cloned().unwrap_or_default();
+        Some(Target {
+            host: db.host.unwrap_or_else(|| self.server_host.clone()),
+            port: db.port.unwrap_or(self.server_port),
+            dbname: db.dbname.unwrap_or_else(|| database.to_string()),
+        })
+    }
+
+    pub fn pool_size_for(&self, database: &str) -> u32 {
+        self.databases
+            .get(database)
+            .and_then(|d| d.pool_size)
+            .unwrap_or(self.pool_size)
+    }
+
+    /// The secrets of every user allowed in: proxy.toml's `[users]`, then
+    /// the auth_file (which wins for a name in both).
+    pub fn user_secrets(&self) -> Result<BTreeMap<String, Secret>, ConfigError> {
+        let mut out: BTreeMap<String, Secret> = self
+            .users
+            .iter()
+            .map(|(name, u)| (name.clone(), Secret::parse(&u.password)))
+            .collect();
+        if !self.auth_file.is_empty() {
+            let text = std::fs::read_to_string(&self.auth_file).map_err(|e| {
+                ConfigError::new(format!("auth_file: cannot read {}: {e}", self.auth_file))
+            })?;
+            for (name, secret) in load::parse_userlist(&text).map_err(|line| {
+                ConfigError::new(format!(
+                    "auth_file: {}: line {line} is not `\"user\" \"secret\"`",
+                    self.auth_file
+                ))
+            })? {
+                out.insert(name, Secret::parse(&secret));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks no single key's type can express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen()?;
+        self.metrics()?;
+        let positive = [
+            ("pool_size", self.pool_size as f64),
+            ("max_client_conn", self.max_client_conn as f64),
+            ("server_connect_timeout", self.server_connect_timeout),
+            ("client_login_timeout", self.client_login_timeout),
+            ("server_login_retry", self.server_login_retry),
+        ];
+        for (key, v) in positive {
+            if v.is_nan() || v <= 0.0 {
+                return Err(ConfigError::new(format!(
+                    "{key}: expected a value above zero, got {v}"
+                )));
+            }
+        }
+        let non_negative = [
+            ("server_lifetime", self.server_lifetime),
+            ("server_idle_timeout", self.server_idle_timeout),
+            ("query_wait_timeout", self.query_wait_timeout),
+        ];
+        for (key, v) in non_negative {
+            if v.is_nan() || v < 0.0 || v > 1e9 {
+                return Err(ConfigError::new(format!(
+                    "{key}: expected seconds from 0 (off) upwards, got {v}"
+                )));
+            }
+        }
+        if !(0.0..=0.5).contains(&self.server_lifetime_jitter) {
+            return Err(ConfigError::new(format!(
+                "server_lifetime_jitter: expected a fraction between 0 and 0.5, got {}",
+                self.server_lifetime_jitter
+            )));
+        }
+        if self.min_pool_size > self.pool_size {
+            return Err(ConfigError::new(format!(
+                "min_pool_size: {} is larger than pool_size {}",
+                self.min_pool_size, self.pool_size
+            )));
+        }
+        if self.max_message_size < 1024 {
+            return Err(ConfigError::new(
+                "max_message_size: expected at least 1024 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::new(format!(
+            "{key}: expected host:port such as 127.0.0.1:6432, got {value:?}"
+        ))
+    })
+}

@@ -1,0 +1,180 @@
+use super::*;
+use std::io::Write;
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn repo_proxy_toml() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proxy.toml")
+}
+
+#[test]
+fn nothing_set_gives_the_documented_defaults() {
+    let cfg = load(None, &Env::new()).unwrap();
+    assert_eq!(cfg.listen_addr, "127.0.0.1:6432");
+    assert_eq!(
+        (cfg.server_host.as_str(), cfg.server_port),
+        ("127.0.0.1", 5432)
+    );
+    assert_eq!(cfg.pool_mode, PoolMode::Transaction);
+    assert_eq!(cfg.auth_type, AuthType::ScramSha256);
+    assert_eq!(
+        (cfg.server_lifetime, cfg.server_connect_timeout),
+        (300.0, 10.0)
+    );
+    assert_eq!(cfg.profile, Profile::Development);
+}
+
+#[test]
+fn production_profile_holds_even_with_the_repo_proxy_toml() {
+    let file = repo_proxy_toml();
+    for f in [None, Some(file.as_path())] {
+        let cfg = load(f, &env(&[("DJANGO_ENV", "production")])).unwrap();
+        assert_eq!(
+            (cfg.server_lifetime, cfg.server_connect_timeout),
+            (600.0, 30.0),
+            "file {f:?}"
+        );
+        assert_eq!(cfg.profile, Profile::Production);
+        let cfg = load(f, &env(&[("DJANGO_ENV", "development")])).unwrap();
+        assert_eq!(
+            (cfg.server_lifetime, cfg.server_connect_timeout),
+            (300.0, 10.0),
+            "file {f:?}"
+        );
+    }
+}
+
+#[test]
+fn contract_variables_override_profile_and_file() {
+    let cfg = load(
+        Some(&repo_proxy_toml()),
+        &env(&[
+            ("DJANGO_ENV", "production"),
+            ("DB_CONN_MAX_AGE", "42"),
+            ("DB_CONNECT_TIMEOUT", "7"),
+            ("DB_HOST", "db.internal"),
+            ("DB_PORT", "5433"),
+            ("DB_NAME", "booktrader"),
+            ("DB_USER", "bt"),
+            ("DB_PASSWORD", "007"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        (cfg.server_lifetime, cfg.server_connect_timeout),
+        (42.0, 7.0)
+    );
+    assert_eq!(
+        (cfg.server_host.as_str(), cfg.server_port),
+        ("db.internal", 5433)
+    );
+    assert!(cfg.databases.contains_key("booktrader"));
+    assert_eq!(
+        cfg.users["bt"].password, "007",
+        "a password must never be parsed as a number"
+    );
+}
+
+#[test]
+fn pgmux_variables_win_over_everything() {
+    let cfg = load(
+        None,
+        &env(&[
+            ("DB_CONN_MAX_AGE", "42"),
+            ("PGMUX_SERVER_LIFETIME", "9"),
+            ("PGMUX_LISTEN_ADDR", "127.0.0.1:7432"),
+            ("PGMUX_POOL_SIZE", "5"),
+            ("PGMUX_ADMIN_USERS", "ops,root"),
+            ("PGMUX_CONFIG", "/ignored"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.server_lifetime, 9.0);
+    assert_eq!(cfg.listen_addr, "127.0.0.1:7432");
+    assert_eq!(cfg.pool_size, 5);
+    assert_eq!(cfg.admin_users, vec!["ops".to_string(), "root".to_string()]);
+}
+
+#[test]
+fn bad_values_name_the_variable_or_key() {
+    let err = |pairs: &[(&str, &str)]| load(None, &env(pairs)).unwrap_err().to_string();
+    let e = err(&[("DB_CONN_MAX_AGE", "abc")]);
+    assert!(
+        e.starts_with("DB_CONN_MAX_AGE: expected a whole number of seconds"),
+        "{e}"
+    );
+    let e = err(&[("DB_PORT", "70000")]);
+    assert!(e.starts_with("DB_PORT: expected a TCP port"), "{e}");
+    let e = err(&[("PGMUX_POOL_SIZE", "lots")]);
+    assert!(e.starts_with("PGMUX_POOL_SIZE:"), "{e}");
+    let e = err(&[("PGMUX_NO_SUCH_THING", "1")]);
+    assert!(e.contains("PGMUX_NO_SUCH_THING"), "{e}");
+    let e = err(&[("PGMUX_LISTEN_ADDR", "nowhere")]);
+    assert!(e.starts_with("listen_addr: expected host:port"), "{e}");
+}
+
+#[test]
+fn unknown_file_key_and_bad_port_are_named() {
+    let mut f = tempfile_in_target("unknown.toml");
+    writeln!(f.1, "pool_sise = 3").unwrap();
+    let e = load(Some(&f.0), &Env::new()).unwrap_err().to_string();
+    assert!(e.contains("unknown key `pool_sise`"), "{e}");
+    let mut f = tempfile_in_target("port.toml");
+    writeln!(f.1, "server_port = 99999").unwrap();
+    let e = load(Some(&f.0), &Env::new()).unwrap_err().to_string();
+    assert!(e.contains("server_port"), "{e}");
+}
+
+fn tempfile_in_target(name: &str) -> (std::path::PathBuf, std::fs::File) {
+    let dir = std::env::temp_dir().join(format!("pgmux-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let f = std::fs::File::create(&path).unwrap();
+    (path, f)
+}
+
+#[test]
+fn userlist_lines_parse_like_pgbouncer() {
+    let parsed =
+        load::parse_userlist("; comment\n\"alice\" \"md5abc\"\n\n\"bo\"\"b\" \"se cret\" extra\n")
+            .unwrap();
+    assert_eq!(
+        parsed,
+        vec![
+            ("alice".into(), "md5abc".into()),
+            ("bo\"b".into(), "se cret".into())
+        ]
+    );
+    assert_eq!(load::parse_userlist("alice secret"), Err(1));
+}
+
+#[test]
+fn wildcard_and_mapped_targets() {
+    let mut cfg = load(None, &Env::new()).unwrap();
+    cfg.databases.insert(
+        "app".into(),
+        DatabaseConfig {
+            host: Some("h".into()),
+            port: Some(1),
+            dbname: Some("real".into()),
+            pool_size: Some(3),
+        },
+    );
+    assert_eq!(
+        cfg.target("app").unwrap(),
+        Target {
+            host: "h".into(),
+            port: 1,
+            dbname: "real".into()
+        }
+    );
+    assert_eq!(cfg.target("test_app").unwrap().dbname, "test_app");
+    assert_eq!(cfg.pool_size_for("app"), 3);
+    cfg.wildcard_databases = false;
+    assert_eq!(cfg.target("test_app"), None);
+}

@@ -1,0 +1,2 @@
+//! pgmux: a transaction-pooling PostgreSQL proxy.
+pub mod config;

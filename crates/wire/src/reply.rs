@@ -1,0 +1,182 @@
+//! Messages pgmux writes itself. The typed ones come from `pgwire`'s message
+//! structs; each encoder appends to a caller's buffer so replies batch into
+//! one socket write.
+
+use bytes::BytesMut;
+use pgwire::error::ErrorInfo;
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
+use pgwire::messages::Message;
+
+use crate::frame::write_message;
+
+/// Longest message text pgmux puts in an ErrorResponse it writes.
+const MAX_ERROR_TEXT: usize = 4000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+fn encode(msg: impl Message, out: &mut BytesMut) {
+    // Only fails for messages over pgwire's size caps; everything encoded here
+    // is bounded far below them (see MAX_ERROR_TEXT).
+    let encoded = msg.encode(out);
+    debug_assert!(encoded.is_ok(), "pgwire refused a bounded message");
+}
+
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_ERROR_TEXT {
+        return text.to_string();
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// An ErrorResponse with severity, SQLSTATE and message.
+pub fn error(out: &mut BytesMut, severity: Severity, code: &str, message: &str) {
+    let info = ErrorInfo::new(severity.as_str().into(), clip(code), clip(message));
+    encode(ErrorResponse::from(info), out);
+}
+
+pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+    let status = match status {
+        b'T' => TransactionStatus::Transaction,
+        b'E' => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    encode(ReadyForQuery::new(status), out);
+}
+
+pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+    encode(ParameterStatus::new(name.into(), value.into()), out);
+}
+
+pub fn backend_key_data(out: &mut BytesMut, pid: u32, key: u32) {
+    encode(
+        BackendKeyData::new(pid as i32, SecretKey::I32(key as i32)),
+        out,
+    );
+}
+
+pub fn auth_ok(out: &mut BytesMut) {
+    encode(Authentication::Ok, out);
+}
+
+pub fn auth_cleartext(out: &mut BytesMut) {
+    encode(Authentication::CleartextPassword, out);
+}
+
+pub fn auth_md5(out: &mut BytesMut, salt: [u8; 4]) {
+    encode(Authentication::MD5Password(salt.to_vec()), out);
+}
+
+pub fn auth_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
+    encode(
+        Authentication::SASL(mechanisms.iter().map(|m| m.to_string()).collect()),
+        out,
+    );
+}
+
+pub fn auth_sasl_continue(out: &mut BytesMut, data: &[u8]) {
+    encode(Authentication::SASLContinue(data.to_vec().into()), out);
+}
+
+pub fn auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
+    encode(Authentication::SASLFinal(data.to_vec().into()), out);
+}
+
+/// NegotiateProtocolVersion: "I speak 3.0, and none of your `_pq_.` options".
+pub fn negotiate_protocol_version(out: &mut BytesMut, unsupported: &[&str]) {
+    write_message(out, b'v', |b| {
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b.extend_from_slice(&(unsupported.len() as i32).to_be_bytes());
+        for name in unsupported {
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&[0]);
+        }
+    });
+}
+
+/// A simple-protocol Query message (frontend), for statements pgmux sends.
+pub fn query(out: &mut BytesMut, sql: &str) {
+    write_message(out, b'Q', |b| {
+        b.extend_from_slice(sql.as_bytes());
+        b.extend_from_slice(&[0]);
+    });
+}
+
+/// Quote an SQL identifier: wrap in double quotes, double any inside.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quote an SQL string literal so it reads the same whatever
+/// `standard_conforming_strings` says: quotes are doubled and, when a
+/// backslash is present, the escape-string form with doubled backslashes.
+pub fn quote_literal(value: &str) -> String {
+    let body = value.replace('\'', "''");
+    if body.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ErrorFields;
+    use crate::frame::take_frame;
+
+    #[test]
+    fn error_round_trips_through_the_parser() {
+        let mut out = BytesMut::new();
+        error(
+            &mut out,
+            Severity::Fatal,
+            "28P01",
+            "password authentication failed for user \"bob\"",
+        );
+        let f = take_frame(&mut out, 1 << 20).unwrap().unwrap();
+        assert_eq!(f.tag, b'E');
+        let e = ErrorFields::parse(&f.body);
+        assert_eq!(e.severity, "FATAL");
+        assert_eq!(e.code, "28P01");
+        assert!(e.message.contains("bob"));
+    }
+
+    #[test]
+    fn long_error_text_is_clipped() {
+        let mut out = BytesMut::new();
+        error(&mut out, Severity::Error, "XX000", &"é".repeat(10_000));
+        assert!(out.len() < 2 * MAX_ERROR_TEXT);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("Time\"Zone"), "\"Time\"\"Zone\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\'b"), "E'a\\\\''b'");
+    }
+
+    #[test]
+    fn ready_for_query_bytes() {
+        let mut out = BytesMut::new();
+        ready_for_query(&mut out, b'T');
+        assert_eq!(&out[..], b"Z\0\0\0\x05T");
+    }
+}
