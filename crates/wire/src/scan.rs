@@ -16,8 +16,10 @@ pub const MAX_CAPTURE: usize = 64 * 1024;
 /// What the scanner saw.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
-    /// A message header went by; `len` is the body length.
-    Start { tag: u8, len: usize },
+    /// A message header went by; `len` is the body length and `body_at` the
+    /// offset in the fed slice where the body starts (so the header began at
+    /// `body_at - 5`, or in an earlier slice when that is negative).
+    Start { tag: u8, len: usize, body_at: usize },
     /// A captured message is complete.
     Whole { tag: u8, body: &'a [u8] },
 }
@@ -66,6 +68,7 @@ impl Scanner {
         capture: impl Fn(u8) -> bool,
         mut on: impl FnMut(Event<'_>),
     ) -> Result<(), FrameError> {
+        let total = data.len();
         while !data.is_empty() {
             match &mut self.state {
                 State::Header { have, hdr } => {
@@ -81,7 +84,11 @@ impl Scanner {
                         i32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]),
                         self.max,
                     )?;
-                    on(Event::Start { tag, len });
+                    on(Event::Start {
+                        tag,
+                        len,
+                        body_at: total - data.len(),
+                    });
                     let capture = len <= MAX_CAPTURE && capture(tag);
                     self.captured.clear();
                     self.state = State::Body {

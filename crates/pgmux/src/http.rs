@@ -1,0 +1,99 @@
+//! `/metrics` (Prometheus text format) and `/healthz` on one small HTTP/1.1
+//! listener. Requests are read with a size cap and a deadline; every
+//! response closes the connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::pool::Pools;
+use crate::stats;
+
+const MAX_REQUEST: usize = 8 * 1024;
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+pub async fn serve(listener: TcpListener, pools: Arc<Pools>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let pools = pools.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(REQUEST_DEADLINE, answer(stream, &pools)).await;
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, pools: &Pools) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf.len() > MAX_REQUEST {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"request too large\n",
+            )
+            .await;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    match (method, path) {
+        (b"GET", b"/metrics") => {
+            let body = render_metrics(pools);
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/plain; version=0.0.4",
+                body.as_bytes(),
+            )
+            .await
+        }
+        (b"GET", b"/healthz") => respond(&mut stream, "200 OK", "text/plain", b"ok\n").await,
+        (b"GET", _) => respond(&mut stream, "404 Not Found", "text/plain", b"not found\n").await,
+        _ => {
+            respond(
+                &mut stream,
+                "405 Method Not Allowed",
+                "text/plain",
+                b"GET only\n",
+            )
+            .await
+        }
+    }
+}
+
+/// Publish the pools' current levels, then render everything recorded.
+pub fn render_metrics(pools: &Pools) -> String {
+    for pool in pools.all() {
+        pool.stats.publish(pool.idle_servers(), pool.max_wait());
+    }
+    stats::recorder().run_upkeep();
+    stats::recorder().render()
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.shutdown().await
+}

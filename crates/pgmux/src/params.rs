@@ -1,0 +1,153 @@
+//! Session parameters: what a client believes is set, what a server has set,
+//! and the SET statements that bring a server in line with a client.
+
+use std::collections::BTreeMap;
+
+use pgmux_wire::reply::{quote_ident, quote_literal};
+
+/// Startup keys that are not server settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Reported by the server but not settable by a client: never synced.
+const READ_ONLY: &[&str] = &[
+    "server_version",
+    "server_version_num",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "session_authorization",
+    "in_hot_standby",
+    "scram_iterations",
+];
+
+/// Parameter name -> value, looked up case-insensitively (`DateStyle` and
+/// `datestyle` are one setting) while keeping the server's spelling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamMap {
+    entries: BTreeMap<String, (String, String)>,
+}
+
+impl ParamMap {
+    pub fn set(&mut self, name: &str, value: &str) {
+        let key = name.to_ascii_lowercase();
+        match self.entries.get_mut(&key) {
+            Some(entry) => entry.1 = value.to_string(),
+            None => {
+                self.entries
+                    .insert(key, (name.to_string(), value.to_string()));
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .get(&name.to_ascii_lowercase())
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.values().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// A client's view at login: the server's reported defaults overlaid
+    /// with the settings from its startup packet (including `options -c`).
+    pub fn for_client(server_defaults: &ParamMap, startup: &[(String, String)]) -> ParamMap {
+        let mut out = server_defaults.clone();
+        for (name, value) in startup {
+            if name == "options" {
+                for (k, v) in pgmux_wire::startup::parse_options(value) {
+                    out.set(&k, &v);
+                }
+            } else if !NOT_SETTINGS.contains(&name.as_str()) {
+                out.set(name, value);
+            }
+        }
+        out
+    }
+
+    /// Settings where `server` differs from `self` (the client), settable ones only.
+    pub fn differences<'a>(&'a self, server: &ParamMap) -> Vec<(&'a str, &'a str)> {
+        self.entries
+            .iter()
+            .filter(|(key, _)| !READ_ONLY.contains(&key.as_str()))
+            .filter(|(key, (_, value))| server.entries.get(*key).map(|(_, v)| v) != Some(value))
+            .map(|(_, (name, value))| (name.as_str(), value.as_str()))
+            .collect()
+    }
+}
+
+/// One simple query that applies `settings`, every name and value quoted.
+pub fn set_statements(settings: &[(&str, &str)]) -> String {
+    let mut sql = String::new();
+    for (name, value) in settings {
+        sql.push_str("SET ");
+        sql.push_str(&quote_ident(name));
+        sql.push_str(" TO ");
+        sql.push_str(&quote_literal(value));
+        sql.push(';');
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> ParamMap {
+        let mut m = ParamMap::default();
+        for (k, v) in pairs {
+            m.set(k, v);
+        }
+        m
+    }
+
+    #[test]
+    fn client_view_overlays_startup_on_defaults() {
+        let defaults = map(&[
+            ("TimeZone", "UTC"),
+            ("DateStyle", "ISO, MDY"),
+            ("server_version", "15"),
+        ]);
+        let startup = vec![
+            ("user".to_string(), "u".to_string()),
+            ("timezone".to_string(), "Europe/Paris".to_string()),
+            ("options".to_string(), "-c search_path=app".to_string()),
+        ];
+        let client = ParamMap::for_client(&defaults, &startup);
+        assert_eq!(client.get("TimeZone"), Some("Europe/Paris"));
+        assert_eq!(client.get("search_path"), Some("app"));
+        assert_eq!(client.get("user"), None);
+        let names: Vec<_> = client.iter().map(|(n, _)| n).collect();
+        assert!(
+            names.contains(&"TimeZone"),
+            "keeps the server's spelling: {names:?}"
+        );
+    }
+
+    #[test]
+    fn differences_skip_read_only_and_equal_settings() {
+        let client = map(&[
+            ("TimeZone", "Asia/Tokyo"),
+            ("DateStyle", "ISO, MDY"),
+            ("server_version", "14"),
+        ]);
+        let server = map(&[
+            ("TimeZone", "UTC"),
+            ("DateStyle", "ISO, MDY"),
+            ("server_version", "15"),
+        ]);
+        assert_eq!(
+            client.differences(&server),
+            vec![("TimeZone", "Asia/Tokyo")]
+        );
+    }
+
+    #[test]
+    fn set_statements_quote_names_and_values() {
+        let sql = set_statements(&[("TimeZone", "x'; DROP TABLE t; --"), ("a\"b", "c")]);
+        assert_eq!(
+            sql,
+            "SET \"TimeZone\" TO 'x''; DROP TABLE t; --';SET \"a\"\"b\" TO 'c';"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! The per-pool housekeeping task: replaces servers past their lifetime,
+//! closes servers idle too long, keeps `min_pool_size` warm. It holds only a
+//! weak reference, so a pool that is forgotten stops its task.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::{lock, Pool};
+use crate::stats::CloseReason;
+
+/// How often a pool is looked after. Lifetimes are minutes; a server past its
+/// age is also caught at checkout and checkin, so this only bounds how long
+/// an unused one lingers.
+const PERIOD: Duration = Duration::from_millis(250);
+
+pub(super) fn spawn(pool: Weak<Pool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(pool) = pool.upgrade() else { break };
+            pool.prune(Instant::now());
+            pool.fill_to_min().await;
+        }
+    });
+}
+
+impl Pool {
+    /// Close idle servers past their lifetime, or idle past the idle
+    /// timeout while more than `min_pool_size` are open.
+    fn prune(&self, now: Instant) {
+        let mut closing = Vec::new();
+        {
+            let mut idle = lock(&self.idle);
+            let mut open = self.open.load(Ordering::Acquire);
+            let mut i = 0;
+            while i < idle.len() {
+                let s = &idle[i];
+                let expired = s.expires.is_some_and(|at| at <= now);
+                let unused = self
+                    .settings
+                    .idle_timeout
+                    .is_some_and(|t| now.duration_since(s.last_used) >= t)
+                    && open > self.settings.min_size;
+                if expired || unused {
+                    closing.push((
+                        idle.remove(i),
+                        if expired {
+                            CloseReason::Lifetime
+                        } else {
+                            CloseReason::Idle
+                        },
+                    ));
+                    open = open.saturating_sub(1);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for (server, reason) in closing {
+            self.discard(server, reason);
+        }
+    }
+
+    async fn fill_to_min(self: &Arc<Self>) {
+        while self.open.load(Ordering::Acquire) < self.settings.min_size
+            && self.backing_off().is_none()
+        {
+            let reserved = self
+                .open
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.settings.min_size).then_some(n + 1)
+                })
+                .is_ok();
+            if !reserved {
+                break;
+            }
+            match self.open_server().await {
+                Ok(mut server) => {
+                    server.last_used = Instant::now();
+                    lock(&self.idle).push(server);
+                    self.returned.notify_one();
+                }
+                Err(err) => {
+                    tracing::warn!(database = %self.database, user = %self.user, error = %err, "could not open a warm server connection");
+                    break;
+                }
+            }
+        }
+    }
+}

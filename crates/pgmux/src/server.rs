@@ -1,0 +1,351 @@
+//! One backend connection: connect and log in, then the few things the proxy
+//! asks of it outside plain forwarding (internal queries, health, identity).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use pgmux_wire::backend::{self, ErrorFields};
+use pgmux_wire::frame::{take_frame, write_message, Frame};
+use pgmux_wire::reply;
+use pgmux_wire::scan::Scanner;
+use pgmux_wire::startup::startup_packet;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cancel::CancelTarget;
+use crate::config::Target;
+use crate::params::ParamMap;
+
+/// Size of a server's read buffer; it lives as long as the connection.
+const SERVER_BUFFER: usize = 64 * 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not connect to server {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("could not connect to server: timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{}", .0.message)]
+    Backend(ErrorFields),
+    #[error("server asked for a password for user \"{0}\", and pgmux has no plaintext password for that user")]
+    NoPassword(String),
+    #[error("server authentication method {0} is not supported")]
+    UnsupportedAuth(i32),
+    #[error("server protocol violation: {0}")]
+    Protocol(String),
+    #[error("server closed the connection unexpectedly")]
+    Closed,
+}
+
+impl ServerError {
+    /// The SQLSTATE a client is given for this failure.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ServerError::Backend(e) if !e.code.is_empty() => &e.code,
+            ServerError::Connect { .. } | ServerError::Timeout(_) => "08001",
+            ServerError::NoPassword(_) => "28000",
+            ServerError::UnsupportedAuth(_) => "28000",
+            ServerError::Protocol(_) => "08P01",
+            ServerError::Backend(_) | ServerError::Closed => "08006",
+        }
+    }
+
+    fn io(e: std::io::Error) -> ServerError {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ServerError::Closed
+        } else {
+            ServerError::Protocol(e.to_string())
+        }
+    }
+}
+
+/// Who pgmux logs in as.
+#[derive(Clone)]
+pub struct Login {
+    pub user: String,
+    pub password: Option<String>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub struct Server {
+    pub stream: TcpStream,
+    /// Read buffer, reused for the connection's life.
+    pub buf: BytesMut,
+    /// Settings as this server has them (reported, or set by pgmux).
+    pub params: ParamMap,
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub backend_pid: u32,
+    pub backend_key: u32,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// When this server is due to be replaced (lifetime with jitter).
+    pub expires: Option<Instant>,
+    /// Message boundaries of what the server sends while relayed.
+    pub scan: Scanner,
+    max_message: usize,
+}
+
+impl Server {
+    /// Connect and log in within `timeout`.
+    pub async fn connect(
+        target: &Target,
+        login: &Login,
+        timeout: Duration,
+        max_message: usize,
+    ) -> Result<Server, ServerError> {
+        match tokio::time::timeout(timeout, Self::connect_inner(target, login, max_message)).await {
+            Ok(result) => result,
+            Err(_) => Err(ServerError::Timeout(timeout)),
+        }
+    }
+
+    async fn connect_inner(
+        target: &Target,
+        login: &Login,
+        max_message: usize,
+    ) -> Result<Server, ServerError> {
+        let where_ = format!("{}:{}", target.host, target.port);
+        let connect_err = |e: std::io::Error| ServerError::Connect {
+            addr: where_.clone(),
+            reason: e.to_string(),
+        };
+        let stream = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(connect_err)?;
+        stream.set_nodelay(true).map_err(connect_err)?;
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(10));
+        socket2::SockRef::from(&stream)
+            .set_tcp_keepalive(&keepalive)
+            .map_err(connect_err)?;
+        let addr = stream.peer_addr().map_err(connect_err)?;
+        let now = Instant::now();
+        let mut server = Server {
+            stream,
+            buf: BytesMut::with_capacity(SERVER_BUFFER),
+            params: ParamMap::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            addr,
+            backend_pid: 0,
+            backend_key: 0,
+            created: now,
+            last_used: now,
+            expires: None,
+            scan: Scanner::new(max_message),
+            max_message,
+        };
+        server.login(&target.dbname, login).await?;
+        Ok(server)
+    }
+
+    async fn login(&mut self, dbname: &str, login: &Login) -> Result<(), ServerError> {
+        let packet = startup_packet(&[("user", &login.user), ("database", dbname)]);
+        self.stream
+            .write_all(&packet)
+            .await
+            .map_err(ServerError::io)?;
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                b'R' => self.authenticate(&frame, login, &mut scram).await?,
+                b'S' => self.record_parameter(&frame.body),
+                b'K' => {
+                    let (pid, key) = backend::backend_key_data(&frame.body)
+                        .ok_or_else(|| ServerError::Protocol("short BackendKeyData".into()))?;
+                    self.backend_pid = pid;
+                    self.backend_key = key;
+                }
+                b'Z' => return Ok(()),
+                b'E' => return Err(ServerError::Backend(ErrorFields::parse(&frame.body))),
+                b'N' | b'v' => {}
+                t => {
+                    return Err(ServerError::Protocol(format!(
+                        "unexpected message {:?} during login",
+                        t as char
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        frame: &Frame,
+        login: &Login,
+        scram: &mut Option<ScramSha256>,
+    ) -> Result<(), ServerError> {
+        let body = &frame.body[..];
+        let code = i32::from_be_bytes(
+            body.get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| ServerError::Protocol("short authentication request".into()))?,
+        );
+        let data = &body[4..];
+        let password = || {
+            login
+                .password
+                .as_deref()
+                .ok_or_else(|| ServerError::NoPassword(login.user.clone()))
+        };
+        let mut out = BytesMut::new();
+        match code {
+            0 => return Ok(()),
+            3 => password_message(&mut out, password()?.as_bytes()),
+            5 => {
+                let salt: [u8; 4] = data
+                    .try_into()
+                    .map_err(|_| ServerError::Protocol("bad MD5 salt".into()))?;
+                let hashed = postgres_protocol::authentication::md5_hash(
+                    login.user.as_bytes(),
+                    password()?.as_bytes(),
+                    salt,
+                );
+                password_message(&mut out, hashed.as_bytes());
+            }
+            10 => {
+                let offers_scram = data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
+                if !offers_scram {
+                    return Err(ServerError::UnsupportedAuth(code));
+                }
+                let client =
+                    ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                write_message(&mut out, b'p', |b| {
+                    b.put_slice(b"SCRAM-SHA-256\0");
+                    b.put_i32(client.message().len() as i32);
+                    b.put_slice(client.message());
+                });
+                *scram = Some(client);
+            }
+            11 => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| ServerError::Protocol("SASL continue without a start".into()))?;
+                client
+                    .update(data)
+                    .map_err(|e| ServerError::Protocol(e.to_string()))?;
+                sasl_response(&mut out, client.message());
+            }
+            12 => {
+                let mut client = scram
+                    .take()
+                    .ok_or_else(|| ServerError::Protocol("SASL final without a start".into()))?;
+                client.finish(data).map_err(|e| {
+                    ServerError::Protocol(format!("server's SCRAM signature did not verify: {e}"))
+                })?;
+                return Ok(());
+            }
+            other => return Err(ServerError::UnsupportedAuth(other)),
+        }
+        self.stream.write_all(&out).await.map_err(ServerError::io)
+    }
+
+    fn record_parameter(&mut self, body: &[u8]) {
+        if let Some((name, value)) = backend::parameter_status(body) {
+            self.params.set(&name, &value);
+        }
+    }
+
+    /// Read one whole message (control paths only; the relay never does this).
+    async fn read_frame(&mut self) -> Result<Frame, ServerError> {
+        loop {
+            if let Some(frame) = take_frame(&mut self.buf, self.max_message)
+                .map_err(|e| ServerError::Protocol(e.to_string()))?
+            {
+                return Ok(frame);
+            }
+            if self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(ServerError::io)?
+                == 0
+            {
+                return Err(ServerError::Closed);
+            }
+        }
+    }
+
+    /// Run statements pgmux itself needs (SET, ROLLBACK, DISCARD ALL),
+    /// swallowing the replies. Returns the final transaction status, or the
+    /// first error the server reported (after draining to ReadyForQuery).
+    pub async fn run(&mut self, sql: &str) -> Result<u8, ServerError> {
+        let mut out = BytesMut::new();
+        reply::query(&mut out, sql);
+        self.stream.write_all(&out).await.map_err(ServerError::io)?;
+        self.drain_until_ready(1).await
+    }
+
+    /// Read and drop replies until `count` ReadyForQuery messages arrived.
+    pub async fn drain_until_ready(&mut self, mut count: usize) -> Result<u8, ServerError> {
+        let mut first_error = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                b'S' => self.record_parameter(&frame.body),
+                b'E' if first_error.is_none() => {
+                    first_error = Some(ErrorFields::parse(&frame.body))
+                }
+                b'Z' => {
+                    count = count.saturating_sub(1);
+                    if count == 0 {
+                        let status = backend::ready_status(&frame.body)
+                            .ok_or_else(|| ServerError::Protocol("bad ReadyForQuery".into()))?;
+                        return match first_error {
+                            Some(e) => Err(ServerError::Backend(e)),
+                            None => Ok(status),
+                        };
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// True when nothing has arrived on an idle connection: a closed socket
+    /// or an unexpected message (PostgreSQL's FATAL before a termination)
+    /// means the server must not be handed out.
+    pub fn is_healthy(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            Ok(_) => false,
+        }
+    }
+
+    pub fn cancel_target(&self) -> CancelTarget {
+        CancelTarget {
+            addr: self.addr,
+            pid: self.backend_pid,
+            key: self.backend_key,
+        }
+    }
+
+    /// Send Terminate and drop the connection.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.stream.write_all(b"X\0\0\0\x04"),
+        )
+        .await;
+    }
+}
+
+/// PasswordMessage: a C string (cleartext or MD5 answer).
+fn password_message(out: &mut BytesMut, data: &[u8]) {
+    write_message(out, b'p', |b| {
+        b.put_slice(data);
+        b.put_u8(0);
+    });
+}
+
+/// SASLResponse: raw bytes under the same tag.
+fn sasl_response(out: &mut BytesMut, data: &[u8]) {
+    write_message(out, b'p', |b| b.put_slice(data));
+}

@@ -1,0 +1,240 @@
+//! From the first byte to ReadyForQuery: the startup packet, the password
+//! exchange, and the greeting (parameters, cancel key).
+
+use bytes::{Buf, BytesMut};
+use pgmux_wire::auth::{AuthError, ScramExchange, ScramVerifier, Secret};
+use pgmux_wire::frame::{read_cstr, take_frame};
+use pgmux_wire::reply::{self, Severity};
+use pgmux_wire::startup::{parse_startup, startup_body_len, StartupError, StartupRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::ClientError;
+use crate::config::AuthType;
+use crate::pool::Pools;
+
+/// Password messages are small; anything bigger during login is hostile.
+const MAX_LOGIN_MESSAGE: usize = 10_000;
+
+/// What the first packet asked for.
+pub enum Opening {
+    Startup(Vec<(String, String)>),
+    Cancel { pid: u32, key: u32 },
+}
+
+/// Read the startup packet, answering SSL/GSSENC requests with `N`.
+pub async fn read_opening(stream: &mut TcpStream) -> Result<Opening, ClientError> {
+    // A client may ask for SSL and then GSSENC before its startup packet.
+    for _ in 0..3 {
+        let raw = stream.read_i32().await.map_err(ClientError::io)?;
+        let len = startup_body_len(raw).map_err(startup_error)?;
+        let mut body = vec![0u8; len];
+        stream
+            .read_exact(&mut body)
+            .await
+            .map_err(ClientError::io)?;
+        match parse_startup(&body).map_err(startup_error)? {
+            // TLS is not offered yet; this is where it will be negotiated.
+            StartupRequest::Ssl | StartupRequest::GssEnc => {
+                stream.write_all(b"N").await.map_err(ClientError::io)?
+            }
+            StartupRequest::Cancel { pid, key } => return Ok(Opening::Cancel { pid, key }),
+            StartupRequest::Startup { minor, mut params } => {
+                if minor > 0 || params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
+                    let unsupported: Vec<String> = params
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("_pq_."))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    params.retain(|(k, _)| !k.starts_with("_pq_."));
+                    let names: Vec<&str> = unsupported.iter().map(String::as_str).collect();
+                    let mut out = BytesMut::new();
+                    reply::negotiate_protocol_version(&mut out, &names);
+                    stream.write_all(&out).await.map_err(ClientError::io)?;
+                }
+                return Ok(Opening::Startup(params));
+            }
+        }
+    }
+    Err(ClientError::fatal(
+        "08P01",
+        "too many encryption requests before the startup packet".into(),
+    ))
+}
+
+fn startup_error(e: StartupError) -> ClientError {
+    let code = match e {
+        StartupError::UnsupportedProtocol { .. } => "0A000",
+        _ => "08P01",
+    };
+    ClientError::fatal(code, e.to_string())
+}
+
+/// Run the password exchange `auth_type` calls for. On success the caller
+/// sends AuthenticationOk.
+pub async fn authenticate(
+    stream: &mut TcpStream,
+    pools: &Pools,
+    decoy: &ScramVerifier,
+    user: &str,
+) -> Result<(), ClientError> {
+    let auth_type = pools.config().auth_type;
+    if auth_type == AuthType::Trust {
+        return Ok(());
+    }
+    let secret = pools.secret(user);
+    let wrong = || {
+        ClientError::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+    };
+    let mut buf = BytesMut::new();
+    let mut out = BytesMut::new();
+    // Like PostgreSQL, a stored MD5 hash forces MD5 and a SCRAM verifier
+    // forces SCRAM, whatever the configured method.
+    let method = match (auth_type, secret) {
+        (AuthType::Plain, _) => AuthType::Plain,
+        (_, Some(Secret::Md5(_))) => AuthType::Md5,
+        (_, Some(Secret::Scram(_))) => AuthType::ScramSha256,
+        (m, _) => m,
+    };
+    match method {
+        AuthType::Plain => {
+            reply::auth_cleartext(&mut out);
+            stream.write_all(&out).await.map_err(ClientError::io)?;
+            let body = read_password_message(stream, &mut buf).await?;
+            let mut s = &body[..];
+            let password = read_cstr(&mut s).ok_or_else(malformed)?;
+            let password = std::str::from_utf8(password).map_err(|_| malformed())?;
+            match secret {
+                Some(secret) if secret.check_plain(user, password) => Ok(()),
+                _ => Err(wrong()),
+            }
+        }
+        AuthType::Md5 => {
+            let salt: [u8; 4] = rand::random();
+            reply::auth_md5(&mut out, salt);
+            stream.write_all(&out).await.map_err(ClientError::io)?;
+            let body = read_password_message(stream, &mut buf).await?;
+            let mut s = &body[..];
+            let response = read_cstr(&mut s).ok_or_else(malformed)?;
+            let response = std::str::from_utf8(response).map_err(|_| malformed())?;
+            match secret {
+                Some(secret) if secret.check_md5(user, salt, response) => Ok(()),
+                _ => Err(wrong()),
+            }
+        }
+        AuthType::ScramSha256 | AuthType::Trust => {
+            // An unknown user still gets a full exchange against a decoy
+            // verifier, so the reply does not reveal which users exist.
+            let verifier = match pools.scram_verifier(user) {
+                Some(v) => v,
+                None => decoy.clone(),
+            };
+            reply::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
+            stream.write_all(&out).await.map_err(ClientError::io)?;
+            let body = read_password_message(stream, &mut buf).await?;
+            let client_first = sasl_initial_response(&body)?;
+            let (exchange, server_first) =
+                ScramExchange::start(verifier, client_first).map_err(|e| sasl_error(e, user))?;
+            out.clear();
+            reply::auth_sasl_continue(&mut out, server_first.as_bytes());
+            stream.write_all(&out).await.map_err(ClientError::io)?;
+            let body = read_password_message(stream, &mut buf).await?;
+            let server_final = exchange.finish(&body).map_err(|e| sasl_error(e, user))?;
+            if pools.scram_verifier(user).is_none() {
+                return Err(wrong());
+            }
+            out.clear();
+            reply::auth_sasl_final(&mut out, server_final.as_bytes());
+            stream.write_all(&out).await.map_err(ClientError::io)
+        }
+    }
+}
+
+fn malformed() -> ClientError {
+    ClientError::fatal("08P01", "malformed password message".into())
+}
+
+fn sasl_error(e: AuthError, user: &str) -> ClientError {
+    match e {
+        AuthError::WrongPassword => ClientError::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        ),
+        AuthError::ChannelBinding => {
+            ClientError::fatal("28000", "channel binding is not supported by pgmux".into())
+        }
+        AuthError::Malformed => ClientError::fatal("08P01", "malformed SCRAM message".into()),
+    }
+}
+
+/// SASLInitialResponse: mechanism name, then a length-prefixed payload.
+fn sasl_initial_response(body: &[u8]) -> Result<&[u8], ClientError> {
+    let mut s = body;
+    let mechanism = read_cstr(&mut s).ok_or_else(malformed)?;
+    if mechanism != b"SCRAM-SHA-256" {
+        return Err(ClientError::fatal(
+            "28000",
+            "pgmux offers only SCRAM-SHA-256".into(),
+        ));
+    }
+    if s.len() < 4 {
+        return Err(malformed());
+    }
+    let len = s.get_i32();
+    if len < 0 || len as usize != s.len() {
+        return Err(malformed());
+    }
+    Ok(s)
+}
+
+async fn read_password_message(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, ClientError> {
+    loop {
+        match take_frame(buf, MAX_LOGIN_MESSAGE) {
+            Ok(Some(frame)) if frame.tag == b'p' => return Ok(frame.body),
+            Ok(Some(frame)) => {
+                return Err(ClientError::fatal(
+                    "08P01",
+                    format!("expected a password message, got {:?}", frame.tag as char),
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ClientError::fatal("08P01", e.to_string())),
+        }
+        if stream.read_buf(buf).await.map_err(ClientError::io)? == 0 {
+            return Err(ClientError::Gone);
+        }
+    }
+}
+
+/// AuthenticationOk, every parameter the server reports (with the client's
+/// own values), the cancel key and ReadyForQuery, in one write.
+pub fn greeting(
+    out: &mut BytesMut,
+    params: &crate::params::ParamMap,
+    reported: &crate::params::ParamMap,
+    pid: u32,
+    key: u32,
+) {
+    reply::auth_ok(out);
+    for (name, _) in reported.iter() {
+        if let Some(value) = params.get(name) {
+            reply::parameter_status(out, name, value);
+        }
+    }
+    reply::backend_key_data(out, pid, key);
+    reply::ready_for_query(out, b'I');
+}
+
+/// Send a fatal error and close.
+pub async fn refuse(stream: &mut TcpStream, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    reply::error(&mut out, Severity::Fatal, code, message);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}

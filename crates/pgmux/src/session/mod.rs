@@ -1,0 +1,178 @@
+//! The client side of pgmux: one task per client connection, from the
+//! startup packet to the last byte. [`login`] gets the client in; [`relay`]
+//! is the one state machine that lends it servers.
+
+mod login;
+mod relay;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pgmux_wire::auth::{ScramVerifier, Secret};
+use tokio::net::TcpStream;
+
+use crate::cancel::Cancels;
+use crate::params::ParamMap;
+use crate::pool::{CheckoutError, Pools};
+
+pub use login::refuse;
+
+/// What every session shares.
+pub struct Shared {
+    pub pools: Arc<Pools>,
+    pub cancels: Arc<Cancels>,
+    /// Stands in for an unknown user's verifier so the exchange looks alike.
+    pub decoy: ScramVerifier,
+}
+
+impl Shared {
+    pub fn new(pools: Arc<Pools>) -> Shared {
+        let decoy = Secret::Plain(format!("{:x}", rand::random::<u128>()))
+            .scram_verifier()
+            .expect("plaintext secrets always yield a verifier");
+        Shared {
+            pools,
+            cancels: Arc::new(Cancels::default()),
+            decoy,
+        }
+    }
+}
+
+/// Why a client's session ends.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Tell the client (FATAL with this SQLSTATE), then close.
+    Fatal { code: String, message: String },
+    /// The client went away; nobody to tell.
+    Gone,
+}
+
+impl ClientError {
+    pub fn fatal(code: &str, message: String) -> ClientError {
+        ClientError::Fatal {
+            code: code.to_string(),
+            message,
+        }
+    }
+    fn io(_: std::io::Error) -> ClientError {
+        ClientError::Gone
+    }
+}
+
+impl From<CheckoutError> for ClientError {
+    fn from(e: CheckoutError) -> Self {
+        match &e {
+            CheckoutError::WaitTimeout(_) => ClientError::fatal("08P01", e.to_string()),
+            CheckoutError::Server(s) => ClientError::fatal(s.sqlstate(), s.to_string()),
+        }
+    }
+}
+
+/// Serve one client connection to the end.
+pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+    let peer = stream.peer_addr().ok();
+    let login_timeout = shared.pools.config().client_login_timeout();
+    let opened = tokio::time::timeout(login_timeout, log_in(&mut stream, &shared)).await;
+    let session = match opened {
+        Ok(Ok(Some(session))) => session,
+        Ok(Ok(None)) => return,
+        Ok(Err(ClientError::Fatal { code, message })) => {
+            tracing::info!(?peer, %code, %message, "login refused");
+            refuse(&mut stream, &code, &message).await;
+            return;
+        }
+        Ok(Err(ClientError::Gone)) => return,
+        Err(_) => {
+            tracing::info!(?peer, "client_login_timeout expired");
+            refuse(
+                &mut stream,
+                "08P01",
+                &format!("client_login_timeout: login not completed within {login_timeout:?}"),
+            )
+            .await;
+            return;
+        }
+    };
+    relay::run(stream, session, &shared).await;
+}
+
+/// Everything the relay needs about a logged-in client.
+pub struct Session {
+    pub pool: Arc<crate::pool::Pool>,
+    pub params: ParamMap,
+    pub cancel: crate::cancel::CancelKey,
+    pub user: String,
+    pub database: String,
+}
+
+async fn log_in(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Session>, ClientError> {
+    let params = match login::read_opening(stream).await? {
+        login::Opening::Cancel { pid, key } => {
+            shared.cancels.cancel(pid, key).await;
+            return Ok(None);
+        }
+        login::Opening::Startup(params) => params,
+    };
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.clone())
+    };
+    let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+        ClientError::fatal(
+            "28000",
+            "no PostgreSQL user name specified in startup packet".into(),
+        )
+    })?;
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    if params
+        .iter()
+        .any(|(k, v)| k == "replication" && v != "false" && v != "0")
+    {
+        return Err(ClientError::fatal(
+            "08P01",
+            format!("user \"{user}\": replication connections are not supported by pgmux"),
+        ));
+    }
+    let pools = &shared.pools;
+    let pool = pools
+        .get(&database, &user)
+        .map_err(|e| ClientError::fatal("3D000", e.to_string()))?;
+    login::authenticate(stream, pools, &shared.decoy, &user).await?;
+    let defaults = match pool.server_defaults().await {
+        Ok(d) => d,
+        Err(e) => {
+            pools.forget_if_unused(&pool);
+            return Err(with_user(e.into(), &user));
+        }
+    };
+    let client_params = ParamMap::for_client(&defaults, &params);
+    let cancel = shared.cancels.register();
+    let mut out = BytesMut::new();
+    login::greeting(&mut out, &client_params, &defaults, cancel.pid, cancel.key);
+    tokio::io::AsyncWriteExt::write_all(stream, &out)
+        .await
+        .map_err(ClientError::io)?;
+    tracing::debug!(%user, %database, "client logged in");
+    Ok(Some(Session {
+        pool,
+        params: client_params,
+        cancel,
+        user,
+        database,
+    }))
+}
+
+/// Prefix a server-side login failure with the user it happened for.
+fn with_user(e: ClientError, user: &str) -> ClientError {
+    match e {
+        ClientError::Fatal { code, message } if !message.contains(user) => ClientError::Fatal {
+            code,
+            message: format!("{message} (user \"{user}\")"),
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,234 @@
+//! A throwaway PostgreSQL cluster: initdb into a temp dir, a free loopback
+//! port, torn down when the test process exits. As root, the server runs as
+//! the `postgres` user (it refuses root) from a directory that user owns.
+
+#![allow(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::{APP_PASSWORD, APP_USER};
+
+pub const SUPERUSER_PASSWORD: &str = "super-secret";
+
+pub struct Cluster {
+    pub port: u16,
+    pub bindir: PathBuf,
+    pub dir: PathBuf,
+    as_postgres: bool,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// The cluster of this test process, started on first use.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+extern "C" fn stop_at_exit() {
+    if let Some(c) = CLUSTER.get() {
+        c.stop();
+    }
+}
+
+fn find_bindir() -> PathBuf {
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let mut candidates: Vec<PathBuf> = from_pg_config
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .into_iter()
+        .collect();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries
+            .filter_map(|e| Some(e.ok()?.path().join("bin")))
+            .collect();
+        versions.sort();
+        candidates.extend(versions.into_iter().rev());
+    }
+    candidates.into_iter().find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists()).unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: `pg_config --bindir` gave none and \
+             /usr/lib/postgresql/*/bin has none. Install them with `apt-get install postgresql` (Debian)."
+        )
+    })
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let bindir = find_bindir();
+        let as_postgres = unsafe { libc::geteuid() } == 0;
+        let dir = std::env::temp_dir().join(format!("pgmux-test-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(
+                status.success(),
+                "could not give {} to the postgres user (is there one?)",
+                dir.display()
+            );
+        }
+        let pwfile = dir.join("pw");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD).unwrap();
+        let data = dir.join("data");
+        let port = free_port();
+        let mut c = Cluster {
+            port,
+            bindir,
+            dir: dir.clone(),
+            as_postgres,
+        };
+        if as_postgres {
+            Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&pwfile)
+                .status()
+                .unwrap();
+        }
+        c.run(
+            "initdb",
+            &[
+                "-D",
+                path(&data),
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                "--pwfile",
+                path(&pwfile),
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        );
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+             -c max_connections=500 -c shared_buffers=64MB",
+            path(&dir)
+        );
+        let log = dir.join("server.log");
+        // Registered before start so a failed start still cleans up.
+        unsafe { libc::atexit(stop_at_exit) };
+        c.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&data),
+                "-l",
+                path(&log),
+                "-w",
+                "-t",
+                "120",
+                "-o",
+                &opts,
+                "start",
+            ],
+        );
+        c.port = port;
+        c.bootstrap_roles();
+        c
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bindir.join(tool);
+        if self.as_postgres {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(exe);
+            cmd
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .command(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn stop(&self) {
+        let data = self.dir.join("data");
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", path(&data), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn bootstrap_roles(&self) {
+        let sql = format!(
+            "CREATE ROLE {APP_USER} LOGIN CREATEDB PASSWORD '{APP_PASSWORD}'; \
+             SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5-secret'; \
+             GRANT pg_signal_backend TO {APP_USER}; GRANT pg_read_all_stats TO {APP_USER};"
+        );
+        self.psql_super(&sql);
+    }
+
+    /// Run SQL as the superuser with psql (blocking).
+    pub fn psql_super(&self, sql: &str) {
+        let out = Command::new(self.bindir.join("psql"))
+            .args([
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", SUPERUSER_PASSWORD)
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A superuser connection straight to PostgreSQL.
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        let dsn = format!(
+            "host=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres",
+            self.port
+        );
+        crate::try_connect(&dsn).await.unwrap()
+    }
+
+    /// A path to a client tool (psql, pgbench, pg_isready) of the same version.
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}

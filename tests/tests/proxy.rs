@@ -1,0 +1,6 @@
+//! End-to-end: real clients through pgmux to a real PostgreSQL.
+#![allow(clippy::unwrap_used)]
+
+mod proxy {
+    pub mod basics;
+}
