@@ -3,4 +3,5 @@
 
 mod proxy {
     pub mod basics;
+    pub mod python;
 }

@@ -1,3 +1,4 @@
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 //! pgmux: a transaction-pooling PostgreSQL proxy. See the README for the map
 //! of where each concern lives.
 

@@ -96,7 +96,7 @@ impl Secret {
             Secret::Md5(m) => m.clone(),
             Secret::Scram(_) => return false,
         };
-        let expected = md5_salted(stored[3..].as_bytes(), salt);
+        let expected = md5_salted(&stored.as_bytes()[3..], salt);
         ct_eq(expected.as_bytes(), response.as_bytes())
     }
 }

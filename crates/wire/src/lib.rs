@@ -1,3 +1,4 @@
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 //! The PostgreSQL v3 wire protocol as pgmux needs it: nothing here knows about
 //! sockets, pools or configuration, so every piece is pure and unit-tested.
 //!

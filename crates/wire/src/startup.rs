@@ -144,10 +144,10 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
     while let Some(w) = it.next() {
         let setting = if w == "-c" {
             it.next()
-        } else if let Some(s) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
-            Some(s.to_string())
         } else {
-            None
+            w.strip_prefix("--")
+                .or_else(|| w.strip_prefix("-c"))
+                .map(str::to_string)
         };
         if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
             out.push((k.replace('-', "_"), v.to_string()));

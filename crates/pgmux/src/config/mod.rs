@@ -241,7 +241,7 @@ impl Config {
             ("query_wait_timeout", self.query_wait_timeout),
         ];
         for (key, v) in non_negative {
-            if v.is_nan() || v < 0.0 || v > 1e9 {
+            if v.is_nan() || !(0.0..=1e9).contains(&v) {
                 return Err(ConfigError::new(format!(
                     "{key}: expected seconds from 0 (off) upwards, got {v}"
                 )));

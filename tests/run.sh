@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run every test of pgmux on a fresh Debian machine: installs what the tests
+# need (PostgreSQL server binaries, pgbench/psql/pg_isready), then runs the
+# unit, property and end-to-end suites.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ] || need_apt+=(postgresql postgresql-contrib)
+command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-contrib)
+command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: missing packages: ${need_apt[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# The harness opens thousands of sockets in the load tests.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# Python clients (psycopg, asyncpg, Django) for the end-to-end suite.
+tests/python/setup.sh
+
+cargo test --workspace --locked "$@"

@@ -1,0 +1,1 @@
+// Python client tests: see tests/python.
