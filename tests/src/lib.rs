@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod raw;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -115,4 +116,57 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Connect and also return the connection task, so a test can make the
+/// client vanish abruptly (abort the task: the socket closes without a
+/// Terminate message).
+pub async fn connect_abortable(
+    addr: SocketAddr,
+    database: &str,
+) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    let (client, conn) = tokio_postgres::connect(&dsn(addr, database), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (client, task)
+}
+
+/// Server processes pgmux holds open to `database`, seen by PostgreSQL.
+pub async fn backends_of(database: &str) -> i64 {
+    let admin = cluster().admin().await;
+    let row = admin
+        .query_one("select count(*) from pg_stat_activity where datname = $1 and backend_type = 'client backend'", &[&database])
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+/// Poll `check` every 50 ms until it holds or `limit` passes. For effects
+/// of time itself (lifetimes, timeouts), which have no event to await.
+pub async fn eventually<F, Fut>(limit: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn scalar_i32(c: &tokio_postgres::Client, sql: &str) -> i32 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+pub async fn scalar_text(c: &tokio_postgres::Client, sql: &str) -> String {
+    c.query_one(sql, &[]).await.unwrap().get(0)
 }

@@ -3,5 +3,6 @@
 
 mod proxy {
     pub mod basics;
+    pub mod protocol;
     pub mod python;
 }

@@ -1,0 +1,156 @@
+//! A bare-bones protocol client for tests that need exact bytes on the wire
+//! (pipelines, hostile input). Logs in only where pgmux uses `trust`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// One backend message.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub tag: u8,
+    pub body: Vec<u8>,
+}
+
+impl Msg {
+    /// The SQLSTATE of an ErrorResponse.
+    pub fn sqlstate(&self) -> Option<String> {
+        self.field(b'C')
+    }
+    pub fn field(&self, kind: u8) -> Option<String> {
+        let mut s = &self.body[..];
+        while let Some((&k, rest)) = s.split_first() {
+            if k == 0 {
+                break;
+            }
+            let end = rest.iter().position(|&b| b == 0)?;
+            if k == kind {
+                return Some(String::from_utf8_lossy(&rest[..end]).into_owned());
+            }
+            s = &rest[end + 1..];
+        }
+        None
+    }
+}
+
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+pub fn query(sql: &str) -> Vec<u8> {
+    message(b'Q', &[sql.as_bytes(), b"\0"].concat())
+}
+
+/// Parse (unnamed) + Bind (no params) + Execute, without Sync.
+pub fn extended(sql: &str) -> Vec<u8> {
+    let mut out = message(b'P', &[b"\0", sql.as_bytes(), b"\0\0\0"].concat());
+    out.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    out.extend(message(b'E', b"\0\0\0\0\0"));
+    out
+}
+
+pub fn sync() -> Vec<u8> {
+    message(b'S', b"")
+}
+
+pub fn flush() -> Vec<u8> {
+    message(b'H', b"")
+}
+
+pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    body.put_u32(196_608);
+    for (k, v) in params {
+        body.put_slice(k.as_bytes());
+        body.put_u8(0);
+        body.put_slice(v.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Connect and log in (pgmux must use `trust`); returns after ReadyForQuery.
+    pub async fn login(addr: SocketAddr, user: &str, database: &str) -> Raw {
+        let mut raw = Raw::connect(addr).await;
+        raw.send(&startup_packet(&[("user", user), ("database", database)]))
+            .await;
+        let msgs = raw.until_ready().await;
+        assert!(
+            msgs.iter().any(|m| m.tag == b'R'),
+            "no authentication reply: {msgs:?}"
+        );
+        raw
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next message, or None at end of stream. Panics after 30 s.
+    pub async fn next(&mut self) -> Option<Msg> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() > len {
+                    let tag = self.buf[0];
+                    self.buf.advance(5);
+                    let body = self.buf.split_to(len - 4).to_vec();
+                    return Some(Msg { tag, body });
+                }
+            }
+            let n =
+                tokio::time::timeout(Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("no reply from pgmux within 30 s")
+                    .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Messages up to and including the next ReadyForQuery.
+    pub async fn until_ready(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        while let Some(m) = self.next().await {
+            let done = m.tag == b'Z';
+            out.push(m);
+            if done {
+                return out;
+            }
+        }
+        panic!("connection closed before ReadyForQuery: {out:?}");
+    }
+
+    /// Everything until the server closes the connection.
+    pub async fn until_closed(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        while let Some(m) = self.next().await {
+            out.push(m);
+        }
+        out
+    }
+}
