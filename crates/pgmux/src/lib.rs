@@ -9,6 +9,7 @@ pub mod http;
 pub mod listener;
 pub mod params;
 pub mod pool;
+pub mod prepared;
 pub mod server;
 pub mod session;
 pub mod stats;

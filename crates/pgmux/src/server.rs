@@ -9,7 +9,6 @@ use bytes::{BufMut, BytesMut};
 use pgmux_wire::backend::{self, ErrorFields};
 use pgmux_wire::frame::{take_frame, write_message, Frame};
 use pgmux_wire::reply;
-use pgmux_wire::scan::Scanner;
 use pgmux_wire::startup::startup_packet;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +17,8 @@ use tokio::net::TcpStream;
 use crate::cancel::CancelTarget;
 use crate::config::Target;
 use crate::params::ParamMap;
+use crate::prepared::{forgets_statements, ServerStatements};
+use crate::session::{Expect, ServerFlow};
 
 /// Size of a server's read buffer; it lives as long as the connection.
 const SERVER_BUFFER: usize = 64 * 1024;
@@ -85,8 +86,12 @@ pub struct Server {
     pub last_used: Instant,
     /// When this server is due to be replaced (lifetime with jitter).
     pub expires: Option<Instant>,
-    /// Message boundaries of what the server sends while relayed.
-    pub scan: Scanner,
+    /// Where the relay stands in what this server sends.
+    pub flow: ServerFlow,
+    /// Replies owed for what has been sent to this server.
+    pub expect: Expect,
+    /// Named statements prepared on this server (transaction mode).
+    pub prepared: ServerStatements,
     max_message: usize,
 }
 
@@ -137,7 +142,9 @@ impl Server {
             created: now,
             last_used: now,
             expires: None,
-            scan: Scanner::new(max_message),
+            flow: ServerFlow::new(max_message),
+            expect: Expect::default(),
+            prepared: ServerStatements::default(),
             max_message,
         };
         server.login(&target.dbname, login).await?;
@@ -292,6 +299,7 @@ impl Server {
                 b'E' if first_error.is_none() => {
                     first_error = Some(ErrorFields::parse(&frame.body))
                 }
+                b'C' if forgets_statements(&frame.body) => self.prepared.clear(),
                 b'Z' => {
                     count = count.saturating_sub(1);
                     if count == 0 {

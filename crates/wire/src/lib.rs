@@ -3,8 +3,6 @@
 //! sockets, pools or configuration, so every piece is pure and unit-tested.
 //!
 //! - [`frame`]: message headers, length checks, whole-message extraction.
-//! - [`scan`]: a streaming scanner that finds message boundaries in bytes that
-//!   are forwarded untouched (the hot path never decodes a message body).
 //! - [`startup`]: the untagged first packet (startup, SSL, GSSENC, cancel).
 //! - [`reply`]: the messages pgmux writes itself.
 //! - [`backend`]: typed views of the few server messages pgmux reads.
@@ -14,7 +12,6 @@ pub mod auth;
 pub mod backend;
 pub mod frame;
 pub mod reply;
-pub mod scan;
 pub mod startup;
 
 pub use frame::{Frame, FrameError};

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, PoolMode, Target};
 use crate::params::ParamMap;
+use crate::prepared::StatementCache;
 use crate::server::{Login, Server, ServerError};
 use crate::stats::{CloseReason, PoolStats};
 
@@ -89,6 +90,8 @@ pub struct Pool {
     waiters: Mutex<BTreeMap<u64, Instant>>,
     next_waiter: AtomicU64,
     pub stats: PoolStats,
+    /// Server-side names of the named statements clients prepare.
+    pub statements: StatementCache,
 }
 
 pub struct Checkout {
@@ -120,6 +123,7 @@ impl Pool {
             waiters: Mutex::new(BTreeMap::new()),
             next_waiter: AtomicU64::new(0),
             stats: PoolStats::new(database, user),
+            statements: StatementCache::default(),
         })
     }
 

@@ -2,8 +2,17 @@
 //! startup packet to the last byte. [`login`] gets the client in; [`relay`]
 //! is the one state machine that lends it servers.
 
+mod client_flow;
+mod expect;
+#[cfg(test)]
+mod flow_tests;
 mod login;
 mod relay;
+mod server_flow;
+mod splice;
+
+pub use expect::Expect;
+pub use server_flow::ServerFlow;
 
 use std::sync::Arc;
 
@@ -103,6 +112,8 @@ pub struct Session {
     pub cancel: crate::cancel::CancelKey,
     pub user: String,
     pub database: String,
+    /// The client's named statements (transaction mode rewrites them).
+    pub statements: crate::prepared::ClientStatements,
 }
 
 async fn log_in(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Session>, ClientError> {
@@ -163,6 +174,7 @@ async fn log_in(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Sessio
         cancel,
         user,
         database,
+        statements: Default::default(),
     }))
 }
 

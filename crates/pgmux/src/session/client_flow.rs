@@ -1,0 +1,373 @@
+//! Client to server: pass bytes on, note what each message will draw from
+//! the server, and (transaction mode) rewrite statement names. Only the
+//! header of most messages is looked at; Parse, Bind, Describe and Close are
+//! read whole so their statement names can be mapped.
+
+use bytes::{BufMut, BytesMut};
+use pgmux_wire::frame::{body_len, write_message, FrameError, HEADER_LEN};
+
+use super::expect::{Expect, Pending};
+use super::splice::Splice;
+use crate::prepared::{ClientStatements, ServerStatements, Statement, StatementCache};
+
+/// A Bind bigger than this is streamed with only its head rewritten.
+const WHOLE_BIND_LIMIT: usize = 1 << 20;
+/// The portal and statement names at the head of a Bind must fit in this.
+const BIND_HEAD_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientFlowError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("malformed {0:?} message")]
+    Malformed(char),
+}
+
+/// The statement maps in play when names are rewritten.
+pub struct Statements<'a> {
+    pub cache: &'a StatementCache,
+    pub client: &'a mut ClientStatements,
+    pub server: &'a mut ServerStatements,
+}
+
+/// Result of one pass over the client's buffered bytes.
+pub struct ClientBatch {
+    /// Input bytes handled (the rest is an incomplete message, kept).
+    pub consumed: usize,
+    /// The bytes to send when edits were made; else send `input[..consumed]`.
+    pub edited: Option<BytesMut>,
+    /// The client sent Terminate (not forwarded; nothing after it is read).
+    pub terminate: bool,
+    pub copy_ended: bool,
+}
+
+#[derive(Debug)]
+pub struct ClientFlow {
+    max: usize,
+    /// Bytes of the current message still to pass through.
+    remaining: usize,
+}
+
+/// Where the client's buffered bytes stand before a server is borrowed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestState {
+    /// A complete message that makes the server answer (or Terminate) is in.
+    pub complete: bool,
+}
+
+impl ClientFlow {
+    pub fn new(max_message: usize) -> ClientFlow {
+        ClientFlow {
+            max: max_message,
+            remaining: 0,
+        }
+    }
+
+    pub fn at_boundary(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// Look (without consuming) whether `buf`, which starts on a message
+    /// boundary, holds a whole request yet.
+    pub fn request_state(&self, buf: &[u8]) -> Result<RequestState, FrameError> {
+        let mut pos = 0;
+        let mut complete = false;
+        while buf.len() - pos >= HEADER_LEN {
+            let tag = buf[pos];
+            let len = body_len(
+                i32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]),
+                self.max,
+            )?;
+            let end = pos + HEADER_LEN + len;
+            if end > buf.len() {
+                break;
+            }
+            complete |= matches!(tag, b'Q' | b'S' | b'H' | b'F' | b'c' | b'f' | b'X');
+            pos = end;
+        }
+        Ok(RequestState { complete })
+    }
+
+    /// Process as much of `input` as can be sent now.
+    pub fn process(
+        &mut self,
+        input: &[u8],
+        expect: &mut Expect,
+        mut stmts: Option<Statements<'_>>,
+    ) -> Result<ClientBatch, ClientFlowError> {
+        let mut splice = Splice::new();
+        let mut pos = 0;
+        let mut batch = ClientBatch {
+            consumed: 0,
+            edited: None,
+            terminate: false,
+            copy_ended: false,
+        };
+        while pos < input.len() {
+            if self.remaining > 0 {
+                let take = self.remaining.min(input.len() - pos);
+                self.remaining -= take;
+                pos += take;
+                continue;
+            }
+            if input.len() - pos < HEADER_LEN {
+                break;
+            }
+            let tag = input[pos];
+            let len = body_len(
+                i32::from_be_bytes([
+                    input[pos + 1],
+                    input[pos + 2],
+                    input[pos + 3],
+                    input[pos + 4],
+                ]),
+                self.max,
+            )?;
+            let body_start = pos + HEADER_LEN;
+            let whole_end = body_start + len;
+            let have_whole = whole_end <= input.len();
+            if let (Some(st), b'P' | b'B' | b'D' | b'C') = (stmts.as_mut(), tag) {
+                if !have_whole {
+                    if tag == b'B' && len > WHOLE_BIND_LIMIT {
+                        match stream_big_bind(input, pos, len, expect, st, &mut splice)? {
+                            Some(next) => {
+                                self.remaining = whole_end - next.min(whole_end);
+                                pos = next;
+                                continue;
+                            }
+                            None => break,
+                        }
+                    }
+                    break;
+                }
+                rewrite(
+                    tag,
+                    &input[body_start..whole_end],
+                    input,
+                    pos,
+                    whole_end,
+                    expect,
+                    st,
+                    &mut splice,
+                )?;
+                pos = whole_end;
+                continue;
+            }
+            match tag {
+                b'X' => {
+                    batch.terminate = true;
+                    batch.consumed = pos;
+                    batch.edited = splice.finish(input, pos);
+                    return Ok(batch);
+                }
+                b'c' | b'f' => {
+                    batch.copy_ended = true;
+                    expect.push(Pending::CopyEnd);
+                }
+                _ => {}
+            }
+            if let Some(p) = pending_for(tag) {
+                expect.push(p);
+            }
+            let available = (input.len() - body_start).min(len);
+            self.remaining = len - available;
+            pos = body_start + available;
+        }
+        batch.consumed = pos;
+        batch.edited = splice.finish(input, pos);
+        Ok(batch)
+    }
+}
+
+/// What a client message (not rewritten) will draw from the server.
+fn pending_for(tag: u8) -> Option<Pending> {
+    Some(match tag {
+        b'P' => Pending::Parse {
+            swallow: false,
+            id: None,
+        },
+        b'B' => Pending::Bind,
+        b'D' => Pending::Describe,
+        b'E' => Pending::Execute,
+        b'C' => Pending::Close { swallow: false },
+        b'S' => Pending::Sync,
+        b'Q' => Pending::Query,
+        b'F' => Pending::FunctionCall,
+        _ => return None,
+    })
+}
+
+fn cstr(body: &[u8], tag: u8) -> Result<(&[u8], &[u8]), ClientFlowError> {
+    let end = body
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(ClientFlowError::Malformed(tag as char))?;
+    Ok((&body[..end], &body[end + 1..]))
+}
+
+/// Make sure the server has `s`, injecting a Parse (and an eviction Close)
+/// into `out` if not.
+fn ensure_prepared(
+    s: &Statement,
+    st: &mut Statements<'_>,
+    expect: &mut Expect,
+    out: &mut BytesMut,
+) {
+    if st.server.contains(s.id) {
+        return;
+    }
+    if let Some(victim) = st.server.add(s) {
+        Statement::close_message(&victim, out);
+        expect.push(Pending::Close { swallow: true });
+    }
+    s.parse_message(out);
+    expect.push(Pending::Parse {
+        swallow: true,
+        id: Some(s.id),
+    });
+}
+
+/// Handle a whole Parse, Bind, Describe or Close when names are rewritten.
+#[allow(clippy::too_many_arguments)]
+fn rewrite(
+    tag: u8,
+    body: &[u8],
+    input: &[u8],
+    start: usize,
+    end: usize,
+    expect: &mut Expect,
+    st: &mut Statements<'_>,
+    splice: &mut Splice,
+) -> Result<(), ClientFlowError> {
+    let mut out = BytesMut::new();
+    match tag {
+        b'P' => {
+            let (name, definition) = cstr(body, tag)?;
+            if name.is_empty() {
+                expect.push(Pending::Parse {
+                    swallow: false,
+                    id: None,
+                });
+                return Ok(());
+            }
+            let s = st.cache.intern(definition);
+            st.client.insert(name, s.clone());
+            if st.server.contains(s.id) {
+                // Already there: answer it ourselves.
+                expect.push(Pending::Synth(b'1'));
+            } else {
+                if let Some(victim) = st.server.add(&s) {
+                    Statement::close_message(&victim, &mut out);
+                    expect.push(Pending::Close { swallow: true });
+                }
+                s.parse_message(&mut out);
+                expect.push(Pending::Parse {
+                    swallow: false,
+                    id: Some(s.id),
+                });
+            }
+        }
+        b'B' => {
+            let (portal, rest) = cstr(body, tag)?;
+            let (name, params) = cstr(rest, tag)?;
+            let Some(s) = (!name.is_empty())
+                .then(|| st.client.get(name).cloned())
+                .flatten()
+            else {
+                expect.push(Pending::Bind);
+                return Ok(());
+            };
+            ensure_prepared(&s, st, expect, &mut out);
+            write_message(&mut out, b'B', |b| {
+                b.put_slice(portal);
+                b.put_u8(0);
+                b.put_slice(s.server_name.as_bytes());
+                b.put_u8(0);
+                b.put_slice(params);
+            });
+            expect.push(Pending::Bind);
+        }
+        b'D' | b'C' => {
+            let (&kind, rest) = body
+                .split_first()
+                .ok_or(ClientFlowError::Malformed(tag as char))?;
+            let (name, _) = cstr(rest, tag)?;
+            let named_statement = kind == b'S' && !name.is_empty();
+            if !named_statement {
+                expect.push(if tag == b'D' {
+                    Pending::Describe
+                } else {
+                    Pending::Close { swallow: false }
+                });
+                return Ok(());
+            }
+            if tag == b'C' {
+                // The server copy stays for other clients; only the
+                // client's name goes.
+                st.client.remove(name);
+                expect.push(Pending::Synth(b'3'));
+            } else {
+                let Some(s) = st.client.get(name).cloned() else {
+                    expect.push(Pending::Describe);
+                    return Ok(());
+                };
+                ensure_prepared(&s, st, expect, &mut out);
+                write_message(&mut out, b'D', |b| {
+                    b.put_u8(b'S');
+                    b.put_slice(s.server_name.as_bytes());
+                    b.put_u8(0);
+                });
+                expect.push(Pending::Describe);
+            }
+        }
+        _ => return Ok(()),
+    }
+    splice.replace(input, start, end, &out);
+    Ok(())
+}
+
+/// A Bind too big to hold whole: rewrite its head once the two names are in,
+/// then let the rest stream. Returns where streaming continues, or `None`
+/// to wait for more bytes.
+fn stream_big_bind(
+    input: &[u8],
+    start: usize,
+    len: usize,
+    expect: &mut Expect,
+    st: &mut Statements<'_>,
+    splice: &mut Splice,
+) -> Result<Option<usize>, ClientFlowError> {
+    let body = &input[start + HEADER_LEN..];
+    let Some(portal_end) = body.iter().position(|&b| b == 0) else {
+        return if body.len() > BIND_HEAD_LIMIT {
+            Err(ClientFlowError::Malformed('B'))
+        } else {
+            Ok(None)
+        };
+    };
+    let Some(name_len) = body[portal_end + 1..].iter().position(|&b| b == 0) else {
+        return if body.len() > BIND_HEAD_LIMIT {
+            Err(ClientFlowError::Malformed('B'))
+        } else {
+            Ok(None)
+        };
+    };
+    let name = &body[portal_end + 1..portal_end + 1 + name_len];
+    let head_end = start + HEADER_LEN + portal_end + 1 + name_len + 1;
+    let statement = (!name.is_empty())
+        .then(|| st.client.get(name).cloned())
+        .flatten();
+    if let Some(s) = statement {
+        let mut out = BytesMut::new();
+        ensure_prepared(&s, st, expect, &mut out);
+        let new_len = len - name_len + s.server_name.len() + 4;
+        out.put_u8(b'B');
+        out.put_i32(new_len as i32);
+        out.put_slice(&body[..=portal_end]);
+        out.put_slice(s.server_name.as_bytes());
+        out.put_u8(0);
+        splice.replace(input, start, head_end, &out);
+    }
+    expect.push(Pending::Bind);
+    Ok(Some(head_end))
+}

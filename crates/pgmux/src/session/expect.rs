@@ -1,0 +1,339 @@
+//! What the server still owes the client, in order. Every client message
+//! that draws a reply pushes an entry; every server reply pops or passes.
+//! Entries marked `swallow` are replies to messages pgmux injected; `Synth`
+//! entries are replies pgmux owes for messages it answered itself. Pure: no
+//! sockets, so every protocol corner is unit-tested here.
+
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// `id`: the statement this Parse creates on the server, if named.
+    Parse {
+        swallow: bool,
+        id: Option<u64>,
+    },
+    Bind,
+    Describe,
+    Execute,
+    Close {
+        swallow: bool,
+    },
+    Sync,
+    Query,
+    FunctionCall,
+    /// A reply (ParseComplete, CloseComplete) pgmux sends itself when it
+    /// reaches the front.
+    Synth(u8),
+    /// The client ended COPY data here (CopyDone or CopyFail). Draws no
+    /// reply; marks how far Syncs sent during COPY reach.
+    CopyEnd,
+}
+
+impl Pending {
+    fn ends_with_ready(self) -> bool {
+        matches!(self, Pending::Sync | Pending::Query | Pending::FunctionCall)
+    }
+}
+
+/// What to do with one server message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    Drop,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("server reply {got:?} does not match the request it should answer ({expected:?})")]
+pub struct Desync {
+    pub got: char,
+    pub expected: Option<Pending>,
+}
+
+#[derive(Debug, Default)]
+pub struct Expect {
+    queue: VecDeque<Pending>,
+    ready_owed: u32,
+    /// The server is in COPY IN and the client has not ended its data:
+    /// PostgreSQL ignores Sync (and Flush) meanwhile, so they owe nothing.
+    in_copy: bool,
+}
+
+impl Expect {
+    pub fn push(&mut self, p: Pending) {
+        match p {
+            Pending::Sync if self.in_copy => return,
+            Pending::CopyEnd if self.in_copy => {
+                self.in_copy = false;
+                return;
+            }
+            _ => {}
+        }
+        if p.ends_with_ready() {
+            self.ready_owed += 1;
+        }
+        self.queue.push_back(p);
+    }
+
+    fn skip_markers(&mut self) {
+        while self.queue.front() == Some(&Pending::CopyEnd) {
+            self.queue.pop_front();
+        }
+    }
+
+    /// The server entered COPY IN: Syncs the client sent after the COPY
+    /// started and before its data ended are ignored by the server.
+    fn copy_started(&mut self) {
+        let mut i = 1;
+        while i < self.queue.len() {
+            match self.queue[i] {
+                Pending::CopyEnd => {
+                    self.queue.remove(i);
+                    return;
+                }
+                Pending::Sync => {
+                    self.queue.remove(i);
+                    self.ready_owed -= 1;
+                }
+                _ => i += 1,
+            }
+        }
+        self.in_copy = true;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// ReadyForQuery messages still owed.
+    pub fn ready_owed(&self) -> u32 {
+        self.ready_owed
+    }
+
+    /// The next reply pgmux must send itself, if it is due now.
+    pub fn take_synth(&mut self) -> Option<u8> {
+        self.skip_markers();
+        match self.queue.front() {
+            Some(Pending::Synth(tag)) => {
+                let tag = *tag;
+                self.queue.pop_front();
+                Some(tag)
+            }
+            _ => None,
+        }
+    }
+
+    /// Account for one server message (any due `Synth` taken first).
+    /// Statements whose Parse failed or was skipped are pushed to `unprepared`.
+    pub fn on_reply(&mut self, tag: u8, unprepared: &mut Vec<u64>) -> Result<Verdict, Desync> {
+        self.skip_markers();
+        let front = self.queue.front().copied();
+        let desync = || Desync {
+            got: tag as char,
+            expected: front,
+        };
+        let verdict = match tag {
+            // Asynchronous or informational: they belong to no request.
+            b'N' | b'S' | b'A' => Verdict::Forward,
+            b'E' => {
+                if !front.is_some_and(|p| matches!(p, Pending::Query | Pending::FunctionCall)) {
+                    // The server skips everything up to the next Sync.
+                    while let Some(p) = self.queue.front().copied() {
+                        if p.ends_with_ready() {
+                            break;
+                        }
+                        if let Pending::Parse { id: Some(id), .. } = p {
+                            unprepared.push(id);
+                        }
+                        self.queue.pop_front();
+                    }
+                }
+                Verdict::Forward
+            }
+            b'Z' => match front {
+                Some(p) if p.ends_with_ready() => {
+                    self.queue.pop_front();
+                    self.ready_owed -= 1;
+                    Verdict::Forward
+                }
+                _ => return Err(desync()),
+            },
+            b'1' => match front {
+                Some(Pending::Parse { swallow, .. }) => {
+                    self.queue.pop_front();
+                    if swallow {
+                        Verdict::Drop
+                    } else {
+                        Verdict::Forward
+                    }
+                }
+                _ => return Err(desync()),
+            },
+            b'2' => match front {
+                Some(Pending::Bind) => {
+                    self.queue.pop_front();
+                    Verdict::Forward
+                }
+                _ => return Err(desync()),
+            },
+            b'3' => match front {
+                Some(Pending::Close { swallow }) => {
+                    self.queue.pop_front();
+                    if swallow {
+                        Verdict::Drop
+                    } else {
+                        Verdict::Forward
+                    }
+                }
+                _ => return Err(desync()),
+            },
+            b'T' | b'n' => {
+                if front == Some(Pending::Describe) {
+                    self.queue.pop_front();
+                }
+                Verdict::Forward
+            }
+            b'G' => {
+                self.copy_started();
+                Verdict::Forward
+            }
+            b'C' | b'I' | b's' => {
+                if front == Some(Pending::Execute) {
+                    self.queue.pop_front();
+                }
+                Verdict::Forward
+            }
+            _ => Verdict::Forward,
+        };
+        Ok(verdict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replay(e: &mut Expect, tags: &[u8]) -> Vec<(u8, Verdict)> {
+        let mut gone = Vec::new();
+        tags.iter()
+            .map(|&t| (t, e.on_reply(t, &mut gone).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn an_extended_batch_is_answered_in_order() {
+        let mut e = Expect::default();
+        for p in [
+            Pending::Parse {
+                swallow: false,
+                id: None,
+            },
+            Pending::Bind,
+            Pending::Describe,
+            Pending::Execute,
+            Pending::Sync,
+        ] {
+            e.push(p);
+        }
+        assert_eq!(e.ready_owed(), 1);
+        let out = replay(&mut e, b"12TDDCZ");
+        assert!(out.iter().all(|(_, v)| *v == Verdict::Forward));
+        assert!(e.is_empty());
+        assert_eq!(e.ready_owed(), 0);
+    }
+
+    #[test]
+    fn injected_parse_replies_are_swallowed_and_synths_come_due() {
+        let mut e = Expect::default();
+        e.push(Pending::Synth(b'1'));
+        e.push(Pending::Parse {
+            swallow: true,
+            id: Some(7),
+        });
+        e.push(Pending::Bind);
+        e.push(Pending::Execute);
+        e.push(Pending::Sync);
+        assert_eq!(e.take_synth(), Some(b'1'));
+        assert_eq!(e.take_synth(), None);
+        let out = replay(&mut e, b"12CZ");
+        assert_eq!(out[0], (b'1', Verdict::Drop));
+        assert!(out[1..].iter().all(|(_, v)| *v == Verdict::Forward));
+    }
+
+    #[test]
+    fn an_error_skips_to_sync_and_unprepares_skipped_parses() {
+        let mut e = Expect::default();
+        e.push(Pending::Parse {
+            swallow: true,
+            id: Some(1),
+        });
+        e.push(Pending::Bind);
+        e.push(Pending::Synth(b'1'));
+        e.push(Pending::Parse {
+            swallow: false,
+            id: Some(2),
+        });
+        e.push(Pending::Sync);
+        e.push(Pending::Query);
+        let mut gone = Vec::new();
+        assert_eq!(e.on_reply(b'E', &mut gone), Ok(Verdict::Forward));
+        assert_eq!(gone, vec![1, 2]);
+        assert_eq!(
+            e.take_synth(),
+            None,
+            "a skipped Parse gets no ParseComplete"
+        );
+        assert_eq!(replay(&mut e, b"ZTDCZ").len(), 5);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn errors_inside_a_simple_query_wait_for_its_ready() {
+        let mut e = Expect::default();
+        e.push(Pending::Query);
+        replay(&mut e, b"TDCE");
+        assert_eq!(e.ready_owed(), 1);
+        replay(&mut e, b"Z");
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_owe_nothing() {
+        // Bind, Execute(COPY FROM STDIN), Sync, data..., CopyDone, Sync:
+        // PostgreSQL ignores the first Sync while it reads COPY data.
+        let mut e = Expect::default();
+        for p in [Pending::Bind, Pending::Execute, Pending::Sync] {
+            e.push(p);
+        }
+        replay(&mut e, b"2G");
+        assert_eq!(e.ready_owed(), 0);
+        e.push(Pending::Sync); // sent mid-copy: ignored too
+        e.push(Pending::CopyEnd);
+        e.push(Pending::Sync);
+        assert_eq!(e.ready_owed(), 1);
+        replay(&mut e, b"CZ");
+        assert!(e.is_empty());
+        // The client may end its data before the server's CopyInResponse.
+        let mut e = Expect::default();
+        for p in [
+            Pending::Bind,
+            Pending::Execute,
+            Pending::Sync,
+            Pending::CopyEnd,
+            Pending::Sync,
+        ] {
+            e.push(p);
+        }
+        replay(&mut e, b"2GCZ");
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn a_reply_nobody_asked_for_is_a_desync() {
+        let mut e = Expect::default();
+        e.push(Pending::Bind);
+        let mut gone = Vec::new();
+        assert!(e.on_reply(b'1', &mut gone).is_err());
+        assert!(Expect::default().on_reply(b'Z', &mut gone).is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! Pooling: the bound on server connections, isolation between clients,
+//! aging, and the waits that end in errors instead of hangs.
+
+use std::time::Duration;
+
+use pgmux::config::PoolMode;
+use pgmux_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_share_five_servers() {
+    let db = fresh_database("pool_many").await;
+    let app = start_pgmux(|c| c.pool_size = 5).await;
+    let setup = connect(app.addr, &db).await;
+    setup
+        .batch_execute("create table counter (client int, n int)")
+        .await
+        .unwrap();
+    let watcher = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            for _ in 0..400 {
+                peak = peak.max(backends_of(&db).await);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            peak
+        })
+    };
+    let mut clients = Vec::new();
+    for id in 0..200 {
+        let addr = app.addr;
+        let db = db.clone();
+        clients.push(tokio::spawn(async move {
+            let c = connect(addr, &db).await;
+            for n in 0..20 {
+                let row = c
+                    .query_one("select $1::int * 1000 + $2::int", &[&id, &n])
+                    .await
+                    .unwrap();
+                assert_eq!(row.get::<_, i32>(0), id * 1000 + n);
+                if n % 5 == 0 {
+                    c.batch_execute(&format!(
+                        "begin; insert into counter values ({id}, {n}); commit"
+                    ))
+                    .await
+                    .unwrap();
+                }
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        scalar_i32(&setup, "select count(*)::int from counter").await,
+        200 * 4
+    );
+    let peak = watcher.await.unwrap();
+    assert!(
+        peak <= 5,
+        "PostgreSQL saw {peak} pgmux connections with pool_size = 5"
+    );
+    assert!(backends_of(&db).await <= 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_vanishing_mid_transaction_leaves_nothing_behind() {
+    let db = fresh_database("pool_vanish").await;
+    let app = start_pgmux(|c| c.pool_size = 1).await;
+    for abrupt in [false, true] {
+        let (a, task) = connect_abortable(app.addr, &db).await;
+        let pid_a = scalar_i32(&a, "select pg_backend_pid()").await;
+        a.batch_execute("begin; create temp table leftover (x int); select pg_advisory_lock(42); set local work_mem = '7MB'; set statement_timeout = '1234s'")
+            .await
+            .unwrap();
+        if abrupt {
+            task.abort(); // socket closes without a Terminate
+        }
+        drop(a);
+        let b = connect(app.addr, &db).await;
+        assert_eq!(
+            scalar_i32(&b, "select pg_backend_pid()").await,
+            pid_a,
+            "pool_size 1 must reuse the server"
+        );
+        let locks: i64 = b
+            .query_one(
+                "select count(*) from pg_locks where locktype = 'advisory'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(locks, 0, "advisory lock leaked (abrupt = {abrupt})");
+        assert_eq!(
+            scalar_text(
+                &b,
+                "select coalesce(to_regclass('pg_temp.leftover')::text, 'none')"
+            )
+            .await,
+            "none"
+        );
+        assert_eq!(scalar_text(&b, "show statement_timeout").await, "0");
+        // No transaction is open: BEGIN starts a fresh one with its own xid.
+        b.batch_execute("begin").await.unwrap();
+        b.batch_execute("commit").await.unwrap();
+        let admin = cluster().admin().await;
+        let stuck: i64 = admin
+            .query_one("select count(*) from pg_stat_activity where datname = $1 and state like 'idle in transaction%'", &[&db])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stuck, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_settings_follow_it_and_never_leak() {
+    let db = fresh_database("pool_settings").await;
+    let app = start_pgmux(|c| c.pool_size = 1).await;
+    let a = connect(app.addr, &db).await;
+    let b = connect(app.addr, &db).await;
+    let default_tz = scalar_text(&b, "show timezone").await;
+    a.batch_execute("set timezone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    b.batch_execute("set datestyle = 'German, DMY'")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            scalar_i32(&a, "select pg_backend_pid()").await,
+            scalar_i32(&b, "select pg_backend_pid()").await
+        );
+        assert_eq!(scalar_text(&a, "show timezone").await, "Asia/Tokyo");
+        assert_eq!(scalar_text(&b, "show timezone").await, default_tz);
+        assert_eq!(scalar_text(&a, "show datestyle").await, "ISO, MDY");
+        assert_eq!(scalar_text(&b, "show datestyle").await, "German, DMY");
+    }
+    // Startup parameters count too, and values are quoted safely.
+    let odd = "x'; select pg_sleep(100); --";
+    let c = try_connect(&format!(
+        "{} application_name='{}'",
+        dsn(app.addr, &db),
+        odd.replace('\'', "\\'")
+    ))
+    .await
+    .unwrap();
+    assert_eq!(scalar_text(&c, "show application_name").await, odd);
+    assert_eq!(scalar_text(&a, "show application_name").await, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_age_out_but_never_mid_transaction() {
+    let db = fresh_database("pool_aging").await;
+    let app = start_pgmux(|c| {
+        c.server_lifetime = 2.0;
+        c.server_lifetime_jitter = 0.0;
+    })
+    .await;
+    let c = connect(app.addr, &db).await;
+    let first = scalar_i32(&c, "select pg_backend_pid()").await;
+    // A transaction longer than the lifetime keeps its server throughout.
+    c.batch_execute("begin").await.unwrap();
+    let in_tx = scalar_i32(&c, "select pg_backend_pid()").await;
+    c.batch_execute("select pg_sleep(3)").await.unwrap();
+    assert_eq!(scalar_i32(&c, "select pg_backend_pid()").await, in_tx);
+    c.batch_execute("commit").await.unwrap();
+    // Once idle past its age, the server is replaced.
+    let replaced = eventually(Duration::from_secs(15), || async {
+        scalar_i32(&c, "select pg_backend_pid()").await != first
+    })
+    .await;
+    assert!(replaced, "server {first} was never replaced");
+    let metrics = http_get(app.metrics_addr.unwrap(), "/metrics").await.1;
+    assert!(
+        metric_value(
+            &metrics,
+            "pgmux_server_closed_total",
+            &[("database", &db), ("reason", "lifetime")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_wait_timeout_ends_a_wait_with_an_error() {
+    let db = fresh_database("pool_wait").await;
+    let app = start_pgmux(|c| {
+        c.pool_size = 1;
+        c.query_wait_timeout = 1.0;
+    })
+    .await;
+    let holder = connect(app.addr, &db).await;
+    holder.batch_execute("begin; select 1").await.unwrap();
+    // A new client's login still works (defaults are cached) but its
+    // query waits for the only server, then gets an error.
+    let waiter = connect(app.addr, &db).await;
+    let err = tokio::time::timeout(Duration::from_secs(30), waiter.simple_query("select 1"))
+        .await
+        .expect("the wait must end")
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("query_wait_timeout"), "{err:?}");
+    holder.batch_execute("commit").await.unwrap();
+    let again = connect(app.addr, &db).await;
+    assert_eq!(scalar_i32(&again, "select 5").await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_against_a_silent_server() {
+    // Accepts TCP connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            keep.push(s);
+        }
+    });
+    let app = start_pgmux(|c| {
+        c.server_port = port;
+        c.server_connect_timeout = 1.0;
+    })
+    .await;
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        try_connect(&dsn(app.addr, "anything")),
+    )
+    .await
+    .expect("login must not hang");
+    let err = result.err().expect("login must fail");
+    let text = format!("{err:?}");
+    assert!(text.contains("timed out"), "{text}");
+    assert_eq!(err.code().map(|c| c.code()), Some("08001"));
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_while_idle_is_never_handed_out() {
+    let db = fresh_database("pool_killed").await;
+    let app = start_pgmux(|c| c.pool_size = 1).await;
+    let c = connect(app.addr, &db).await;
+    let pid = scalar_i32(&c, "select pg_backend_pid()").await;
+    let admin = cluster().admin().await;
+    admin
+        .execute("select pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(10), || async {
+        let n: i64 = admin
+            .query_one(
+                "select count(*) from pg_stat_activity where pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
+    assert!(gone);
+    // The client's next transaction gets a fresh server, not an error.
+    let new_pid = scalar_i32(&c, "select pg_backend_pid()").await;
+    assert_ne!(new_pid, pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_keeps_one_server_and_resets_it_after() {
+    let db = fresh_database("pool_session").await;
+    let app = start_pgmux(|c| {
+        c.pool_size = 1;
+        c.pool_mode = PoolMode::Session;
+    })
+    .await;
+    let a = connect(app.addr, &db).await;
+    a.batch_execute(
+        "create temp table mine (x int); prepare p as select 1; set search_path = 'nowhere'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        scalar_i32(&a, "select count(*)::int from mine").await,
+        0,
+        "session state lasts across transactions"
+    );
+    let pid = scalar_i32(&a, "select pg_backend_pid()").await;
+    drop(a);
+    let b = connect(app.addr, &db).await;
+    assert_eq!(scalar_i32(&b, "select pg_backend_pid()").await, pid);
+    assert_eq!(
+        scalar_text(
+            &b,
+            "select coalesce(to_regclass('pg_temp.mine')::text, 'none')"
+        )
+        .await,
+        "none"
+    );
+    assert_eq!(
+        scalar_i32(
+            &b,
+            "select count(*)::int from pg_prepared_statements where name = 'p'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar_text(&b, "show search_path").await,
+        "\"$user\", public"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_are_served_first_come_first_served() {
+    let db = fresh_database("pool_fifo").await;
+    let app = start_pgmux(|c| c.pool_size = 1).await;
+    let holder = connect(app.addr, &db).await;
+    holder
+        .batch_execute("create table arrivals (seq serial, who int)")
+        .await
+        .unwrap();
+    holder.batch_execute("begin; select 1").await.unwrap();
+    let mut waiters = Vec::new();
+    for who in 0..5 {
+        let c = connect(app.addr, &db).await;
+        let mut task = tokio::spawn(async move {
+            c.batch_execute(&format!("insert into arrivals (who) values ({who})"))
+                .await
+                .unwrap();
+        });
+        // Each waiter is queued before the next one starts.
+        let queued = eventually(Duration::from_secs(10), || async {
+            let text = http_get(app.metrics_addr.unwrap(), "/metrics").await.1;
+            metric_value(&text, "pgmux_clients_waiting", &[("database", &db)]) >= (who + 1) as f64
+        })
+        .await;
+        assert!(queued);
+        assert!(futures_util::poll!(&mut task).is_pending());
+        waiters.push(task);
+    }
+    holder.batch_execute("commit").await.unwrap();
+    for w in waiters {
+        w.await.unwrap();
+    }
+    let order: Vec<i32> = holder
+        .query("select who from arrivals order by seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(order, vec![0, 1, 2, 3, 4]);
+}
