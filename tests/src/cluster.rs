@@ -100,7 +100,7 @@ impl Cluster {
                 path(&data),
                 "-U",
                 "postgres",
-                "--auth=scram-sha-256",
+                "--auth=md5",
                 "--pwfile",
                 path(&pwfile),
                 "-E",

@@ -2,7 +2,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod proxy {
+    pub mod auth;
     pub mod basics;
+    pub mod cancel;
+    pub mod hostile;
+    pub mod observability;
+    pub mod pooling;
     pub mod protocol;
     pub mod python;
 }

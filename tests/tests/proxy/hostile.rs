@@ -1,0 +1,147 @@
+//! Bad input gets an ErrorResponse with a SQLSTATE and a clean close; never
+//! a hang, a panic or an allocation the peer chose. Others keep being served.
+
+use std::time::Duration;
+
+use pgmux_tests::raw::{self, Raw};
+use pgmux_tests::*;
+use tokio::io::AsyncWriteExt;
+
+async fn refused_with(app_addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut r = Raw::connect(app_addr).await;
+    r.send(bytes).await;
+    let msgs = r.until_closed().await;
+    let err = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .unwrap_or_else(|| panic!("no ErrorResponse for {bytes:?}: {msgs:?}"));
+    assert_eq!(err.field(b'S').as_deref(), Some("FATAL"));
+    err.sqlstate().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_huge_and_negative_lengths_are_refused_and_others_served() {
+    let db = fresh_database("hostile_lengths").await;
+    let app = start_pgmux(|c| c.client_login_timeout = 2.0).await;
+    let bystander = connect(app.addr, &db).await;
+    assert_eq!(
+        refused_with(app.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await,
+        "08P01"
+    );
+    assert_eq!(
+        refused_with(app.addr, &0x7fff_ffffu32.to_be_bytes()).await,
+        "08P01"
+    );
+    assert_eq!(
+        refused_with(app.addr, &(-8i32).to_be_bytes()).await,
+        "08P01"
+    );
+    assert_eq!(
+        refused_with(app.addr, &[0, 0, 0, 8, 0, 2, 0, 0]).await,
+        "0A000"
+    );
+    // A startup packet with a parameter that never ends.
+    assert_eq!(
+        refused_with(
+            app.addr,
+            &[&[0u8, 0, 0, 13, 0, 3, 0, 0][..], b"user\0"].concat()
+        )
+        .await,
+        "08P01"
+    );
+    // After login: a message length over the cap, then a negative one.
+    let trusting = start_pgmux(|c| {
+        c.auth_type = pgmux::config::AuthType::Trust;
+        c.max_message_size = 1 << 20;
+    })
+    .await;
+    for header in [
+        [b'Q', 0x7f, 0xff, 0xff, 0xff],
+        [b'Q', 0xff, 0xff, 0xff, 0xf0],
+    ] {
+        let mut r = Raw::login(trusting.addr, APP_USER, &db).await;
+        r.send(&header).await;
+        let msgs = r.until_closed().await;
+        assert_eq!(
+            msgs.iter()
+                .find(|m| m.tag == b'E')
+                .and_then(|m| m.sqlstate())
+                .as_deref(),
+            Some("08P01"),
+            "{msgs:?}"
+        );
+    }
+    // Mid-transaction garbage: the transaction is rolled back, not leaked.
+    let mut r = Raw::login(trusting.addr, APP_USER, &db).await;
+    r.send(&raw::query("begin; create table half_done (x int)"))
+        .await;
+    r.until_ready().await;
+    r.send(&[b'Q', 0xff, 0xff, 0xff, 0xff]).await;
+    r.until_closed().await;
+    let check = connect(trusting.addr, &db).await;
+    assert_eq!(
+        scalar_text(
+            &check,
+            "select coalesce(to_regclass('half_done')::text, 'none')"
+        )
+        .await,
+        "none"
+    );
+    assert_eq!(scalar_i32(&bystander, "select 99").await, 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_never_finishes_is_closed_after_the_timeout() {
+    let db = fresh_database("hostile_slow").await;
+    let app = start_pgmux(|c| c.client_login_timeout = 1.0).await;
+    let bystander = connect(app.addr, &db).await;
+    // Silent after connecting.
+    let mut silent = Raw::connect(app.addr).await;
+    // Half a startup packet.
+    let mut half = Raw::connect(app.addr).await;
+    half.send(&raw::startup_packet(&[("user", APP_USER)])[..6])
+        .await;
+    // Startup sent, password never sent.
+    let mut mute = Raw::connect(app.addr).await;
+    mute.send(&raw::startup_packet(&[
+        ("user", APP_USER),
+        ("database", &db),
+    ]))
+    .await;
+    for conn in [&mut silent, &mut half, &mut mute] {
+        let msgs = tokio::time::timeout(Duration::from_secs(20), conn.until_closed())
+            .await
+            .expect("closed after the login timeout");
+        let err = msgs
+            .iter()
+            .find(|m| m.tag == b'E')
+            .expect("an ErrorResponse before the close");
+        assert_eq!(err.sqlstate().as_deref(), Some("08P01"));
+        assert!(err.field(b'M').unwrap().contains("client_login_timeout"));
+    }
+    assert_eq!(scalar_i32(&bystander, "select 1").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_clients_get_53300() {
+    let db = fresh_database("hostile_many").await;
+    let app = start_pgmux(|c| c.max_client_conn = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(app.addr, &db).await);
+    }
+    let err = try_connect(&dsn(app.addr, &db)).await.err().unwrap();
+    assert_eq!(err.code().map(|c| c.code()), Some("53300"), "{err}");
+    drop(held.pop());
+    // A slot frees once that client's session ends.
+    let back = eventually(Duration::from_secs(10), || async {
+        try_connect(&dsn(app.addr, &db)).await.is_ok()
+    })
+    .await;
+    assert!(back);
+    // A client may also just drop the socket mid-startup.
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(&[0, 0]).await.unwrap();
+    drop(s);
+    assert_eq!(scalar_i32(&held[0], "select 3").await, 3);
+}
