@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod raw;
+pub mod relay;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -7,6 +7,7 @@ mod proxy {
     pub mod cancel;
     pub mod hostile;
     pub mod observability;
+    pub mod outage;
     pub mod pooling;
     pub mod protocol;
     pub mod python;
