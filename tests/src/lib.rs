@@ -39,6 +39,13 @@ pub fn test_config() -> Config {
 
 /// Start pgmux with the test config, adjusted by `tweak`.
 pub async fn start_pgmux(tweak: impl FnOnce(&mut Config)) -> App {
+    // PGMUX_TEST_LOG=debug shows pgmux's own log while a test runs.
+    if let Ok(filter) = std::env::var("PGMUX_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let mut cfg = test_config();
     tweak(&mut cfg);
     App::start(cfg).await.unwrap()

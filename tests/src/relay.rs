@@ -46,7 +46,8 @@ impl Relay {
 
     /// Refuse new connections and cut every open one, like a server going away.
     pub async fn down(&self) {
-        if let Some(a) = self.acceptor.lock().unwrap().take() {
+        let acceptor = self.acceptor.lock().unwrap().take();
+        if let Some(a) = acceptor {
             a.abort();
             let _ = a.await;
         }

@@ -45,7 +45,9 @@ async fn an_outage_gives_errors_then_service_resumes() {
     )
     .await
     .expect("no hang");
-    let err = first.err().expect("refused while the server is down");
+    let Err(err) = first else {
+        panic!("refused while the server is down")
+    };
     assert_eq!(err.code().map(|c| c.code()), Some("08001"), "{err}");
 
     relay.up().await;

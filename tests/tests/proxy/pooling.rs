@@ -227,7 +227,9 @@ async fn connect_timeout_against_a_silent_server() {
     )
     .await
     .expect("login must not hang");
-    let err = result.err().expect("login must fail");
+    let Err(err) = result else {
+        panic!("login must fail")
+    };
     let text = format!("{err:?}");
     assert!(text.contains("timed out"), "{text}");
     assert_eq!(err.code().map(|c| c.code()), Some("08001"));

@@ -97,6 +97,7 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
         }
 
         let mut checkout = s.pool.checkout().await?;
+        tracing::trace!(server = checkout.server().id, "linked");
         if let Err(e) = align_parameters(s, &mut checkout).await {
             checkout.discard(CloseReason::Error);
             return Err(e);
