@@ -70,6 +70,7 @@ impl App {
             shared,
             max_clients,
         ))];
+        tasks.push(tokio::spawn(stats::upkeep()));
         let mut metrics_addr = None;
         if let Some(m) = metrics {
             let l = bind(m).await?;

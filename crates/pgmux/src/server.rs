@@ -39,6 +39,8 @@ pub enum ServerError {
     Protocol(String),
     #[error("server closed the connection unexpectedly")]
     Closed,
+    #[error("max_db_connections: all {0} server connections to this database are busy")]
+    DatabaseFull(u32),
 }
 
 impl ServerError {
@@ -50,6 +52,7 @@ impl ServerError {
             ServerError::NoPassword(_) => "28000",
             ServerError::UnsupportedAuth(_) => "28000",
             ServerError::Protocol(_) => "08P01",
+            ServerError::DatabaseFull(_) => "53300",
             ServerError::Backend(_) | ServerError::Closed => "08006",
         }
     }
@@ -92,6 +95,8 @@ pub struct Server {
     pub expect: Expect,
     /// Named statements prepared on this server (transaction mode).
     pub prepared: ServerStatements,
+    /// This server's share of `max_db_connections`, freed when it closes.
+    pub db_slot: Option<tokio::sync::OwnedSemaphorePermit>,
     max_message: usize,
 }
 
@@ -145,6 +150,7 @@ impl Server {
             flow: ServerFlow::new(max_message),
             expect: Expect::default(),
             prepared: ServerStatements::default(),
+            db_slot: None,
             max_message,
         };
         server.login(&target.dbname, login).await?;

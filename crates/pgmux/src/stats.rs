@@ -32,6 +32,16 @@ pub fn recorder() -> &'static PrometheusHandle {
     })
 }
 
+/// Histogram samples wait in per-metric buckets until the exporter's upkeep
+/// folds them in; without it they would pile up between scrapes.
+pub async fn upkeep() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        recorder().run_upkeep();
+    }
+}
+
 /// Why a server connection was closed.
 #[derive(Debug, Clone, Copy)]
 pub enum CloseReason {

@@ -351,3 +351,53 @@ async fn waiting_clients_are_served_first_come_first_served() {
         .collect();
     assert_eq!(order, vec![0, 1, 2, 3, 4]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_db_connections_caps_a_database_across_its_users() {
+    let db = fresh_database("pool_dbcap").await;
+    cluster().psql_super(&format!("grant all on database {db} to md5user"));
+    let app = start_pgmux(|c| {
+        c.pool_size = 3;
+        c.max_db_connections = 2;
+        c.users.insert(
+            "md5user".into(),
+            pgmux::config::UserConfig {
+                password: "md5-secret".into(),
+            },
+        );
+    })
+    .await;
+    let other = format!(
+        "host=127.0.0.1 port={} user=md5user password=md5-secret dbname={db}",
+        app.addr.port()
+    );
+    // Two app transactions take both slots.
+    let a = connect(app.addr, &db).await;
+    let b = connect(app.addr, &db).await;
+    a.batch_execute("begin; select 1").await.unwrap();
+    b.batch_execute("begin; select 1").await.unwrap();
+    assert_eq!(backends_of(&db).await, 2);
+    // A third client of another user waits: no slot, and nothing idle to evict.
+    let mut third = tokio::spawn(async move {
+        let c = try_connect(&other).await.unwrap();
+        scalar_text(&c, "select current_user::text").await
+    });
+    // A negative check can only be bounded: without the cap it would be
+    // served (and PostgreSQL would see a third connection) at once.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), &mut third)
+            .await
+            .is_err(),
+        "served past the cap"
+    );
+    assert_eq!(backends_of(&db).await, 2);
+    // An app transaction ends; its now idle server is closed to make room.
+    a.batch_execute("commit").await.unwrap();
+    let who = tokio::time::timeout(Duration::from_secs(30), third)
+        .await
+        .expect("the waiter gets a slot")
+        .unwrap();
+    assert_eq!(who, "md5user");
+    assert!(backends_of(&db).await <= 2);
+    b.batch_execute("commit").await.unwrap();
+}

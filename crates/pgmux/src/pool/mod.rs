@@ -3,6 +3,7 @@
 //! across an await. A [`Checkout`] lends a server; it goes back with
 //! [`Checkout::checkin`], and is closed if the checkout is dropped instead.
 
+mod db_limit;
 mod maintenance;
 mod registry;
 
@@ -19,6 +20,7 @@ use crate::prepared::StatementCache;
 use crate::server::{Login, Server, ServerError};
 use crate::stats::{CloseReason, PoolStats};
 
+pub use db_limit::DbLimit;
 pub use registry::Pools;
 
 /// The settings a pool runs with, copied from the config at creation.
@@ -92,6 +94,8 @@ pub struct Pool {
     pub stats: PoolStats,
     /// Server-side names of the named statements clients prepare.
     pub statements: StatementCache,
+    /// The database-wide server cap, when `max_db_connections` is set.
+    db_limit: Option<Arc<DbLimit>>,
 }
 
 pub struct Checkout {
@@ -107,8 +111,9 @@ impl Pool {
         target: Target,
         login: Login,
         settings: PoolSettings,
+        db_limit: Option<Arc<DbLimit>>,
     ) -> Arc<Pool> {
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             database: database.to_string(),
             user: user.to_string(),
             target,
@@ -124,7 +129,27 @@ impl Pool {
             next_waiter: AtomicU64::new(0),
             stats: PoolStats::new(database, user),
             statements: StatementCache::default(),
-        })
+            db_limit,
+        });
+        if let Some(limit) = &pool.db_limit {
+            limit.register(&pool);
+        }
+        pool
+    }
+
+    /// Close the longest-idle server, if any (to free a database slot).
+    pub fn evict_one_idle(&self) -> bool {
+        let oldest = {
+            let mut idle = lock(&self.idle);
+            (!idle.is_empty()).then(|| idle.remove(0))
+        };
+        match oldest {
+            Some(server) => {
+                self.discard(server, CloseReason::Idle);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn open_servers(&self) -> u32 {
@@ -217,6 +242,17 @@ impl Pool {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(err);
         }
+        let slot = match &self.db_limit {
+            Some(limit) => match limit.acquire(self.settings.query_wait_timeout).await {
+                Ok(slot) => Some(slot),
+                Err(err) => {
+                    self.open.fetch_sub(1, Ordering::AcqRel);
+                    self.returned.notify_one();
+                    return Err(err);
+                }
+            },
+            None => None,
+        };
         self.stats.servers_login.inc();
         let started = Instant::now();
         let result = Server::connect(
@@ -229,6 +265,7 @@ impl Pool {
         self.stats.servers_login.dec();
         match result {
             Ok(mut server) => {
+                server.db_slot = slot;
                 self.stats
                     .connect_seconds
                     .record(started.elapsed().as_secs_f64());
@@ -319,6 +356,9 @@ impl Checkout {
             server.last_used = now;
             lock(&self.pool.idle).push(server);
             self.pool.returned.notify_one();
+            if let Some(limit) = &self.pool.db_limit {
+                limit.idle_appeared.notify_waiters();
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use pgmux_wire::auth::{ScramVerifier, Secret};
 
-use super::{lock, maintenance, Pool, PoolSettings};
+use super::{lock, maintenance, DbLimit, Pool, PoolSettings};
 use crate::config::Config;
 use crate::server::Login;
 
@@ -16,6 +16,7 @@ pub struct Pools {
     /// SCRAM verifiers, derived once at start-up for plaintext secrets.
     verifiers: BTreeMap<String, ScramVerifier>,
     map: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    db_limits: Mutex<HashMap<String, Arc<DbLimit>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,7 @@ impl Pools {
             secrets,
             verifiers,
             map: Mutex::new(HashMap::new()),
+            db_limits: Mutex::new(HashMap::new()),
         }
     }
 
@@ -67,11 +69,18 @@ impl Pools {
                 .map(String::from),
         };
         let settings = PoolSettings::from_config(&self.config, database);
+        let max_db = self.config.max_db_connections;
+        let db_limit = (max_db > 0).then(|| {
+            lock(&self.db_limits)
+                .entry(database.to_string())
+                .or_insert_with(|| DbLimit::new(max_db))
+                .clone()
+        });
         let mut map = lock(&self.map);
         let pool = map
             .entry(key)
             .or_insert_with(|| {
-                let pool = Pool::new(database, user, target, login, settings);
+                let pool = Pool::new(database, user, target, login, settings, db_limit);
                 maintenance::spawn(Arc::downgrade(&pool));
                 pool
             })
