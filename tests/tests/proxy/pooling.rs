@@ -401,3 +401,60 @@ async fn max_db_connections_caps_a_database_across_its_users() {
     assert!(backends_of(&db).await <= 2);
     b.batch_execute("commit").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_pool_size_stays_warm_and_idle_servers_above_it_close() {
+    let db = fresh_database("pool_warm").await;
+    let app = start_pgmux(|c| {
+        c.pool_size = 4;
+        c.min_pool_size = 2;
+        c.server_idle_timeout = 1.0;
+    })
+    .await;
+    // Four transactions at once open four servers.
+    let clients = [
+        connect(app.addr, &db).await,
+        connect(app.addr, &db).await,
+        connect(app.addr, &db).await,
+        connect(app.addr, &db).await,
+    ];
+    for c in &clients {
+        c.batch_execute("begin; select 1").await.unwrap();
+    }
+    assert_eq!(backends_of(&db).await, 4);
+    for c in &clients {
+        c.batch_execute("commit").await.unwrap();
+    }
+    // Unused past the idle timeout, they close down to min_pool_size, no further.
+    let trimmed = eventually(Duration::from_secs(15), || async {
+        backends_of(&db).await == 2
+    })
+    .await;
+    assert!(trimmed, "idle servers above min_pool_size were not closed");
+    let metrics = http_get(app.metrics_addr.unwrap(), "/metrics").await.1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "pgmux_server_closed_total",
+            &[("database", &db), ("reason", "idle")]
+        ),
+        2.0
+    );
+    // Killed from outside, the warm ones are replaced by the housekeeping.
+    cluster()
+        .admin()
+        .await
+        .execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    let refilled = eventually(Duration::from_secs(15), || async {
+        let text = http_get(app.metrics_addr.unwrap(), "/metrics").await.1;
+        metric_value(&text, "pgmux_server_opened_total", &[("database", &db)]) >= 6.0
+            && backends_of(&db).await == 2
+    })
+    .await;
+    assert!(refilled, "min_pool_size was not restored");
+}

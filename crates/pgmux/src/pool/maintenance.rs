@@ -28,8 +28,8 @@ pub(super) fn spawn(pool: Weak<Pool>) {
 }
 
 impl Pool {
-    /// Close idle servers past their lifetime, or idle past the idle
-    /// timeout while more than `min_pool_size` are open.
+    /// Close idle servers that died, are past their lifetime, or sat unused
+    /// past the idle timeout while more than `min_pool_size` are open.
     fn prune(&self, now: Instant) {
         let mut closing = Vec::new();
         {
@@ -44,15 +44,20 @@ impl Pool {
                     .idle_timeout
                     .is_some_and(|t| now.duration_since(s.last_used) >= t)
                     && open > self.settings.min_size;
-                if expired || unused {
-                    closing.push((
-                        idle.remove(i),
-                        if expired {
-                            CloseReason::Lifetime
-                        } else {
-                            CloseReason::Idle
-                        },
-                    ));
+                // Closed by PostgreSQL (restart, pg_terminate_backend) while
+                // unused: noticed here, so min_pool_size is kept for real.
+                let dead = !s.is_healthy();
+                let reason = if dead {
+                    Some(CloseReason::Error)
+                } else if expired {
+                    Some(CloseReason::Lifetime)
+                } else if unused {
+                    Some(CloseReason::Idle)
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    closing.push((idle.remove(i), reason));
                     open = open.saturating_sub(1);
                 } else {
                     i += 1;
