@@ -10,10 +10,12 @@ use super::expect::{Expect, Pending};
 use super::splice::Splice;
 use crate::prepared::{ClientStatements, ServerStatements, Statement, StatementCache};
 
-/// A Bind bigger than this is streamed with only its head rewritten.
-const WHOLE_BIND_LIMIT: usize = 1 << 20;
-/// The portal and statement names at the head of a Bind must fit in this.
-const BIND_HEAD_LIMIT: usize = 64 * 1024;
+/// Parse and Bind messages up to this size are held whole to be rewritten;
+/// a bigger Bind streams with only its head rewritten, a bigger unnamed
+/// Parse streams untouched, and a bigger named Parse is refused.
+const WHOLE_MESSAGE_LIMIT: usize = 1 << 20;
+/// Names at the head of a message (and whole Describe/Close) must fit in this.
+const HEAD_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientFlowError {
@@ -21,6 +23,19 @@ pub enum ClientFlowError {
     Frame(#[from] FrameError),
     #[error("malformed {0:?} message")]
     Malformed(char),
+    #[error(
+        "a named prepared statement of {0} bytes is over pgmux's 1 MiB limit in transaction mode"
+    )]
+    StatementTooLarge(usize),
+}
+
+impl ClientFlowError {
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            ClientFlowError::StatementTooLarge(_) => "54000",
+            _ => "08P01",
+        }
+    }
 }
 
 /// The statement maps in play when names are rewritten.
@@ -128,17 +143,39 @@ impl ClientFlow {
             let have_whole = whole_end <= input.len();
             if let (Some(st), b'P' | b'B' | b'D' | b'C') = (stmts.as_mut(), tag) {
                 if !have_whole {
-                    if tag == b'B' && len > WHOLE_BIND_LIMIT {
-                        match stream_big_bind(input, pos, len, expect, st, &mut splice)? {
-                            Some(next) => {
-                                self.remaining = whole_end - next.min(whole_end);
-                                pos = next;
+                    // Hold a message whole only while it is small; past that
+                    // only its head (the names) is needed, or it is refused.
+                    let available = input.len() - body_start;
+                    match tag {
+                        b'B' if len > WHOLE_MESSAGE_LIMIT => {
+                            match stream_big_bind(input, pos, len, expect, st, &mut splice)? {
+                                Some(next) => {
+                                    self.remaining = whole_end - next.min(whole_end);
+                                    pos = next;
+                                    continue;
+                                }
+                                None => break,
+                            }
+                        }
+                        b'P' if len > WHOLE_MESSAGE_LIMIT => match input[body_start..].first() {
+                            // Unnamed: nothing to rewrite, so it streams.
+                            Some(0) => {
+                                expect.push(Pending::Parse {
+                                    swallow: false,
+                                    id: None,
+                                });
+                                self.remaining = len - available;
+                                pos = input.len();
                                 continue;
                             }
+                            Some(_) => return Err(ClientFlowError::StatementTooLarge(len)),
                             None => break,
+                        },
+                        b'D' | b'C' if len > HEAD_LIMIT => {
+                            return Err(ClientFlowError::Malformed(tag as char))
                         }
+                        _ => break,
                     }
-                    break;
                 }
                 rewrite(
                     tag,
@@ -339,14 +376,14 @@ fn stream_big_bind(
 ) -> Result<Option<usize>, ClientFlowError> {
     let body = &input[start + HEADER_LEN..];
     let Some(portal_end) = body.iter().position(|&b| b == 0) else {
-        return if body.len() > BIND_HEAD_LIMIT {
+        return if body.len() > HEAD_LIMIT {
             Err(ClientFlowError::Malformed('B'))
         } else {
             Ok(None)
         };
     };
     let Some(name_len) = body[portal_end + 1..].iter().position(|&b| b == 0) else {
-        return if body.len() > BIND_HEAD_LIMIT {
+        return if body.len() > HEAD_LIMIT {
             Err(ClientFlowError::Malformed('B'))
         } else {
             Ok(None)

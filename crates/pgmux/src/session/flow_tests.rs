@@ -172,3 +172,43 @@ proptest! {
         prop_assert_eq!(run_server(&data, &cuts), run_server(&data, &[]));
     }
 }
+
+#[test]
+fn big_messages_stream_or_are_refused_without_being_held_whole() {
+    let cache = StatementCache::default();
+    let (mut client, mut server) = (ClientStatements::default(), ServerStatements::default());
+    let big_query = [b"select '".as_slice(), &vec![b'q'; 2 << 20], b"'\0\0\0"].concat();
+    // Unnamed: passes through as it arrives.
+    let mut unnamed = Vec::new();
+    msg(&mut unnamed, b'P', &[b"\0".as_slice(), &big_query].concat());
+    let mut flow = ClientFlow::new(8 << 20);
+    let mut expect = Expect::default();
+    let st = Statements {
+        cache: &cache,
+        client: &mut client,
+        server: &mut server,
+    };
+    let first = flow
+        .process(&unnamed[..100_000], &mut expect, Some(st))
+        .unwrap();
+    assert_eq!(first.consumed, 100_000, "streamed, not held");
+    assert!(!flow.at_boundary());
+    // Named: refused with a clear error instead of buffering it.
+    let mut named = Vec::new();
+    msg(
+        &mut named,
+        b'P',
+        &[b"big\0".as_slice(), &big_query].concat(),
+    );
+    let mut flow = ClientFlow::new(8 << 20);
+    let st = Statements {
+        cache: &cache,
+        client: &mut client,
+        server: &mut server,
+    };
+    let err = flow
+        .process(&named[..100_000], &mut Expect::default(), Some(st))
+        .err()
+        .unwrap();
+    assert_eq!(err.sqlstate(), "54000");
+}

@@ -20,7 +20,7 @@ use crate::config::PoolMode;
 use crate::params::set_statements;
 use crate::pool::Checkout;
 use crate::server::{Server, ServerError};
-use crate::stats::CloseReason;
+use crate::stats::{CloseReason, PoolStats};
 
 /// First read buffer for a client with something to say.
 const CLIENT_BUFFER: usize = 16 * 1024;
@@ -53,13 +53,20 @@ pub async fn run(mut stream: TcpStream, mut session: Session, shared: &Shared) {
 
 /// Read what the client has into `buf` (allocating it on first need).
 /// `Ok(false)` means the client closed its side.
-async fn read_client(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<bool, ClientError> {
+async fn read_client(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    stats: &PoolStats,
+) -> Result<bool, ClientError> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(CLIENT_BUFFER);
     }
     match stream.read_buf(buf).await {
         Ok(0) => Ok(false),
-        Ok(_) => Ok(true),
+        Ok(n) => {
+            stats.bytes_received.increment(n as u64);
+            Ok(true)
+        }
         Err(_) => Err(ClientError::Gone),
     }
 }
@@ -86,14 +93,9 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
                 cbuf = BytesMut::new();
                 stream.readable().await.map_err(|_| ClientError::Gone)?;
             }
-            let before = cbuf.len();
-            if !read_client(stream, &mut cbuf).await? {
+            if !read_client(stream, &mut cbuf, &s.pool.stats).await? {
                 return Ok(());
             }
-            s.pool
-                .stats
-                .bytes_received
-                .increment((cbuf.len() - before) as u64);
         }
 
         let mut checkout = s.pool.checkout().await?;
@@ -168,7 +170,7 @@ async fn relay_linked(
             return Outcome::Done;
         }
         tokio::select! {
-            read = read_client(stream, cbuf), if !*terminating => match read {
+            read = read_client(stream, cbuf, &s.pool.stats), if !*terminating => match read {
                 Ok(true) => {}
                 Ok(false) => return Outcome::ClientLeft(None),
                 Err(_) => return Outcome::ClientLeft(None),
@@ -196,7 +198,6 @@ async fn forward_client_bytes(
     terminating: &mut bool,
     rewrite: bool,
 ) -> Result<(), Outcome> {
-    s.pool.stats.bytes_received.increment(cbuf.len() as u64);
     let statements = rewrite.then(|| Statements {
         cache: &s.pool.statements,
         client: &mut s.statements,
@@ -204,12 +205,7 @@ async fn forward_client_bytes(
     });
     let batch = flow
         .process(cbuf, &mut server.expect, statements)
-        .map_err(|e| {
-            Outcome::ClientLeft(Some(ClientError::fatal(
-                "08P01",
-                format!("invalid message from client: {e}"),
-            )))
-        })?;
+        .map_err(|e| Outcome::ClientLeft(Some(ClientError::fatal(e.sqlstate(), e.to_string()))))?;
     let sent = match &batch.edited {
         Some(edited) => server.stream.write_all(edited).await,
         None => server.stream.write_all(&cbuf[..batch.consumed]).await,
