@@ -51,8 +51,12 @@ impl Relay {
             a.abort();
             let _ = a.await;
         }
-        for t in self.tasks.lock().unwrap().drain(..) {
+        // Wait for every cut connection to be gone, so the far side sees
+        // the close before this returns.
+        let pipes: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        for t in pipes {
             t.abort();
+            let _ = t.await;
         }
     }
 

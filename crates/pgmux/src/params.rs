@@ -2,6 +2,7 @@
 //! and the SET statements that bring a server in line with a client.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use pgmux_wire::reply::{quote_ident, quote_literal};
 
@@ -22,19 +23,26 @@ const READ_ONLY: &[&str] = &[
 
 /// Parameter name -> value, looked up case-insensitively (`DateStyle` and
 /// `datestyle` are one setting) while keeping the server's spelling.
+///
+/// Copy-on-write: clients start from their pool's defaults and share them
+/// until a setting of theirs differs, so an idle client that changed
+/// nothing holds no copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParamMap {
-    entries: BTreeMap<String, (String, String)>,
+    entries: Arc<BTreeMap<String, (String, String)>>,
 }
 
 impl ParamMap {
     pub fn set(&mut self, name: &str, value: &str) {
         let key = name.to_ascii_lowercase();
-        match self.entries.get_mut(&key) {
+        if self.entries.get(&key).is_some_and(|(_, v)| v == value) {
+            return;
+        }
+        let entries = Arc::make_mut(&mut self.entries);
+        match entries.get_mut(&key) {
             Some(entry) => entry.1 = value.to_string(),
             None => {
-                self.entries
-                    .insert(key, (name.to_string(), value.to_string()));
+                entries.insert(key, (name.to_string(), value.to_string()));
             }
         }
     }
@@ -65,8 +73,16 @@ impl ParamMap {
         out
     }
 
+    /// Whether any settable setting of `self` (the client) differs on `server`.
+    pub fn differs_from(&self, server: &ParamMap) -> bool {
+        !Arc::ptr_eq(&self.entries, &server.entries) && !self.differences(server).is_empty()
+    }
+
     /// Settings where `server` differs from `self` (the client), settable ones only.
     pub fn differences<'a>(&'a self, server: &ParamMap) -> Vec<(&'a str, &'a str)> {
+        if Arc::ptr_eq(&self.entries, &server.entries) {
+            return Vec::new();
+        }
         self.entries
             .iter()
             .filter(|(key, _)| !READ_ONLY.contains(&key.as_str()))
@@ -122,6 +138,17 @@ mod tests {
             names.contains(&"TimeZone"),
             "keeps the server's spelling: {names:?}"
         );
+    }
+
+    #[test]
+    fn clients_share_the_defaults_until_they_differ() {
+        let defaults = map(&[("TimeZone", "UTC")]);
+        let same = ParamMap::for_client(&defaults, &[("TimeZone".into(), "UTC".into())]);
+        assert!(Arc::ptr_eq(&same.entries, &defaults.entries));
+        let mut other = ParamMap::for_client(&defaults, &[]);
+        other.set("timezone", "Asia/Tokyo");
+        assert!(!Arc::ptr_eq(&other.entries, &defaults.entries));
+        assert_eq!(defaults.get("TimeZone"), Some("UTC"));
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum ServerError {
     Protocol(String),
     #[error("server closed the connection unexpectedly")]
     Closed,
+    #[error("server connection failed: {0}")]
+    Lost(String),
     #[error("max_db_connections: all {0} server connections to this database are busy")]
     DatabaseFull(u32),
 }
@@ -53,15 +55,15 @@ impl ServerError {
             ServerError::UnsupportedAuth(_) => "28000",
             ServerError::Protocol(_) => "08P01",
             ServerError::DatabaseFull(_) => "53300",
-            ServerError::Backend(_) | ServerError::Closed => "08006",
+            ServerError::Backend(_) | ServerError::Closed | ServerError::Lost(_) => "08006",
         }
     }
 
-    fn io(e: std::io::Error) -> ServerError {
+    pub fn io(e: std::io::Error) -> ServerError {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             ServerError::Closed
         } else {
-            ServerError::Protocol(e.to_string())
+            ServerError::Lost(e.to_string())
         }
     }
 }

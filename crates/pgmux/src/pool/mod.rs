@@ -255,12 +255,13 @@ impl Pool {
         };
         self.stats.servers_login.inc();
         let started = Instant::now();
-        let result = Server::connect(
+        // Boxed: logging in is rare and its future large.
+        let result = Box::pin(Server::connect(
             &self.target,
             &self.login,
             self.settings.connect_timeout,
             self.settings.max_message,
-        )
+        ))
         .await;
         self.stats.servers_login.dec();
         match result {

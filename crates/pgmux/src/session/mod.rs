@@ -81,7 +81,9 @@ impl From<CheckoutError> for ClientError {
 pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
     let peer = stream.peer_addr().ok();
     let login_timeout = shared.pools.config().client_login_timeout();
-    let opened = tokio::time::timeout(login_timeout, log_in(&mut stream, &shared)).await;
+    // Boxed: the login future is large and is done with after login, while
+    // the session task lives on (an idle client should cost little).
+    let opened = tokio::time::timeout(login_timeout, Box::pin(log_in(&mut stream, &shared))).await;
     let session = match opened {
         Ok(Ok(Some(session))) => session,
         Ok(Ok(None)) => return,

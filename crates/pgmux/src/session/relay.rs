@@ -100,9 +100,13 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
 
         let mut checkout = s.pool.checkout().await?;
         tracing::trace!(server = checkout.server().id, "linked");
-        if let Err(e) = align_parameters(s, &mut checkout).await {
-            checkout.discard(CloseReason::Error);
-            return Err(e);
+        // Settings rarely differ; the (large, boxed) alignment runs only then,
+        // so the session task stays small and the common path allocates nothing.
+        if s.params.differs_from(&checkout.server().params) {
+            if let Err(e) = Box::pin(align_parameters(s, &mut checkout)).await {
+                checkout.discard(CloseReason::Error);
+                return Err(e);
+            }
         }
         s.cancel.link(checkout.server().cancel_target());
         s.pool.stats.clients_active.inc();
@@ -123,11 +127,11 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
                 checkout.checkin()
             }
             Outcome::Done => {
-                release_after_client(checkout, s).await;
+                Box::pin(release_after_client(checkout, s)).await;
                 return Ok(());
             }
             Outcome::ClientLeft(err) => {
-                release_after_client(checkout, s).await;
+                Box::pin(release_after_client(checkout, s)).await;
                 return err.map_or(Ok(()), Err);
             }
             Outcome::ServerFailed(e) => {
@@ -179,7 +183,7 @@ async fn relay_linked(
                 match read {
                     Ok(0) => return Outcome::ServerFailed(ServerError::Closed),
                     Ok(_) => {}
-                    Err(e) => return Outcome::ServerFailed(ServerError::Protocol(e.to_string())),
+                    Err(e) => return Outcome::ServerFailed(ServerError::io(e)),
                 }
                 if let Err(outcome) = forward_server_bytes(stream, s, server).await {
                     return outcome;
