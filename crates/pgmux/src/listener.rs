@@ -25,11 +25,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, max_clients
         let _ = stream.set_nodelay(true);
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    session::serve(stream, shared).await;
-                    drop(slot);
-                });
+                tokio::spawn(session::serve(stream, shared.clone(), slot));
             }
             Err(_) => {
                 tokio::spawn(async move {

@@ -106,7 +106,8 @@ fn defaults(
         .set_default("auth_type", "scram-sha-256")?
         .set_default("auth_file", "")?
         .set_default("admin_users", empty)?
-        .set_default("wildcard_databases", true)
+        .set_default("wildcard_databases", true)?
+        .set_default("worker_threads", 0)
 }
 
 /// BookTrader's variables, checked here so a bad value names the variable.

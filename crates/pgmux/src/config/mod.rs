@@ -82,6 +82,8 @@ pub struct Config {
     pub auth_file: String,
     pub admin_users: Vec<String>,
     pub wildcard_databases: bool,
+    /// Runtime worker threads; 0 means one per CPU.
+    pub worker_threads: u32,
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
     #[serde(default)]

@@ -83,7 +83,10 @@ pub struct Pool {
     login: Login,
     pub settings: PoolSettings,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<Server>>,
+    /// Boxed so a checkout (held in every linked client's task) stays small
+    /// and servers move between pool and client as one pointer.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<Server>>>,
     /// Servers open or being opened; never above `settings.size`.
     open: AtomicU32,
     returned: Notify,
@@ -99,7 +102,7 @@ pub struct Pool {
 }
 
 pub struct Checkout {
-    server: Option<Server>,
+    server: Option<Box<Server>>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
 }
@@ -177,14 +180,16 @@ impl Pool {
                 self.stats.wait_seconds.record(0.0);
                 p
             }
-            Err(_) => self.wait_for_permit().await?,
+            // The slow paths are boxed: every client's task embeds this
+            // future, and the fast path should not carry their size.
+            Err(_) => Box::pin(self.wait_for_permit()).await?,
         };
         loop {
             if let Some(server) = self.take_idle() {
                 return Ok(self.lend(server, permit));
             }
             if self.reserve_slot() {
-                let server = self.open_server().await?;
+                let server = Box::pin(self.open_server()).await?;
                 return Ok(self.lend(server, permit));
             }
             // Every slot is taken by a server on its way back or being
@@ -214,7 +219,7 @@ impl Pool {
         result.map(|p| p.expect("pool semaphore is never closed"))
     }
 
-    fn take_idle(&self) -> Option<Server> {
+    fn take_idle(&self) -> Option<Box<Server>> {
         loop {
             let server = lock(&self.idle).pop()?;
             let now = Instant::now();
@@ -237,7 +242,7 @@ impl Pool {
     }
 
     /// Open a server in a slot already reserved; the slot is freed on failure.
-    async fn open_server(&self) -> Result<Server, ServerError> {
+    async fn open_server(&self) -> Result<Box<Server>, ServerError> {
         if let Some(err) = self.backing_off() {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(err);
@@ -255,7 +260,6 @@ impl Pool {
         };
         self.stats.servers_login.inc();
         let started = Instant::now();
-        // Boxed: logging in is rare and its future large.
         let result = Box::pin(Server::connect(
             &self.target,
             &self.login,
@@ -277,7 +281,7 @@ impl Pool {
                     .lifetime
                     .map(|l| server.created + jittered(l, self.settings.lifetime_jitter));
                 lock(&self.defaults).get_or_insert_with(|| server.params.clone());
-                Ok(server)
+                Ok(Box::new(server))
             }
             Err(err) => {
                 self.open.fetch_sub(1, Ordering::AcqRel);
@@ -301,7 +305,7 @@ impl Pool {
         }
     }
 
-    fn lend(self: &Arc<Self>, server: Server, permit: OwnedSemaphorePermit) -> Checkout {
+    fn lend(self: &Arc<Self>, server: Box<Server>, permit: OwnedSemaphorePermit) -> Checkout {
         self.stats.servers_active.inc();
         Checkout {
             server: Some(server),
@@ -311,7 +315,7 @@ impl Pool {
     }
 
     /// Close a server and free its slot.
-    fn discard(&self, server: Server, reason: CloseReason) {
+    fn discard(&self, server: Box<Server>, reason: CloseReason) {
         self.open.fetch_sub(1, Ordering::AcqRel);
         self.stats.closed(reason);
         self.returned.notify_one();

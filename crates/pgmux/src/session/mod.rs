@@ -78,33 +78,48 @@ impl From<CheckoutError> for ClientError {
 }
 
 /// Serve one client connection to the end.
-pub async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+///
+/// Every idle client keeps this future, so it is kept small (see the size
+/// test below): the login is boxed (large, and done with early), and this
+/// is a plain fn returning an `async move` block because an `async fn`
+/// would store its arguments again beside the futures it awaits. `slot` is
+/// the client's place under `max_client_conn`, held to the end.
+#[allow(clippy::manual_async_fn)] // deliberate: see the doc comment
+pub fn serve(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let _slot = slot;
+        let Some((stream, session)) = Box::pin(open_session(stream, &shared)).await else {
+            return;
+        };
+        drop(shared);
+        relay::run(stream, session).await;
+    }
+}
+
+/// Log the client in within `client_login_timeout`, or tell it why not.
+async fn open_session(mut stream: TcpStream, shared: &Shared) -> Option<(TcpStream, Session)> {
     let peer = stream.peer_addr().ok();
     let login_timeout = shared.pools.config().client_login_timeout();
-    // Boxed: the login future is large and is done with after login, while
-    // the session task lives on (an idle client should cost little).
-    let opened = tokio::time::timeout(login_timeout, Box::pin(log_in(&mut stream, &shared))).await;
-    let session = match opened {
-        Ok(Ok(Some(session))) => session,
-        Ok(Ok(None)) => return,
+    let opened = tokio::time::timeout(login_timeout, log_in(&mut stream, shared)).await;
+    match opened {
+        Ok(Ok(Some(session))) => return Some((stream, session)),
+        Ok(Ok(None)) | Ok(Err(ClientError::Gone)) => {}
         Ok(Err(ClientError::Fatal { code, message })) => {
             tracing::info!(?peer, %code, %message, "login refused");
             refuse(&mut stream, &code, &message).await;
-            return;
         }
-        Ok(Err(ClientError::Gone)) => return,
         Err(_) => {
             tracing::info!(?peer, "client_login_timeout expired");
-            refuse(
-                &mut stream,
-                "08P01",
-                &format!("client_login_timeout: login not completed within {login_timeout:?}"),
-            )
-            .await;
-            return;
+            let message =
+                format!("client_login_timeout: login not completed within {login_timeout:?}");
+            refuse(&mut stream, "08P01", &message).await;
         }
-    };
-    relay::run(stream, session, &shared).await;
+    }
+    None
 }
 
 /// Everything the relay needs about a logged-in client.
@@ -188,5 +203,30 @@ fn with_user(e: ClientError, user: &str) -> ClientError {
             message: format!("{message} (user \"{user}\")"),
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Every idle client keeps its session future alive: keep it small (big,
+    /// rare steps are boxed), so thousands of idle clients cost little.
+    #[tokio::test]
+    async fn the_session_task_stays_small() {
+        let cfg = crate::config::load(None, &Default::default()).unwrap();
+        let secrets = Arc::new(cfg.user_secrets().unwrap());
+        let shared = Arc::new(Shared::new(Arc::new(Pools::new(Arc::new(cfg), secrets))));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let slot = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let future = serve(stream, shared, slot);
+        let size = std::mem::size_of_val(&future);
+        println!("session future: {size} bytes");
+        assert!(size <= 640, "the session future grew to {size} bytes");
     }
 }

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use super::client_flow::{ClientFlow, Statements};
 use super::expect::Pending;
 use super::server_flow::{Observers, ServerFlow};
-use super::{refuse, ClientError, Session, Shared};
+use super::{refuse, ClientError, Session};
 use crate::cancel::send_cancel;
 use crate::config::PoolMode;
 use crate::params::set_statements;
@@ -39,15 +39,23 @@ enum Outcome {
     ServerFailed(ServerError),
 }
 
-pub async fn run(mut stream: TcpStream, mut session: Session, shared: &Shared) {
-    let _ = shared;
-    let pool = session.pool.clone();
-    pool.stats.clients.inc();
-    let result = relay(&mut stream, &mut session).await;
-    pool.stats.clients.dec();
-    if let Err(ClientError::Fatal { code, message }) = result {
-        tracing::info!(user = %session.user, database = %session.database, %code, %message, "closing client");
-        refuse(&mut stream, &code, &message).await;
+/// Relay for a logged-in client until it leaves. A plain fn returning an
+/// `async move` block: the block owns `stream` and `session` once, where an
+/// `async fn` would store its arguments a second time in the task that
+/// every idle client keeps.
+#[allow(clippy::manual_async_fn)] // deliberate: see the doc comment
+pub fn run(
+    mut stream: TcpStream,
+    mut session: Session,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        session.pool.stats.clients.inc();
+        let result = relay(&mut stream, &mut session).await;
+        session.pool.stats.clients.dec();
+        if let Err(ClientError::Fatal { code, message }) = result {
+            tracing::info!(user = %session.user, database = %session.database, %code, %message, "closing client");
+            Box::pin(refuse(&mut stream, &code, &message)).await;
+        }
     }
 }
 
@@ -72,8 +80,8 @@ async fn read_client(
 }
 
 async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientError> {
-    let settings = s.pool.settings.clone();
-    let mut flow = ClientFlow::new(settings.max_message);
+    let transaction_mode = s.pool.settings.mode == PoolMode::Transaction;
+    let mut flow = ClientFlow::new(s.pool.settings.max_message);
     let mut cbuf = BytesMut::new();
     loop {
         // Idle: wait for a whole request. The buffer exists only while bytes do.
@@ -98,50 +106,65 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
             }
         }
 
-        let mut checkout = s.pool.checkout().await?;
-        tracing::trace!(server = checkout.server().id, "linked");
-        // Settings rarely differ; the (large, boxed) alignment runs only then,
-        // so the session task stays small and the common path allocates nothing.
-        if s.params.differs_from(&checkout.server().params) {
-            if let Err(e) = Box::pin(align_parameters(s, &mut checkout)).await {
-                checkout.discard(CloseReason::Error);
-                return Err(e);
-            }
-        }
-        s.cancel.link(checkout.server().cancel_target());
-        s.pool.stats.clients_active.inc();
-        let mut terminating = false;
-        let outcome = relay_linked(
+        // One allocation per request keeps the idle task small: everything
+        // a linked client needs lives in this boxed future, not in the task.
+        let keep_going = Box::pin(serve_request(
             stream,
             s,
-            &mut checkout,
             &mut flow,
             &mut cbuf,
-            &mut terminating,
-        )
-        .await;
-        s.pool.stats.clients_active.dec();
-        s.cancel.unlink();
-        match outcome {
-            Outcome::Done if settings.mode == PoolMode::Transaction && !terminating => {
-                checkout.checkin()
-            }
-            Outcome::Done => {
-                Box::pin(release_after_client(checkout, s)).await;
-                return Ok(());
-            }
-            Outcome::ClientLeft(err) => {
-                Box::pin(release_after_client(checkout, s)).await;
-                return err.map_or(Ok(()), Err);
-            }
-            Outcome::ServerFailed(e) => {
-                checkout.discard(CloseReason::Error);
-                tracing::warn!(user = %s.user, database = %s.database, error = %e, "server connection failed");
-                return Err(ClientError::fatal(
-                    e.sqlstate(),
-                    format!("server connection lost: {e}"),
-                ));
-            }
+            transaction_mode,
+        ))
+        .await?;
+        if !keep_going {
+            return Ok(());
+        }
+    }
+}
+
+/// Lend the client a server for its request; `Ok(false)` when the session
+/// is over (Terminate, or the client left while linked).
+async fn serve_request(
+    stream: &mut TcpStream,
+    s: &mut Session,
+    flow: &mut ClientFlow,
+    cbuf: &mut BytesMut,
+    transaction_mode: bool,
+) -> Result<bool, ClientError> {
+    let mut checkout = s.pool.checkout().await?;
+    // Settings rarely differ; the (large, boxed) alignment runs only then.
+    if s.params.differs_from(&checkout.server().params) {
+        if let Err(e) = Box::pin(align_parameters(s, &mut checkout)).await {
+            checkout.discard(CloseReason::Error);
+            return Err(e);
+        }
+    }
+    s.cancel.link(checkout.server().cancel_target());
+    s.pool.stats.clients_active.inc();
+    let mut terminating = false;
+    let outcome = relay_linked(stream, s, &mut checkout, flow, cbuf, &mut terminating).await;
+    s.pool.stats.clients_active.dec();
+    s.cancel.unlink();
+    match outcome {
+        Outcome::Done if transaction_mode && !terminating => {
+            checkout.checkin();
+            Ok(true)
+        }
+        Outcome::Done => {
+            Box::pin(release_after_client(checkout, s)).await;
+            Ok(false)
+        }
+        Outcome::ClientLeft(err) => {
+            Box::pin(release_after_client(checkout, s)).await;
+            err.map_or(Ok(false), Err)
+        }
+        Outcome::ServerFailed(e) => {
+            checkout.discard(CloseReason::Error);
+            tracing::warn!(user = %s.user, database = %s.database, error = %e, "server connection failed");
+            Err(ClientError::fatal(
+                e.sqlstate(),
+                format!("server connection lost: {e}"),
+            ))
         }
     }
 }
