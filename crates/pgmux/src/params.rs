@@ -73,9 +73,43 @@ impl ParamMap {
         out
     }
 
-    /// Whether any settable setting of `self` (the client) differs on `server`.
+    pub fn remove(&mut self, name: &str) {
+        let key = name.to_ascii_lowercase();
+        if self.entries.contains_key(&key) {
+            Arc::make_mut(&mut self.entries).remove(&key);
+        }
+    }
+
+    /// Keep only the settings `keep` accepts (by name).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        if self.entries.values().any(|(name, _)| !keep(name)) {
+            Arc::make_mut(&mut self.entries).retain(|_, (name, _)| keep(name));
+        }
+    }
+
+    /// The same shared map (a pointer compare, no string compares).
+    pub fn shares_with(&self, other: &ParamMap) -> bool {
+        Arc::ptr_eq(&self.entries, &other.entries)
+    }
+
+    /// Whether `server` must be changed to match `self` (the client):
+    /// a setting differs, or the server carries one the client never set.
     pub fn differs_from(&self, server: &ParamMap) -> bool {
-        !Arc::ptr_eq(&self.entries, &server.entries) && !self.differences(server).is_empty()
+        !self.shares_with(server)
+            && (!self.differences(server).is_empty() || !self.extras(server).is_empty())
+    }
+
+    /// Settings the server has (set by pgmux for an earlier client) that
+    /// this client does not: they must be RESET, or they would leak.
+    pub fn extras<'a>(&self, server: &'a ParamMap) -> Vec<&'a str> {
+        server
+            .entries
+            .iter()
+            .filter(|(key, _)| {
+                !self.entries.contains_key(*key) && !READ_ONLY.contains(&key.as_str())
+            })
+            .map(|(_, (name, _))| name.as_str())
+            .collect()
     }
 
     /// Settings where `server` differs from `self` (the client), settable ones only.
@@ -92,9 +126,15 @@ impl ParamMap {
     }
 }
 
-/// One simple query that applies `settings`, every name and value quoted.
-pub fn set_statements(settings: &[(&str, &str)]) -> String {
+/// One simple query that applies `settings` and resets `resets`, every
+/// name and value quoted.
+pub fn set_statements(settings: &[(&str, &str)], resets: &[&str]) -> String {
     let mut sql = String::new();
+    for name in resets {
+        sql.push_str("RESET ");
+        sql.push_str(&quote_ident(name));
+        sql.push(';');
+    }
     for (name, value) in settings {
         sql.push_str("SET ");
         sql.push_str(&quote_ident(name));
@@ -170,11 +210,30 @@ mod tests {
     }
 
     #[test]
+    fn settings_a_server_keeps_from_another_client_are_extras() {
+        let client = map(&[("TimeZone", "UTC")]);
+        let server = map(&[
+            ("TimeZone", "UTC"),
+            ("statement_timeout", "5s"),
+            ("server_version", "15"),
+        ]);
+        assert_eq!(client.extras(&server), vec!["statement_timeout"]);
+        assert!(client.differs_from(&server));
+        let mut cleaned = server.clone();
+        cleaned.remove("Statement_Timeout");
+        assert!(client.extras(&cleaned).is_empty());
+        assert!(!client.differs_from(&cleaned));
+    }
+
+    #[test]
     fn set_statements_quote_names_and_values() {
-        let sql = set_statements(&[("TimeZone", "x'; DROP TABLE t; --"), ("a\"b", "c")]);
+        let sql = set_statements(
+            &[("TimeZone", "x'; DROP TABLE t; --"), ("a\"b", "c")],
+            &["work_mem"],
+        );
         assert_eq!(
             sql,
-            "SET \"TimeZone\" TO 'x''; DROP TABLE t; --';SET \"a\"\"b\" TO 'c';"
+            "RESET \"work_mem\";SET \"TimeZone\" TO 'x''; DROP TABLE t; --';SET \"a\"\"b\" TO 'c';"
         );
     }
 }

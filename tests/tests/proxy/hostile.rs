@@ -145,3 +145,89 @@ async fn too_many_clients_get_53300() {
     drop(s);
     assert_eq!(scalar_i32(&held[0], "select 3").await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encryption_requests_get_n_and_the_greeting_is_complete() {
+    use tokio::io::AsyncReadExt;
+    let db = fresh_database("hostile_greeting").await;
+    let app = start_pgmux(|c| c.auth_type = pgmux::config::AuthType::Trust).await;
+    let mut r = Raw::connect(app.addr).await;
+    for code in [80_877_103u32, 80_877_104] {
+        let mut request = 8u32.to_be_bytes().to_vec();
+        request.extend_from_slice(&code.to_be_bytes());
+        r.send(&request).await;
+        let mut answer = [0u8; 1];
+        r.stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"N", "SSLRequest and GSSENCRequest are declined");
+    }
+    // Protocol 3.2 with a _pq_ option: negotiated down to 3.0.
+    let mut startup = raw::startup_packet(&[
+        ("user", APP_USER),
+        ("database", &db),
+        ("application_name", "greeter"),
+        ("_pq_.extension", "on"),
+    ]);
+    startup[4..8].copy_from_slice(&196_610u32.to_be_bytes());
+    r.send(&startup).await;
+    let greeting = r.until_ready().await;
+    let negotiate = greeting
+        .iter()
+        .find(|m| m.tag == b'v')
+        .expect("NegotiateProtocolVersion");
+    assert_eq!(&negotiate.body[..8], &[0, 0, 0, 0, 0, 0, 0, 1]);
+    let params: Vec<(String, String)> = greeting
+        .iter()
+        .filter(|m| m.tag == b'S')
+        .map(|m| {
+            let mut parts = m
+                .body
+                .split(|&b| b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            (parts.next().unwrap(), parts.next().unwrap())
+        })
+        .collect();
+    assert!(
+        params.contains(&("application_name".into(), "greeter".into())),
+        "{params:?}"
+    );
+    for reported in [
+        "server_version",
+        "client_encoding",
+        "DateStyle",
+        "TimeZone",
+        "integer_datetimes",
+    ] {
+        assert!(
+            params.iter().any(|(k, _)| k == reported),
+            "{reported} missing from {params:?}"
+        );
+    }
+    let key = greeting
+        .iter()
+        .find(|m| m.tag == b'K')
+        .expect("BackendKeyData");
+    let pgmux_pid = i32::from_be_bytes(key.body[..4].try_into().unwrap());
+    r.send(&raw::query("select pg_backend_pid()")).await;
+    let reply = r.until_ready().await;
+    let row = reply.iter().find(|m| m.tag == b'D').unwrap();
+    let server_pid: i32 = String::from_utf8_lossy(&row.body[6..]).parse().unwrap();
+    assert_ne!(
+        pgmux_pid, server_pid,
+        "clients get pgmux's own cancel key, not the server's"
+    );
+    assert_eq!(greeting.last().map(|m| m.tag), Some(b'Z'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_startup_packets_and_impossible_client_caps_are_refused() {
+    let app = start_pgmux(|_| {}).await;
+    let mut huge = 20_000u32.to_be_bytes().to_vec();
+    huge.extend_from_slice(&196_608u32.to_be_bytes());
+    assert_eq!(refused_with(app.addr, &huge).await, "08P01");
+    let mut cfg = test_config();
+    cfg.max_client_conn = 2_000_000_000;
+    let Err(err) = pgmux::app::App::start(cfg).await else {
+        panic!("start-up must refuse")
+    };
+    assert!(err.to_string().contains("max_client_conn"), "{err}");
+}

@@ -148,6 +148,18 @@ async fn a_clients_settings_follow_it_and_never_leak() {
     .unwrap();
     assert_eq!(scalar_text(&c, "show application_name").await, odd);
     assert_eq!(scalar_text(&a, "show application_name").await, "");
+    // A setting the server never reports (startup `options -c`) follows its
+    // client too, and is reset, not inherited, for the next one.
+    let timed = try_connect(&format!(
+        "{} options='-c statement_timeout=1234s'",
+        dsn(app.addr, &db)
+    ))
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        assert_eq!(scalar_text(&timed, "show statement_timeout").await, "1234s");
+        assert_eq!(scalar_text(&b, "show statement_timeout").await, "0");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,9 @@ struct Backoff {
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 
+/// Distinct client setting maps a pool shares among its clients.
+const MAX_PARAM_VARIANTS: usize = 64;
+
 pub struct Pool {
     pub database: String,
     pub user: String,
@@ -92,6 +95,7 @@ pub struct Pool {
     returned: Notify,
     backoff: Mutex<Backoff>,
     defaults: Mutex<Option<ParamMap>>,
+    param_variants: Mutex<Vec<ParamMap>>,
     waiters: Mutex<BTreeMap<u64, Instant>>,
     next_waiter: AtomicU64,
     pub stats: PoolStats,
@@ -128,6 +132,7 @@ impl Pool {
             returned: Notify::new(),
             backoff: Mutex::new(Backoff::default()),
             defaults: Mutex::new(None),
+            param_variants: Mutex::new(Vec::new()),
             waiters: Mutex::new(BTreeMap::new()),
             next_waiter: AtomicU64::new(0),
             stats: PoolStats::new(database, user),
@@ -320,6 +325,27 @@ impl Pool {
         self.stats.closed(reason);
         self.returned.notify_one();
         tokio::spawn(server.close());
+    }
+
+    /// Whether servers of this pool report `name` (ParameterStatus).
+    pub fn reports(&self, name: &str) -> bool {
+        lock(&self.defaults)
+            .as_ref()
+            .is_some_and(|d| d.get(name).is_some())
+    }
+
+    /// One shared map per distinct set of client settings: clients that log
+    /// in alike share it, and servers adopt it, so checking that a server
+    /// matches its client is a pointer compare.
+    pub fn intern_params(&self, params: ParamMap) -> ParamMap {
+        let mut variants = lock(&self.param_variants);
+        if let Some(known) = variants.iter().find(|v| **v == params) {
+            return known.clone();
+        }
+        if variants.len() < MAX_PARAM_VARIANTS {
+            variants.push(params.clone());
+        }
+        params
     }
 
     /// The parameters a fresh server reports, learnt from the first server

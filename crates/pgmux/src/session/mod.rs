@@ -102,18 +102,17 @@ pub fn serve(
 
 /// Log the client in within `client_login_timeout`, or tell it why not.
 async fn open_session(mut stream: TcpStream, shared: &Shared) -> Option<(TcpStream, Session)> {
-    let peer = stream.peer_addr().ok();
     let login_timeout = shared.pools.config().client_login_timeout();
     let opened = tokio::time::timeout(login_timeout, log_in(&mut stream, shared)).await;
     match opened {
         Ok(Ok(Some(session))) => return Some((stream, session)),
         Ok(Ok(None)) | Ok(Err(ClientError::Gone)) => {}
         Ok(Err(ClientError::Fatal { code, message })) => {
-            tracing::info!(?peer, %code, %message, "login refused");
+            tracing::info!(peer = ?stream.peer_addr().ok(), %code, %message, "login refused");
             refuse(&mut stream, &code, &message).await;
         }
         Err(_) => {
-            tracing::info!(?peer, "client_login_timeout expired");
+            tracing::info!(peer = ?stream.peer_addr().ok(), "client_login_timeout expired");
             let message =
                 format!("client_login_timeout: login not completed within {login_timeout:?}");
             refuse(&mut stream, "08P01", &message).await;
@@ -177,7 +176,7 @@ async fn log_in(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Sessio
             return Err(with_user(e.into(), &user));
         }
     };
-    let client_params = ParamMap::for_client(&defaults, &params);
+    let client_params = pool.intern_params(ParamMap::for_client(&defaults, &params));
     let cancel = shared.cancels.register();
     let mut out = BytesMut::new();
     login::greeting(&mut out, &client_params, &defaults, cancel.pid, cancel.key);

@@ -132,11 +132,16 @@ async fn serve_request(
     transaction_mode: bool,
 ) -> Result<bool, ClientError> {
     let mut checkout = s.pool.checkout().await?;
-    // Settings rarely differ; the (large, boxed) alignment runs only then.
-    if s.params.differs_from(&checkout.server().params) {
-        if let Err(e) = Box::pin(align_parameters(s, &mut checkout)).await {
-            checkout.discard(CloseReason::Error);
-            return Err(e);
+    // Usually the client and server share one settings map (a pointer
+    // compare); the (large, boxed) alignment runs only when they differ.
+    if !s.params.shares_with(&checkout.server().params) {
+        if s.params.differs_from(&checkout.server().params) {
+            if let Err(e) = Box::pin(align_parameters(s, &mut checkout)).await {
+                checkout.discard(CloseReason::Error);
+                return Err(e);
+            }
+        } else {
+            checkout.server_mut().params = s.params.clone();
         }
     }
     s.cancel.link(checkout.server().cancel_target());
@@ -287,48 +292,63 @@ async fn forward_server_bytes(
 /// Bring the server's settings in line with the client's before its request.
 async fn align_parameters(s: &mut Session, checkout: &mut Checkout) -> Result<(), ClientError> {
     let server = checkout.server_mut();
-    let differences = s.params.differences(&server.params);
-    if differences.is_empty() {
-        return Ok(());
-    }
-    let sql = set_statements(&differences);
-    let wanted: Vec<(String, String)> = differences
+    let wanted: Vec<(String, String)> = s
+        .params
+        .differences(&server.params)
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
-    match server.run(&sql).await {
-        Ok(_) => {
-            for (name, value) in &wanted {
-                match server.params.get(name) {
-                    // A reported setting: the server's spelling is canonical
-                    // ("utf8" reads back as "UTF8"); the client adopts it so
-                    // the next comparison matches.
-                    Some(canonical) => {
-                        let canonical = canonical.to_string();
-                        s.params.set(name, &canonical);
-                    }
-                    // Not reported: remember what was set.
-                    None => server.params.set(name, value),
-                }
+    let resets: Vec<String> = s
+        .params
+        .extras(&server.params)
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    if !wanted.is_empty() || !resets.is_empty() {
+        let sets: Vec<(&str, &str)> = wanted
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let reset_names: Vec<&str> = resets.iter().map(String::as_str).collect();
+        match server.run(&set_statements(&sets, &reset_names)).await {
+            Ok(_) => {}
+            Err(ServerError::Backend(e)) => {
+                let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(ClientError::fatal(
+                    &e.code,
+                    format!(
+                        "could not apply the client's settings ({}) on a server: {}",
+                        names.join(", "),
+                        e.message
+                    ),
+                ));
             }
-            Ok(())
+            Err(e) => {
+                return Err(ClientError::fatal(
+                    e.sqlstate(),
+                    format!("server connection lost: {e}"),
+                ))
+            }
         }
-        Err(ServerError::Backend(e)) => {
-            let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
-            Err(ClientError::fatal(
-                &e.code,
-                format!(
-                    "could not apply the client's settings ({}) on a server: {}",
-                    names.join(", "),
-                    e.message
-                ),
-            ))
+        for name in &resets {
+            server.params.remove(name);
         }
-        Err(e) => Err(ClientError::fatal(
-            e.sqlstate(),
-            format!("server connection lost: {e}"),
-        )),
+        for (name, value) in &wanted {
+            if s.pool.reports(name) {
+                // The server reported it back in canonical spelling ("utf8"
+                // reads back as "UTF8"); the client adopts that spelling.
+                if let Some(canonical) = server.params.get(name).map(str::to_string) {
+                    s.params.set(name, &canonical);
+                }
+            } else {
+                // Not reported by the server: remember what was set.
+                server.params.set(name, value);
+            }
+        }
     }
+    // Now alike: share one map, so the next check is a pointer compare.
+    server.params = s.params.clone();
+    Ok(())
 }
 
 /// The client is gone (or done, in session mode): make the server clean
@@ -377,6 +397,9 @@ async fn release_after_client(mut checkout: Checkout, s: &Session) {
         }
         if !reset.is_empty() {
             status = server.run(&reset).await?;
+            // The reset may have undone settings the server never reports;
+            // forget them (reported ones come back as ParameterStatus).
+            server.params.retain(|name| s.pool.reports(name));
         }
         Ok::<u8, ServerError>(status)
     };
