@@ -50,15 +50,14 @@ impl App {
         let listen = config.listen()?;
         let metrics = config.metrics()?;
         let max_clients = config.max_client_conn;
+        let backlog = config.listen_backlog;
         let pools = Arc::new(Pools::new(Arc::new(config), secrets));
         let shared = Arc::new(Shared::new(pools.clone()));
 
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })
+        let bind = |addr: SocketAddr, backlog: u32| {
+            listen_on(addr, backlog).map_err(|source| StartError::Bind { addr, source })
         };
-        let client_listener = bind(listen).await?;
+        let client_listener = bind(listen, backlog)?;
         let addr = client_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
@@ -73,7 +72,7 @@ impl App {
         tasks.push(tokio::spawn(stats::upkeep()));
         let mut metrics_addr = None;
         if let Some(m) = metrics {
-            let l = bind(m).await?;
+            let l = bind(m, 128)?;
             metrics_addr = Some(
                 l.local_addr()
                     .map_err(|source| StartError::Bind { addr: m, source })?,
@@ -115,6 +114,22 @@ impl App {
             t.abort();
         }
     }
+}
+
+/// A listening socket with our own backlog: a burst of reconnecting clients
+/// (a deploy, a lifetime expiry) should queue, not have SYNs dropped at the
+/// 128 that tokio's own `bind` uses.
+fn listen_on(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Raise the open-file soft limit to the hard limit, then check it can

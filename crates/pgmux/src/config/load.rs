@@ -83,6 +83,7 @@ fn defaults(
     let empty: Vec<String> = Vec::new();
     config::Config::builder()
         .set_default("listen_addr", "127.0.0.1:6432")?
+        .set_default("listen_backlog", 1024)?
         .set_default("metrics_addr", "127.0.0.1:9930")?
         .set_default("server_host", "127.0.0.1")?
         .set_default("server_port", 5432)?

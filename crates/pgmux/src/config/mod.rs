@@ -61,6 +61,7 @@ pub enum AuthType {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen_addr: String,
+    pub listen_backlog: u32,
     pub metrics_addr: String,
     pub server_host: String,
     pub server_port: u16,

@@ -16,6 +16,7 @@ fn repo_proxy_toml() -> std::path::PathBuf {
 fn nothing_set_gives_the_documented_defaults() {
     let cfg = load(None, &Env::new()).unwrap();
     assert_eq!(cfg.listen_addr, "127.0.0.1:6432");
+    assert_eq!(cfg.listen_backlog, 1024);
     assert_eq!(
         (cfg.server_host.as_str(), cfg.server_port),
         ("127.0.0.1", 5432)
