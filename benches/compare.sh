@@ -31,7 +31,7 @@
 #   BENCH_IDLE_COUNTS="2000 10000"  idle clients held per proxy ("" = skip)
 #   BENCH_IDLE_AUTH=md5     client auth for the idle test (md5 | plain)
 #   BENCH_IDLE_BATCH=100    idle connections opened per batch (kept under
-#                           the proxies' listen backlog of 128)
+#                           PgBouncer's default listen backlog of 128)
 #   BENCH_NO_BUILD=1        skip `cargo build --release -p pgmux`
 #   PGMUX_BIN=path          use this pgmux binary (implies no build)
 #   BENCH_PGMUX_NOTE=text   describes PGMUX_BIN's source in the report
@@ -732,7 +732,7 @@ p("")
 p(f"Client authentication to both proxies during pgbench: **{E['R_AUTH']}** "
   f"(PostgreSQL also asks for {E['R_AUTH']}, from pgbench in the direct runs and from both proxies). "
   f"{E['R_PGB_SECRET']}; pgmux gets the plaintext password (DB_PASSWORD). "
-  f"Idle-client test: **{E['R_IDLE_AUTH']}** on both proxies. Both proxies listen with backlog 128 (their defaults).")
+  f"Idle-client test: **{E['R_IDLE_AUTH']}** on both proxies. Listen backlogs at their defaults: PgBouncer 128, pgmux 1024 (listen_backlog).")
 p("")
 p("### Throughput, latency and proxy CPU (medians across rounds)")
 p("")
