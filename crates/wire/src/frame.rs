@@ -32,6 +32,18 @@ pub fn body_len(raw: i32, max: usize) -> Result<usize, FrameError> {
     Ok(len - 4)
 }
 
+/// The tag and checked body length of the message starting at `buf[0]`, or
+/// `None` while fewer than five bytes are in.
+pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameError> {
+    match buf {
+        [tag, a, b, c, d, ..] => Ok(Some((
+            *tag,
+            body_len(i32::from_be_bytes([*a, *b, *c, *d]), max)?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
 /// One whole message. `body` shares the read buffer's allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -43,17 +55,14 @@ pub struct Frame {
 /// has not fully arrived yet. On `None`, `buf` has been grown to fit the rest
 /// of the message so the next read fills it without reallocating twice.
 pub fn take_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
-    if buf.len() < HEADER_LEN {
+    let Some((tag, body)) = peek_header(buf, max)? else {
         return Ok(None);
-    }
-    let raw = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    let body = body_len(raw, max)?;
+    };
     let total = HEADER_LEN + body;
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
     }
-    let tag = buf[0];
     buf.advance(HEADER_LEN);
     let body = buf.split_to(body).freeze();
     Ok(Some(Frame { tag, body }))

@@ -4,7 +4,7 @@
 //! read whole so their statement names can be mapped.
 
 use bytes::{BufMut, BytesMut};
-use pgmux_wire::frame::{body_len, write_message, FrameError, HEADER_LEN};
+use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
 
 use super::expect::{Expect, Pending};
 use super::splice::Splice;
@@ -87,12 +87,7 @@ impl ClientFlow {
     pub fn request_state(&self, buf: &[u8]) -> Result<RequestState, FrameError> {
         let mut pos = 0;
         let mut complete = false;
-        while buf.len() - pos >= HEADER_LEN {
-            let tag = buf[pos];
-            let len = body_len(
-                i32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]),
-                self.max,
-            )?;
+        while let Some((tag, len)) = peek_header(&buf[pos..], self.max)? {
             let end = pos + HEADER_LEN + len;
             if end > buf.len() {
                 break;
@@ -125,19 +120,9 @@ impl ClientFlow {
                 pos += take;
                 continue;
             }
-            if input.len() - pos < HEADER_LEN {
+            let Some((tag, len)) = peek_header(&input[pos..], self.max)? else {
                 break;
-            }
-            let tag = input[pos];
-            let len = body_len(
-                i32::from_be_bytes([
-                    input[pos + 1],
-                    input[pos + 2],
-                    input[pos + 3],
-                    input[pos + 4],
-                ]),
-                self.max,
-            )?;
+            };
             let body_start = pos + HEADER_LEN;
             let whole_end = body_start + len;
             let have_whole = whole_end <= input.len();

@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use pgmux_wire::backend;
-use pgmux_wire::frame::{body_len, write_message, FrameError, HEADER_LEN};
+use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
 
 use super::expect::{Desync, Expect, Verdict};
 use super::splice::Splice;
@@ -91,19 +91,9 @@ impl ServerFlow {
                 pos += take;
                 continue;
             }
-            if input.len() - pos < HEADER_LEN {
+            let Some((tag, len)) = peek_header(&input[pos..], self.max)? else {
                 break;
-            }
-            let tag = input[pos];
-            let len = body_len(
-                i32::from_be_bytes([
-                    input[pos + 1],
-                    input[pos + 2],
-                    input[pos + 3],
-                    input[pos + 4],
-                ]),
-                self.max,
-            )?;
+            };
             let body_start = pos + HEADER_LEN;
             let whole_end = body_start + len;
             // ReadyForQuery and ParameterStatus are read whole (they are tiny).
