@@ -559,17 +559,11 @@ def test_default_prepare_threshold_with_more_clients_than_servers(private_pgmux,
 
 
 # ---------------------------------------------------------------------------
-# Known limits.
+# DROP DATABASE of a database pgmux holds idle servers to: pgmux closes them
+# first, so the server does not refuse with 55006 (Django's test runner
+# drops its test database like this).
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=errors.ObjectInUse,
-    reason="pgmux keeps idle server connections to every database it pooled (until "
-    "server_idle_timeout), so DROP DATABASE of one fails with 55006 after the server's 5 s wait; "
-    "Django's test runner drops its test database, which is why the Django run uses "
-    "server_idle_timeout = 1",
-)
 def test_drop_database_that_pgmux_pooled(pgmux):
     name = f"{pgmux.dbname}_dropped"
     with connect(pgmux, dbname="postgres", autocommit=True) as admin:

@@ -470,3 +470,37 @@ async fn min_pool_size_stays_warm_and_idle_servers_above_it_close() {
     .await;
     assert!(refilled, "min_pool_size was not restored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_database_succeeds_although_pgmux_pooled_it() {
+    let app = start_pgmux(|_| {}).await;
+    let admin = connect(app.addr, "postgres").await;
+    for (round, extended) in [(0, false), (1, true)] {
+        let name = format!("pool_dropme_{round}");
+        admin
+            .batch_execute(&format!("drop database if exists {name} with (force)"))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .unwrap();
+        let user = connect(app.addr, &name).await;
+        assert_eq!(scalar_i32(&user, "select 1").await, 1);
+        drop(user);
+        assert!(
+            backends_of(&name).await >= 1,
+            "pgmux keeps an idle server to {name}"
+        );
+        // Simple protocol, then extended (a Parse carries the statement).
+        let dropped = if extended {
+            admin
+                .execute(&format!("DROP DATABASE \"{name}\""), &[])
+                .await
+                .map(|_| ())
+        } else {
+            admin.batch_execute(&format!("drop database {name}")).await
+        };
+        dropped.unwrap_or_else(|e| panic!("DROP DATABASE through pgmux failed: {e:?}"));
+    }
+}

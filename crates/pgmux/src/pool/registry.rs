@@ -99,6 +99,14 @@ impl Pools {
         }
     }
 
+    /// Close every idle server connected to the server-side database
+    /// `dbname` (before a DROP DATABASE, which they would block).
+    pub fn close_idle_to(&self, dbname: &str) {
+        for pool in self.all().into_iter().filter(|p| p.target.dbname == dbname) {
+            while pool.evict_one_idle() {}
+        }
+    }
+
     pub fn all(&self) -> Vec<Arc<Pool>> {
         lock(&self.map).values().cloned().collect()
     }

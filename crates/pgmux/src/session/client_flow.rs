@@ -6,6 +6,7 @@
 use bytes::{BufMut, BytesMut};
 use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
 
+use super::ddl::dropped_database;
 use super::expect::{Expect, Pending};
 use super::splice::Splice;
 use crate::prepared::{ClientStatements, ServerStatements, Statement, StatementCache};
@@ -54,6 +55,8 @@ pub struct ClientBatch {
     /// The client sent Terminate (not forwarded; nothing after it is read).
     pub terminate: bool,
     pub copy_ended: bool,
+    /// A `DROP DATABASE` of this database is among the messages.
+    pub dropped_database: Option<String>,
 }
 
 #[derive(Debug)]
@@ -112,6 +115,7 @@ impl ClientFlow {
             edited: None,
             terminate: false,
             copy_ended: false,
+            dropped_database: None,
         };
         while pos < input.len() {
             if self.remaining > 0 {
@@ -126,6 +130,18 @@ impl ClientFlow {
             let body_start = pos + HEADER_LEN;
             let whole_end = body_start + len;
             let have_whole = whole_end <= input.len();
+            if matches!(tag, b'Q' | b'P') {
+                let body = &input[body_start..whole_end.min(input.len())];
+                // A Parse starts with the statement name.
+                let sql = if tag == b'P' {
+                    body.splitn(2, |&b| b == 0).nth(1).unwrap_or_default()
+                } else {
+                    body
+                };
+                if let Some(name) = dropped_database(sql) {
+                    batch.dropped_database = Some(name);
+                }
+            }
             if let (Some(st), b'P' | b'B' | b'D' | b'C') = (stmts.as_mut(), tag) {
                 if !have_whole {
                     // Hold a message whole only while it is small; past that

@@ -3,6 +3,7 @@
 //! is the one state machine that lends it servers.
 
 mod client_flow;
+mod ddl;
 mod expect;
 #[cfg(test)]
 mod flow_tests;
@@ -130,6 +131,7 @@ pub struct Session {
     pub database: String,
     /// The client's named statements (transaction mode rewrites them).
     pub statements: crate::prepared::ClientStatements,
+    pub pools: Arc<Pools>,
 }
 
 async fn log_in(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Session>, ClientError> {
@@ -191,6 +193,7 @@ async fn log_in(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Sessio
         user,
         database,
         statements: Default::default(),
+        pools: shared.pools.clone(),
     }))
 }
 

@@ -238,6 +238,9 @@ async fn forward_client_bytes(
     let batch = flow
         .process(cbuf, &mut server.expect, statements)
         .map_err(|e| Outcome::ClientLeft(Some(ClientError::fatal(e.sqlstate(), e.to_string()))))?;
+    if let Some(database) = &batch.dropped_database {
+        s.pools.close_idle_to(database);
+    }
     let sent = match &batch.edited {
         Some(edited) => server.stream.write_all(edited).await,
         None => server.stream.write_all(&cbuf[..batch.consumed]).await,

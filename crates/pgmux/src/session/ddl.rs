@@ -1,0 +1,96 @@
+//! The one statement pgmux looks inside: `DROP DATABASE name`. PostgreSQL
+//! refuses it while other sessions use that database, and pgmux's idle
+//! servers count as such sessions, so they are closed before it is sent
+//! (Django's test runner drops its `test_<name>` database this way).
+
+/// The database a statement drops, if it is a `DROP DATABASE`.
+pub fn dropped_database(sql: &[u8]) -> Option<String> {
+    let mut rest = skip_space(sql);
+    rest = keyword(rest, b"drop")?;
+    rest = keyword(rest, b"database")?;
+    if let Some(after) = keyword(rest, b"if").and_then(|r| keyword(r, b"exists")) {
+        rest = after;
+    }
+    identifier(rest)
+}
+
+fn skip_space(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    &s[n..]
+}
+
+/// `word` (any case) followed by a space or the end, then any spaces.
+fn keyword<'a>(s: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
+    let head = s.get(..word.len())?;
+    if !head.eq_ignore_ascii_case(word) {
+        return None;
+    }
+    let rest = &s[word.len()..];
+    match rest.first() {
+        Some(b) if b.is_ascii_whitespace() => Some(skip_space(rest)),
+        Some(b'"') if word == b"database" || word == b"exists" => Some(rest),
+        _ => None,
+    }
+}
+
+/// A quoted identifier (with `""` escapes) as written, or an unquoted one
+/// folded to lower case as PostgreSQL does.
+fn identifier(s: &[u8]) -> Option<String> {
+    if let Some(quoted) = s.strip_prefix(b"\"") {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < quoted.len() {
+            match (quoted[i], quoted.get(i + 1)) {
+                (b'"', Some(b'"')) => {
+                    out.push(b'"');
+                    i += 2;
+                }
+                (b'"', _) => return String::from_utf8(out).ok().filter(|n| !n.is_empty()),
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        return None;
+    }
+    let n = s
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_' || **b == b'$' || **b >= 0x80)
+        .count();
+    (n > 0).then(|| String::from_utf8_lossy(&s[..n]).to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_dropped_database() {
+        assert_eq!(
+            dropped_database(b"DROP DATABASE test_booktrader"),
+            Some("test_booktrader".into())
+        );
+        assert_eq!(
+            dropped_database(b"  drop  database  if  exists Shop;"),
+            Some("shop".into())
+        );
+        assert_eq!(
+            dropped_database(b"DROP DATABASE \"My \"\"Shop\"\"\""),
+            Some("My \"Shop\"".into())
+        );
+        assert_eq!(
+            dropped_database(b"DROP DATABASE IF EXISTS \"x\" WITH (FORCE)"),
+            Some("x".into())
+        );
+    }
+
+    #[test]
+    fn ignores_everything_else() {
+        assert_eq!(dropped_database(b"DROP TABLE database"), None);
+        assert_eq!(dropped_database(b"select 'DROP DATABASE x'"), None);
+        assert_eq!(dropped_database(b"DROPDATABASE x"), None);
+        assert_eq!(dropped_database(b"DROP DATABASE \"unterminated"), None);
+        assert_eq!(dropped_database(b""), None);
+    }
+}
