@@ -56,6 +56,19 @@ async fn unknown_users_and_databases_are_refused_clearly() {
         app.addr.port()
     );
     assert_eq!(sqlstate(try_connect(&nobody).await.map(|_| ())), "28P01");
+    // Failed logins leave nothing behind: no pool (and no metrics series)
+    // is created for a name that never authenticated.
+    for n in 0..20 {
+        let stranger = format!(
+            "host=127.0.0.1 port={} user=stranger{n} password=x dbname=db{n}",
+            app.addr.port()
+        );
+        assert_eq!(sqlstate(try_connect(&stranger).await.map(|_| ())), "28P01");
+    }
+    assert!(
+        app.pools.all().is_empty(),
+        "pools were created for unauthenticated users"
+    );
     // The server says the database does not exist: the client hears 3D000
     // and no pool is left behind for it.
     let missing = try_connect(&dsn(app.addr, "no_such_db"))

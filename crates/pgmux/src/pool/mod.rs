@@ -21,7 +21,7 @@ use crate::server::{Login, Server, ServerError};
 use crate::stats::{CloseReason, PoolStats};
 
 pub use db_limit::DbLimit;
-pub use registry::Pools;
+pub use registry::{Pools, UnknownDatabase};
 
 /// The settings a pool runs with, copied from the config at creation.
 #[derive(Debug, Clone)]

@@ -50,6 +50,14 @@ impl Pools {
         self.secrets.get(user)
     }
 
+    /// Whether clients may ask for `database` at all.
+    pub fn check_database(&self, database: &str) -> Result<(), UnknownDatabase> {
+        match self.config.target(database) {
+            Some(_) => Ok(()),
+            None => Err(UnknownDatabase(database.to_string())),
+        }
+    }
+
     /// The pool for (database, user), created on first use.
     pub fn get(&self, database: &str, user: &str) -> Result<Arc<Pool>, UnknownDatabase> {
         let key = (database.to_string(), user.to_string());

@@ -167,10 +167,12 @@ async fn log_in(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Sessio
         ));
     }
     let pools = &shared.pools;
-    let pool = pools
-        .get(&database, &user)
-        .map_err(|e| ClientError::fatal("3D000", e.to_string()))?;
+    let unknown = |e: crate::pool::UnknownDatabase| ClientError::fatal("3D000", e.to_string());
+    pools.check_database(&database).map_err(unknown)?;
+    // Authenticate before any pool exists for this (database, user): a
+    // stranger trying random names must not make pgmux allocate for them.
     login::authenticate(stream, pools, &shared.decoy, &user).await?;
+    let pool = pools.get(&database, &user).map_err(unknown)?;
     let defaults = match pool.server_defaults().await {
         Ok(d) => d,
         Err(e) => {
