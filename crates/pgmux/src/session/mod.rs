@@ -5,12 +5,12 @@
 mod client_flow;
 mod ddl;
 mod expect;
-#[cfg(test)]
-mod flow_tests;
 mod login;
 mod relay;
 mod server_flow;
 mod splice;
+#[cfg(test)]
+mod tests;
 
 pub use expect::Expect;
 pub use server_flow::ServerFlow;
