@@ -46,7 +46,7 @@ impl Pool {
                     && open > self.settings.min_size;
                 // Closed by PostgreSQL (restart, pg_terminate_backend) while
                 // unused: noticed here, so min_pool_size is kept for real.
-                let dead = !s.is_healthy();
+                let dead = !s.is_healthy(now);
                 let reason = if dead {
                     Some(CloseReason::Error)
                 } else if expired {

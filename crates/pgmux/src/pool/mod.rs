@@ -230,7 +230,7 @@ impl Pool {
             let now = Instant::now();
             if server.expires.is_some_and(|at| at <= now) {
                 self.discard(server, CloseReason::Lifetime);
-            } else if !server.is_healthy() {
+            } else if !server.is_healthy(now) {
                 self.discard(server, CloseReason::Error);
             } else {
                 return Some(server);
