@@ -94,3 +94,22 @@ def shut_down(fd: int) -> Callable[[], None]:
             s.close()
 
     return unblock
+
+
+def run_clients(client: Callable[[int], None], clients: int, timeout: float = 120) -> None:
+    """Run client(0..clients-1) on threads at once; fail if one hangs or raises."""
+    failures: list[BaseException] = []
+
+    def guarded(k: int) -> None:
+        try:
+            client(k)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout)
+    assert not any(th.is_alive() for th in threads), "a client hung"
+    assert failures == []

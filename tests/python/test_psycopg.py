@@ -22,7 +22,7 @@ import pytest
 from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
-from support import Pgmux, shut_down, within
+from support import Pgmux, run_clients, shut_down, within
 
 
 def connect(pgmux: Pgmux, **kwargs) -> psycopg.Connection:
@@ -324,31 +324,21 @@ def test_more_clients_than_servers(pgmux, auto, table):
     clients, rounds = 3 * (pgmux.pool_size or 4), 10
     start = threading.Barrier(clients)
     pids: set[int] = set()
-    failures: list[BaseException] = []
 
     def client(k: int) -> None:
-        try:
-            with connect(pgmux) as c:
-                start.wait(30)
-                for n in range(rounds):
-                    with c.transaction():
-                        pid = c.execute("select pg_backend_pid()").fetchone()[0]
-                        c.execute(sql.SQL("insert into {} values (%s, %s)").format(t), [k, n])
-                        c.execute("select pg_sleep(0.005)")
-                        mine = c.execute(sql.SQL("select count(*) from {} where client = %s").format(t), [k]).fetchone()
-                        assert mine == (n + 1,)
-                        assert c.execute("select pg_backend_pid()").fetchone()[0] == pid
-                    pids.add(pid)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            failures.append(e)
+        with connect(pgmux) as c:
+            start.wait(30)
+            for n in range(rounds):
+                with c.transaction():
+                    pid = c.execute("select pg_backend_pid()").fetchone()[0]
+                    c.execute(sql.SQL("insert into {} values (%s, %s)").format(t), [k, n])
+                    c.execute("select pg_sleep(0.005)")
+                    mine = c.execute(sql.SQL("select count(*) from {} where client = %s").format(t), [k]).fetchone()
+                    assert mine == (n + 1,)
+                    assert c.execute("select pg_backend_pid()").fetchone()[0] == pid
+                pids.add(pid)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(120)
-    assert not any(th.is_alive() for th in threads), "a client hung"
-    assert failures == []
+    run_clients(client, clients)
     assert auto.execute(sql.SQL("select count(*) from {}").format(t)).fetchone() == (clients * rounds,)
     if pgmux.pool_size:
         assert len(pids) <= pgmux.pool_size
@@ -531,29 +521,19 @@ def test_default_prepare_threshold_with_more_clients_than_servers(private_pgmux,
         t = fresh_table(setup, table, "client int, n int")
     clients, rounds = 3 * (private_pgmux.pool_size or 4), 20
     start = threading.Barrier(clients)
-    failures: list[BaseException] = []
 
     def client(k: int) -> None:
-        try:
-            with psycopg.connect(**private_pgmux.psycopg_kwargs(autocommit=True)) as c:
-                assert c.prepare_threshold == 5
-                start.wait(30)
-                for n in range(rounds):
-                    assert c.execute("select %s::int * 2", [k * 1000 + n]).fetchone() == ((k * 1000 + n) * 2,)
-                    with c.transaction():
-                        c.execute(sql.SQL("insert into {} values (%s, %s)").format(t), [k, n])
-                        count = sql.SQL("select count(*) from {} where client = %s").format(t)
-                        assert c.execute(count, [k]).fetchone() == (n + 1,)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            failures.append(e)
+        with psycopg.connect(**private_pgmux.psycopg_kwargs(autocommit=True)) as c:
+            assert c.prepare_threshold == 5
+            start.wait(30)
+            for n in range(rounds):
+                assert c.execute("select %s::int * 2", [k * 1000 + n]).fetchone() == ((k * 1000 + n) * 2,)
+                with c.transaction():
+                    c.execute(sql.SQL("insert into {} values (%s, %s)").format(t), [k, n])
+                    count = sql.SQL("select count(*) from {} where client = %s").format(t)
+                    assert c.execute(count, [k]).fetchone() == (n + 1,)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(120)
-    assert not any(th.is_alive() for th in threads), "a client hung"
-    assert failures == []
+    run_clients(client, clients)
     with connect(private_pgmux, autocommit=True) as check:
         assert check.execute(sql.SQL("select count(*) from {}").format(t)).fetchone() == (clients * rounds,)
 

@@ -158,35 +158,22 @@ impl Expect {
                 }
                 _ => return Err(desync()),
             },
-            b'1' => match front {
-                Some(Pending::Parse { swallow, .. }) => {
-                    self.queue.pop_front();
-                    if swallow {
-                        Verdict::Drop
-                    } else {
-                        Verdict::Forward
-                    }
-                }
-                _ => return Err(desync()),
-            },
-            b'2' => match front {
-                Some(Pending::Bind) => {
-                    self.queue.pop_front();
+            // ParseComplete, BindComplete, CloseComplete answer exactly the
+            // message at the front; replies to injected ones are dropped.
+            b'1' | b'2' | b'3' => {
+                let swallow = match (tag, front) {
+                    (b'1', Some(Pending::Parse { swallow, .. }))
+                    | (b'3', Some(Pending::Close { swallow })) => swallow,
+                    (b'2', Some(Pending::Bind)) => false,
+                    _ => return Err(desync()),
+                };
+                self.queue.pop_front();
+                if swallow {
+                    Verdict::Drop
+                } else {
                     Verdict::Forward
                 }
-                _ => return Err(desync()),
-            },
-            b'3' => match front {
-                Some(Pending::Close { swallow }) => {
-                    self.queue.pop_front();
-                    if swallow {
-                        Verdict::Drop
-                    } else {
-                        Verdict::Forward
-                    }
-                }
-                _ => return Err(desync()),
-            },
+            }
             b'T' | b'n' => {
                 if front == Some(Pending::Describe) {
                     self.queue.pop_front();
