@@ -35,6 +35,24 @@ impl ErrorFields {
     }
 }
 
+/// The SQLSTATE class (first two characters) of an ErrorResponse body.
+pub fn sqlstate_class(mut body: &[u8]) -> Option<[u8; 2]> {
+    while let Some((&kind, rest)) = body.split_first() {
+        if kind == 0 {
+            return None;
+        }
+        body = rest;
+        let value = read_cstr(&mut body)?;
+        if kind == b'C' {
+            return match value {
+                [a, b, ..] => Some([*a, *b]),
+                _ => None,
+            };
+        }
+    }
+    None
+}
+
 /// A ParameterStatus body: name and value.
 pub fn parameter_status(mut body: &[u8]) -> Option<(String, String)> {
     let name = read_cstr(&mut body)?;
@@ -83,5 +101,18 @@ mod tests {
         assert_eq!(e.code, "3D000");
         assert_eq!(e.severity, "FATAL");
         assert_eq!(e.message, "database \"x\" does not exist");
+    }
+}
+
+#[cfg(test)]
+mod class_tests {
+    use super::*;
+
+    #[test]
+    fn the_sqlstate_class_is_read_from_the_code_field() {
+        let body = b"SERROR\0VERROR\0C42P01\0Mrelation does not exist\0\0";
+        assert_eq!(sqlstate_class(body), Some(*b"42"));
+        assert_eq!(sqlstate_class(b"SERROR\0Mno code\0\0"), None);
+        assert_eq!(sqlstate_class(b"C4"), None);
     }
 }

@@ -4,7 +4,10 @@
 
 use bytes::BytesMut;
 use pgwire::error::ErrorInfo;
-use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
+use pgwire::messages::response::{
+    CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
+};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
 use pgwire::messages::Message;
 
@@ -97,6 +100,68 @@ pub fn auth_sasl_continue(out: &mut BytesMut, data: &[u8]) {
 
 pub fn auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
     encode(Authentication::SASLFinal(data.to_vec().into()), out);
+}
+
+/// Column types of the result sets pgmux writes (its admin console).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Text,
+    Int4,
+    Int8,
+    Numeric,
+}
+
+impl ColumnType {
+    fn oid_and_size(self) -> (u32, i16) {
+        match self {
+            ColumnType::Text => (25, -1),
+            ColumnType::Int4 => (23, 4),
+            ColumnType::Int8 => (20, 8),
+            ColumnType::Numeric => (1700, -1),
+        }
+    }
+}
+
+/// RowDescription for text-format columns of no table.
+pub fn row_description(out: &mut BytesMut, columns: &[(&str, ColumnType)]) {
+    let fields = columns
+        .iter()
+        .map(|(name, ty)| {
+            let (oid, size) = ty.oid_and_size();
+            FieldDescription::new(name.to_string(), 0, 0, oid, size, -1, 0)
+        })
+        .collect();
+    encode(RowDescription::new(fields), out);
+}
+
+/// DataRow of text values; `None` is SQL NULL.
+pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
+    let mut data = BytesMut::new();
+    for value in values {
+        match value {
+            Some(v) => {
+                data.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                data.extend_from_slice(v.as_bytes());
+            }
+            None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    encode(DataRow::new(data, values.len() as i16), out);
+}
+
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    encode(CommandComplete::new(tag.to_string()), out);
+}
+
+/// A NoticeResponse with a message and a detail.
+pub fn notice(out: &mut BytesMut, message: &str, detail: &str) {
+    let fields = vec![
+        (b'S', "NOTICE".to_string()),
+        (b'C', "00000".to_string()),
+        (b'M', clip(message)),
+        (b'D', clip(detail)),
+    ];
+    encode(NoticeResponse::new(fields), out);
 }
 
 /// NegotiateProtocolVersion: "I speak 3.0, and none of your `_pq_.` options".

@@ -1,0 +1,78 @@
+//! Every series pgmux exports, with its HELP text: the one list that
+//! /metrics describes and the README documents (a test keeps them in step).
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+const fn m(name: &'static str, kind: Kind, help: &'static str) -> Metric {
+    Metric { name, kind, help }
+}
+
+use Kind::{Counter, Gauge, Histogram};
+
+/// Pool series carry `database`, `user` and `pool_mode` labels; the rest
+/// say which labels they have.
+pub const METRICS: &[Metric] = &[
+    m("pgmux_clients_active", Gauge, "Clients linked to a server right now (PgBouncer's cl_active minus idle clients)."),
+    m("pgmux_clients_waiting", Gauge, "Clients that sent a request and wait for a server (cl_waiting)."),
+    m("pgmux_clients_idle", Gauge, "Logged-in clients holding no server and asking for none."),
+    m("pgmux_servers_active", Gauge, "Server connections lent to a client (sv_active)."),
+    m("pgmux_servers_idle", Gauge, "Idle server connections last used within the past second (sv_idle)."),
+    m("pgmux_servers_used", Gauge, "Idle server connections unused for over a second (sv_used); every idle server is probed for liveness before reuse."),
+    m("pgmux_servers_login", Gauge, "Server connections being opened and logged in (sv_login)."),
+    m("pgmux_servers_tested", Gauge, "Server connections being cleaned after a client left mid-transaction or ran the reset query (sv_tested)."),
+    m("pgmux_max_wait_seconds", Gauge, "How long the longest-waiting client of the pool has waited (maxwait)."),
+    m("pgmux_pool_size", Gauge, "Configured maximum of server connections for the pool."),
+    m("pgmux_paused", Gauge, "1 while the pool's database is paused (PAUSE) or disabled, else 0."),
+    m("pgmux_transactions_total", Counter, "Transactions completed through the pool (ReadyForQuery back to idle)."),
+    m("pgmux_queries_total", Counter, "Queries completed through the pool (ReadyForQuery messages)."),
+    m("pgmux_received_bytes_total", Counter, "Bytes received from clients."),
+    m("pgmux_sent_bytes_total", Counter, "Bytes sent to clients."),
+    m("pgmux_server_assignments_total", Counter, "Times a server connection was lent to a client."),
+    m("pgmux_client_logins_total", Counter, "Clients that logged in successfully."),
+    m("pgmux_server_connects_total", Counter, "Server connections opened and logged in."),
+    m("pgmux_server_connect_failures_total", Counter, "Attempts to open a server connection that failed."),
+    m("pgmux_server_closed_total", Counter, "Server connections closed, by `reason`: lifetime, idle, error, client_vanished_mid_transaction, reconnect."),
+    m("pgmux_errors_total", Counter, "ErrorResponses sent to clients, by SQLSTATE `class` (first two characters)."),
+    m("pgmux_client_wait_seconds", Histogram, "Time a client waited for a server connection, per request (0 when one was free)."),
+    m("pgmux_transaction_duration_seconds", Histogram, "Time from a transaction's first request reaching a server to its ReadyForQuery back to idle."),
+    m("pgmux_query_duration_seconds", Histogram, "Time from a request reaching a server to the server owing it nothing more (one sample per round trip; a pipeline is one)."),
+    m("pgmux_server_connect_seconds", Histogram, "Time to open and log in a server connection."),
+    m("pgmux_client_login_failures_total", Counter, "Client logins refused, by `reason` (no database or user labels, so strangers cannot grow the series)."),
+    m("pgmux_client_connections", Gauge, "Client connections open, logged in or not (no labels)."),
+    m("pgmux_reloads_total", Counter, "Configuration reloads (SIGHUP or RELOAD), by `result`: ok or error."),
+    m("pgmux_shutting_down", Gauge, "1 once a shutdown has begun (no labels)."),
+];
+
+/// Give every series its HELP line (and unit) in the recorder.
+pub fn describe_all() {
+    for metric in METRICS {
+        let unit = if metric.name.ends_with("_seconds") {
+            Some(Unit::Seconds)
+        } else if metric.name.ends_with("_bytes_total") {
+            Some(Unit::Bytes)
+        } else {
+            None
+        };
+        match (metric.kind, unit) {
+            (Counter, Some(u)) => describe_counter!(metric.name, u, metric.help),
+            (Counter, None) => describe_counter!(metric.name, metric.help),
+            (Gauge, Some(u)) => describe_gauge!(metric.name, u, metric.help),
+            (Gauge, None) => describe_gauge!(metric.name, metric.help),
+            (Histogram, Some(u)) => describe_histogram!(metric.name, u, metric.help),
+            (Histogram, None) => describe_histogram!(metric.name, metric.help),
+        }
+    }
+}

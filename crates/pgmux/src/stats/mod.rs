@@ -1,0 +1,443 @@
+//! Statistics. Per-pool totals and levels are plain atomics (one relaxed
+//! add per event, no lookup), read alike by the admin console's SHOW and by
+//! /metrics, which copies them into the Prometheus recorder when scraped.
+//! Latency samples go straight into the recorder's histograms.
+
+pub mod catalog;
+mod periodic;
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub use periodic::{by_database, stats_loop, Averages, Period};
+
+static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Seconds; spans a fast checkout to a long queue wait or transaction.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Install the process-wide Prometheus recorder (once; later calls reuse it).
+pub fn recorder() -> &'static PrometheusHandle {
+    RECORDER.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("bucket list is not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // A recorder installed earlier (by an embedding program) keeps working;
+        // our handle then renders only what reaches ours.
+        if metrics::set_global_recorder(recorder).is_ok() {
+            catalog::describe_all();
+        }
+        handle
+    })
+}
+
+/// Histogram samples wait in per-metric buckets until the exporter's upkeep
+/// folds them in; without it they would pile up between scrapes.
+pub async fn upkeep() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        recorder().run_upkeep();
+    }
+}
+
+/// Why a server connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Lifetime,
+    Idle,
+    Error,
+    /// The client vanished mid-transaction and the server could not be cleaned.
+    Dirty,
+    /// RECONNECT, KILL, or a reload that moved the database.
+    Reconnect,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 5] = [
+        CloseReason::Lifetime,
+        CloseReason::Idle,
+        CloseReason::Error,
+        CloseReason::Dirty,
+        CloseReason::Reconnect,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::Idle => "idle",
+            CloseReason::Error => "error",
+            CloseReason::Dirty => "client_vanished_mid_transaction",
+            CloseReason::Reconnect => "reconnect",
+        }
+    }
+}
+
+/// Why a client's login was refused (a label of bounded cardinality).
+#[derive(Debug, Clone, Copy)]
+pub enum LoginFailure {
+    Auth,
+    UnknownDatabase,
+    Disabled,
+    Timeout,
+    TooManyClients,
+    ServerUnavailable,
+    Protocol,
+    ShuttingDown,
+}
+
+impl LoginFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            LoginFailure::Auth => "auth_failed",
+            LoginFailure::UnknownDatabase => "unknown_database",
+            LoginFailure::Disabled => "database_disabled",
+            LoginFailure::Timeout => "login_timeout",
+            LoginFailure::TooManyClients => "too_many_clients",
+            LoginFailure::ServerUnavailable => "server_unavailable",
+            LoginFailure::Protocol => "protocol_violation",
+            LoginFailure::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+pub fn login_failed(reason: LoginFailure) {
+    counter!("pgmux_client_login_failures_total", "reason" => reason.label()).increment(1);
+}
+
+pub fn reloaded(ok: bool) {
+    counter!("pgmux_reloads_total", "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+pub fn set_shutting_down() {
+    gauge!("pgmux_shutting_down").set(1.0);
+}
+
+static CLIENT_CONNECTIONS: AtomicI64 = AtomicI64::new(0);
+
+/// A client connection opened (`+1`) or closed (`-1`).
+pub fn client_connection(delta: i64) {
+    let now = CLIENT_CONNECTIONS.fetch_add(delta, Ordering::Relaxed) + delta;
+    gauge!("pgmux_client_connections").set(now.max(0) as f64);
+}
+
+/// Client connections open, logged in or not.
+pub fn client_connections_open() -> u64 {
+    CLIENT_CONNECTIONS.load(Ordering::Relaxed).max(0) as u64
+}
+
+/// Count an ErrorResponse sent to a client by its SQLSTATE class.
+pub fn error_sent(pool: &PoolStats, class: [u8; 2]) {
+    let class = if class.iter().all(u8::is_ascii_alphanumeric) {
+        String::from_utf8_lossy(&class).into_owned()
+    } else {
+        "??".to_string()
+    };
+    counter!(
+        "pgmux_errors_total",
+        &[
+            ("database", pool.labels.database.clone()),
+            ("user", pool.labels.user.clone()),
+            ("pool_mode", pool.labels.mode.to_string()),
+            ("class", class),
+        ]
+    )
+    .increment(1);
+}
+
+/// A level that goes up and down (clients connected, servers lent...).
+#[derive(Default)]
+pub struct Level(AtomicI64);
+
+impl Level {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed).max(0) as u64
+    }
+}
+
+/// A monotonically growing total.
+#[derive(Default)]
+pub struct Total(AtomicU64);
+
+impl Total {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters PgBouncer's SHOW STATS reports, at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub xacts: u64,
+    pub queries: u64,
+    pub received: u64,
+    pub sent: u64,
+    pub xact_us: u64,
+    pub query_us: u64,
+    pub wait_us: u64,
+    pub assignments: u64,
+}
+
+impl Snapshot {
+    pub fn minus(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            xacts: self.xacts.saturating_sub(earlier.xacts),
+            queries: self.queries.saturating_sub(earlier.queries),
+            received: self.received.saturating_sub(earlier.received),
+            sent: self.sent.saturating_sub(earlier.sent),
+            xact_us: self.xact_us.saturating_sub(earlier.xact_us),
+            query_us: self.query_us.saturating_sub(earlier.query_us),
+            wait_us: self.wait_us.saturating_sub(earlier.wait_us),
+            assignments: self.assignments.saturating_sub(earlier.assignments),
+        }
+    }
+
+    pub fn plus(&self, other: &Snapshot) -> Snapshot {
+        Snapshot {
+            xacts: self.xacts + other.xacts,
+            queries: self.queries + other.queries,
+            received: self.received + other.received,
+            sent: self.sent + other.sent,
+            xact_us: self.xact_us + other.xact_us,
+            query_us: self.query_us + other.query_us,
+            wait_us: self.wait_us + other.wait_us,
+            assignments: self.assignments + other.assignments,
+        }
+    }
+}
+
+struct Labels {
+    database: String,
+    user: String,
+    mode: &'static str,
+}
+
+pub struct PoolStats {
+    labels: Labels,
+    /// Logged-in clients of the pool.
+    pub clients: Level,
+    pub clients_active: Level,
+    pub clients_waiting: Level,
+    pub servers_active: Level,
+    pub servers_login: Level,
+    pub servers_tested: Level,
+    pub xacts: Total,
+    pub queries: Total,
+    pub received: Total,
+    pub sent: Total,
+    pub xact_us: Total,
+    pub query_us: Total,
+    pub wait_us: Total,
+    pub assignments: Total,
+    pub logins: Total,
+    pub connects: Total,
+    pub connect_failures: Total,
+    closed: [Total; 5],
+    wait_seconds: Histogram,
+    xact_seconds: Histogram,
+    query_seconds: Histogram,
+    connect_seconds: Histogram,
+    published: Published,
+    /// The totals at the start of the current stats period, and what the
+    /// last full period added (SHOW STATS_AVERAGES and the stats log line).
+    pub(crate) period: Mutex<Period>,
+}
+
+/// Recorder handles the levels and totals are copied into at scrape time.
+struct Published {
+    clients_active: Gauge,
+    clients_waiting: Gauge,
+    clients_idle: Gauge,
+    servers_active: Gauge,
+    servers_idle: Gauge,
+    servers_used: Gauge,
+    servers_login: Gauge,
+    servers_tested: Gauge,
+    max_wait: Gauge,
+    pool_size: Gauge,
+    paused: Gauge,
+    xacts: Counter,
+    queries: Counter,
+    received: Counter,
+    sent: Counter,
+    assignments: Counter,
+    logins: Counter,
+    connects: Counter,
+    connect_failures: Counter,
+    closed: [Counter; 5],
+}
+
+/// The pool's levels only it knows, handed in at scrape time.
+pub struct PoolLevels {
+    pub servers_idle: u64,
+    pub servers_used: u64,
+    pub max_wait: Duration,
+    pub pool_size: u32,
+    pub paused: bool,
+}
+
+impl PoolStats {
+    pub fn new(database: &str, user: &str, mode: &'static str) -> PoolStats {
+        recorder();
+        let l = [
+            ("database", database.to_string()),
+            ("user", user.to_string()),
+            ("pool_mode", mode.to_string()),
+        ];
+        let closed = |reason: CloseReason| {
+            let mut labels = l.to_vec();
+            labels.push(("reason", reason.label().to_string()));
+            counter!("pgmux_server_closed_total", &labels)
+        };
+        PoolStats {
+            labels: Labels {
+                database: database.to_string(),
+                user: user.to_string(),
+                mode,
+            },
+            clients: Level::default(),
+            clients_active: Level::default(),
+            clients_waiting: Level::default(),
+            servers_active: Level::default(),
+            servers_login: Level::default(),
+            servers_tested: Level::default(),
+            xacts: Total::default(),
+            queries: Total::default(),
+            received: Total::default(),
+            sent: Total::default(),
+            xact_us: Total::default(),
+            query_us: Total::default(),
+            wait_us: Total::default(),
+            assignments: Total::default(),
+            logins: Total::default(),
+            connects: Total::default(),
+            connect_failures: Total::default(),
+            closed: Default::default(),
+            wait_seconds: histogram!("pgmux_client_wait_seconds", &l),
+            xact_seconds: histogram!("pgmux_transaction_duration_seconds", &l),
+            query_seconds: histogram!("pgmux_query_duration_seconds", &l),
+            connect_seconds: histogram!("pgmux_server_connect_seconds", &l),
+            published: Published {
+                clients_active: gauge!("pgmux_clients_active", &l),
+                clients_waiting: gauge!("pgmux_clients_waiting", &l),
+                clients_idle: gauge!("pgmux_clients_idle", &l),
+                servers_active: gauge!("pgmux_servers_active", &l),
+                servers_idle: gauge!("pgmux_servers_idle", &l),
+                servers_used: gauge!("pgmux_servers_used", &l),
+                servers_login: gauge!("pgmux_servers_login", &l),
+                servers_tested: gauge!("pgmux_servers_tested", &l),
+                max_wait: gauge!("pgmux_max_wait_seconds", &l),
+                pool_size: gauge!("pgmux_pool_size", &l),
+                paused: gauge!("pgmux_paused", &l),
+                xacts: counter!("pgmux_transactions_total", &l),
+                queries: counter!("pgmux_queries_total", &l),
+                received: counter!("pgmux_received_bytes_total", &l),
+                sent: counter!("pgmux_sent_bytes_total", &l),
+                assignments: counter!("pgmux_server_assignments_total", &l),
+                logins: counter!("pgmux_client_logins_total", &l),
+                connects: counter!("pgmux_server_connects_total", &l),
+                connect_failures: counter!("pgmux_server_connect_failures_total", &l),
+                closed: CloseReason::ALL.map(closed),
+            },
+            period: Mutex::new(Period::default()),
+        }
+    }
+
+    pub fn closed(&self, reason: CloseReason) {
+        self.closed[reason as usize].add(1);
+    }
+
+    pub fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.closed[reason as usize].get()
+    }
+
+    pub fn waited(&self, wait: Duration) {
+        self.wait_us.add(wait.as_micros() as u64);
+        self.wait_seconds.record(wait.as_secs_f64());
+    }
+
+    pub fn query_done(&self, took: Duration) {
+        self.query_us.add(took.as_micros() as u64);
+        self.query_seconds.record(took.as_secs_f64());
+    }
+
+    pub fn transaction_done(&self, took: Duration) {
+        self.xact_us.add(took.as_micros() as u64);
+        self.xact_seconds.record(took.as_secs_f64());
+    }
+
+    pub fn connected(&self, took: Duration) {
+        self.connects.add(1);
+        self.connect_seconds.record(took.as_secs_f64());
+    }
+
+    /// Clients logged in and holding no server, nor waiting for one.
+    pub fn clients_idle(&self) -> u64 {
+        self.clients
+            .get()
+            .saturating_sub(self.clients_active.get() + self.clients_waiting.get())
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            xacts: self.xacts.get(),
+            queries: self.queries.get(),
+            received: self.received.get(),
+            sent: self.sent.get(),
+            xact_us: self.xact_us.get(),
+            query_us: self.query_us.get(),
+            wait_us: self.wait_us.get(),
+            assignments: self.assignments.get(),
+        }
+    }
+
+    /// Copy levels and totals into the recorder just before a scrape.
+    pub fn publish(&self, levels: &PoolLevels) {
+        let p = &self.published;
+        p.clients_active.set(self.clients_active.get() as f64);
+        p.clients_waiting.set(self.clients_waiting.get() as f64);
+        p.clients_idle.set(self.clients_idle() as f64);
+        p.servers_active.set(self.servers_active.get() as f64);
+        p.servers_idle.set(levels.servers_idle as f64);
+        p.servers_used.set(levels.servers_used as f64);
+        p.servers_login.set(self.servers_login.get() as f64);
+        p.servers_tested.set(self.servers_tested.get() as f64);
+        p.max_wait.set(levels.max_wait.as_secs_f64());
+        p.pool_size.set(f64::from(levels.pool_size));
+        p.paused.set(if levels.paused { 1.0 } else { 0.0 });
+        p.xacts.absolute(self.xacts.get());
+        p.queries.absolute(self.queries.get());
+        p.received.absolute(self.received.get());
+        p.sent.absolute(self.sent.get());
+        p.assignments.absolute(self.assignments.get());
+        p.logins.absolute(self.logins.get());
+        p.connects.absolute(self.connects.get());
+        p.connect_failures.absolute(self.connect_failures.get());
+        for (counter, total) in p.closed.iter().zip(&self.closed) {
+            counter.absolute(total.get());
+        }
+    }
+}
+
+/// Lock a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
