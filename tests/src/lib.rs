@@ -178,3 +178,114 @@ pub async fn scalar_i32(c: &tokio_postgres::Client, sql: &str) -> i32 {
 pub async fn scalar_text(c: &tokio_postgres::Client, sql: &str) -> String {
     c.query_one(sql, &[]).await.unwrap().get(0)
 }
+
+/// Console users the console tests add: an admin and a stats-only user.
+pub const CONSOLE_ADMIN: &str = "ops";
+pub const CONSOLE_ADMIN_PASSWORD: &str = "ops-secret";
+pub const CONSOLE_STATS: &str = "watcher";
+pub const CONSOLE_STATS_PASSWORD: &str = "watcher-secret";
+
+/// Let the console users in (a `start_pgmux` tweak).
+pub fn with_console_users(c: &mut Config) {
+    for (name, password) in [
+        (CONSOLE_ADMIN, CONSOLE_ADMIN_PASSWORD),
+        (CONSOLE_STATS, CONSOLE_STATS_PASSWORD),
+    ] {
+        c.users.insert(
+            name.to_string(),
+            config::UserConfig {
+                password: password.to_string(),
+            },
+        );
+    }
+    c.admin_users = vec![CONSOLE_ADMIN.to_string()];
+    c.stats_users = vec![CONSOLE_STATS.to_string()];
+}
+
+/// Connect to the admin console as `user`.
+pub async fn console_as(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    try_connect(&format!(
+        "host={} port={} user={user} password={password} dbname=pgbouncer",
+        addr.ip(),
+        addr.port()
+    ))
+    .await
+}
+
+/// The admin console, as its admin.
+pub async fn console(addr: SocketAddr) -> tokio_postgres::Client {
+    console_as(addr, CONSOLE_ADMIN, CONSOLE_ADMIN_PASSWORD)
+        .await
+        .unwrap()
+}
+
+/// A console (simple-protocol) result: column names and text rows.
+pub struct Table {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    /// The rows whose `column` equals `value`.
+    pub fn rows_where(&self, column: &str, value: &str) -> Vec<&Vec<Option<String>>> {
+        let i = self.index(column);
+        self.rows
+            .iter()
+            .filter(|r| r[i].as_deref() == Some(value))
+            .collect()
+    }
+
+    pub fn index(&self, column: &str) -> usize {
+        self.columns
+            .iter()
+            .position(|c| c == column)
+            .unwrap_or_else(|| panic!("no column {column} in {:?}", self.columns))
+    }
+
+    /// `column` of `row`, as text ("" for NULL).
+    pub fn get<'a>(&self, row: &'a [Option<String>], column: &str) -> &'a str {
+        row[self.index(column)].as_deref().unwrap_or("")
+    }
+
+    /// The single row whose `key` column is `value`.
+    pub fn row(&self, key: &str, value: &str) -> &Vec<Option<String>> {
+        let rows = self.rows_where(key, value);
+        assert_eq!(
+            rows.len(),
+            1,
+            "one row with {key} = {value}: {:?}",
+            self.rows
+        );
+        rows[0]
+    }
+}
+
+/// Run a console command and collect its result set.
+pub async fn show(
+    c: &tokio_postgres::Client,
+    command: &str,
+) -> Result<Table, tokio_postgres::Error> {
+    use tokio_postgres::SimpleQueryMessage as M;
+    let mut table = Table {
+        columns: Vec::new(),
+        rows: Vec::new(),
+    };
+    for message in c.simple_query(command).await? {
+        match message {
+            M::RowDescription(columns) => {
+                table.columns = columns.iter().map(|c| c.name().to_string()).collect();
+            }
+            M::Row(row) => table.rows.push(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_string))
+                    .collect(),
+            ),
+            _ => {}
+        }
+    }
+    Ok(table)
+}

@@ -5,6 +5,7 @@ mod proxy {
     pub mod auth;
     pub mod basics;
     pub mod cancel;
+    pub mod console;
     pub mod hostile;
     pub mod observability;
     pub mod outage;

@@ -1,16 +1,21 @@
-//! Start-up order in one place: check limits, load users, bind the
-//! listeners, start the tasks. [`App`] is what tests and `main` hold.
+//! Start-up order and the shutdown sequence, in one place: check limits,
+//! load users, bind the listeners, start the tasks; on a signal, drain and
+//! stop. [`App`] is what tests and `main` hold.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::pool::Pools;
+use crate::reload::ConfigSource;
 use crate::session::Shared;
-use crate::{http, listener, stats};
+use crate::stats::CloseReason;
+use crate::{http, listener, reload, stats};
 
 /// Descriptors per pgmux needs besides one per client: servers, the
 /// listeners, log files and a margin.
@@ -43,6 +48,15 @@ pub struct App {
 impl App {
     /// Bind and start serving. Must be called inside a tokio runtime.
     pub async fn start(config: Config) -> Result<App, StartError> {
+        App::start_with(config, None).await
+    }
+
+    /// Start, remembering where the configuration came from so SIGHUP and
+    /// RELOAD can read it again.
+    pub async fn start_with(
+        config: Config,
+        source: Option<ConfigSource>,
+    ) -> Result<App, StartError> {
         config.validate()?;
         check_file_limit(&config)?;
         stats::recorder();
@@ -51,11 +65,15 @@ impl App {
         let metrics = config.metrics()?;
         let max_clients = config.max_client_conn;
         let backlog = config.listen_backlog;
+        let reuse_port = config.so_reuseport;
         let pools = Arc::new(Pools::new(Arc::new(config), secrets));
+        if let Some(source) = source {
+            pools.set_source(source);
+        }
         let shared = Arc::new(Shared::new(pools.clone()));
 
         let bind = |addr: SocketAddr, backlog: u32| {
-            listen_on(addr, backlog).map_err(|source| StartError::Bind { addr, source })
+            listen_on(addr, backlog, reuse_port).map_err(|source| StartError::Bind { addr, source })
         };
         let client_listener = bind(listen, backlog)?;
         let addr = client_listener
@@ -70,6 +88,7 @@ impl App {
             max_clients,
         ))];
         tasks.push(tokio::spawn(stats::upkeep()));
+        tasks.push(tokio::spawn(stats::stats_loop(pools.clone())));
         let mut metrics_addr = None;
         if let Some(m) = metrics {
             let l = bind(m, 128)?;
@@ -88,23 +107,74 @@ impl App {
         })
     }
 
-    /// Serve until the process is asked to stop (SIGINT or SIGTERM).
+    /// Serve until the process is asked to stop. SIGHUP reloads the
+    /// configuration; SIGTERM or SIGINT (or the console's SHUTDOWN) drains
+    /// gracefully; a second SIGTERM/SIGINT stops at once.
     pub async fn run_until_signal(self) {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let terminated = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
+        let (Ok(mut hangup), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return self.stop();
+        };
+        let lifecycle = self.pools.lifecycle.clone();
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = reload::reload(&self.pools);
                 }
-                None => std::future::pending().await,
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = lifecycle.shutdown_requested() => break,
+            }
+        }
+        let second_signal = async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminated => {}
+            _ = self.shutdown() => {}
+            _ = second_signal => {
+                tracing::warn!("second signal: stopping at once");
+            }
         }
-        tracing::info!("shutting down");
+    }
+
+    /// The graceful shutdown: stop accepting (the listening socket closes,
+    /// so with `so_reuseport` a successor takes every new connection),
+    /// close idle clients, let transactions in flight finish for up to
+    /// `shutdown_timeout`, then close whoever is left with FATAL 57P01.
+    /// /metrics answers throughout.
+    pub async fn shutdown(self) {
+        let lifecycle = self.pools.lifecycle.clone();
+        let timeout = self.pools.config().shutdown_timeout();
+        stats::set_shutting_down();
+        tracing::info!(?timeout, "shutting down: draining clients");
+        lifecycle.begin_drain();
+        lifecycle.sessions.close();
+        if tokio::time::timeout(timeout, lifecycle.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                clients = lifecycle.sessions.len(),
+                "shutdown_timeout reached: closing the remaining clients"
+            );
+            lifecycle.stop_now();
+            // They are told at once; this only bounds a peer that will not
+            // take the message.
+            let _ = tokio::time::timeout(Duration::from_secs(5), lifecycle.sessions.wait()).await;
+        }
+        lifecycle.stop_now();
+        for pool in self.pools.all() {
+            pool.close_idle(CloseReason::Reconnect);
+        }
+        tracing::info!("shutdown complete");
         self.stop();
     }
 
@@ -119,13 +189,17 @@ impl App {
 /// A listening socket with our own backlog: a burst of reconnecting clients
 /// (a deploy, a lifetime expiry) should queue, not have SYNs dropped at the
 /// 128 that tokio's own `bind` uses.
-fn listen_on(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+fn listen_on(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        // Another pgmux may hold the port too (a restart that overlaps).
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;

@@ -1,6 +1,6 @@
-//! `/metrics` (Prometheus text format) and `/healthz` on one small HTTP/1.1
-//! listener. Requests are read with a size cap and a deadline; every
-//! response closes the connection.
+//! `/metrics` (Prometheus text format), `/healthz` and `/readyz` on one
+//! small HTTP/1.1 listener. Requests are read with a size cap and a
+//! deadline; every response closes the connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,8 @@ use crate::stats;
 
 const MAX_REQUEST: usize = 8 * 1024;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// How long /readyz waits for a backend to accept a TCP connection.
+const BACKEND_PROBE: Duration = Duration::from_secs(2);
 
 pub async fn serve(listener: TcpListener, pools: Arc<Pools>) {
     loop {
@@ -64,6 +66,19 @@ async fn answer(mut stream: TcpStream, pools: &Pools) -> std::io::Result<()> {
             .await
         }
         (b"GET", b"/healthz") => respond(&mut stream, "200 OK", "text/plain", b"ok\n").await,
+        (b"GET", b"/readyz") => match readiness(pools).await {
+            Ok(()) => respond(&mut stream, "200 OK", "text/plain", b"ready\n").await,
+            Err(why) => {
+                let body = format!("not ready: {why}\n");
+                respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    body.as_bytes(),
+                )
+                .await
+            }
+        },
         (b"GET", _) => respond(&mut stream, "404 Not Found", "text/plain", b"not found\n").await,
         _ => {
             respond(
@@ -77,10 +92,40 @@ async fn answer(mut stream: TcpStream, pools: &Pools) -> std::io::Result<()> {
     }
 }
 
+/// Ready: not shutting down, and every PostgreSQL server pgmux points at
+/// accepts a TCP connection.
+async fn readiness(pools: &Pools) -> Result<(), String> {
+    if pools.lifecycle.draining() {
+        return Err("shutting down".into());
+    }
+    let config = pools.config();
+    let mut targets: Vec<(String, u16)> = vec![(config.server_host.clone(), config.server_port)];
+    for name in config.databases.keys() {
+        if let Some(t) = config.target(name) {
+            targets.push((t.host, t.port));
+        }
+    }
+    targets.sort();
+    targets.dedup();
+    for (host, port) in targets {
+        let probe = tokio::net::TcpStream::connect((host.as_str(), port));
+        match tokio::time::timeout(BACKEND_PROBE, probe).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("PostgreSQL at {host}:{port}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "PostgreSQL at {host}:{port}: no answer within {BACKEND_PROBE:?}"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Publish the pools' current levels, then render everything recorded.
 pub fn render_metrics(pools: &Pools) -> String {
     for pool in pools.all() {
-        pool.stats.publish(pool.idle_servers(), pool.max_wait());
+        pool.stats.publish(&pool.levels());
     }
     stats::recorder().run_upkeep();
     stats::recorder().render()

@@ -2,14 +2,18 @@
 //! pgmux: a transaction-pooling PostgreSQL proxy. See the README for the map
 //! of where each concern lives.
 
+pub mod admin;
 pub mod app;
 pub mod cancel;
 pub mod config;
+pub mod conninfo;
 pub mod http;
+pub mod lifecycle;
 pub mod listener;
 pub mod params;
 pub mod pool;
 pub mod prepared;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod stats;

@@ -1,9 +1,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use pgmux::app::App;
-use pgmux::config;
+use pgmux::config::{self, LogFormat};
+use pgmux::reload::ConfigSource;
 
 /// A transaction-pooling PostgreSQL proxy.
 #[derive(Parser)]
@@ -15,14 +16,29 @@ struct Cli {
     /// Print the effective configuration (secrets masked) and exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Probe a running pgmux's /readyz: exit 0 when ready, 1 otherwise
+    /// (a container health check that needs no curl).
+    Health {
+        /// The metrics address of the pgmux to probe.
+        #[arg(long, default_value = "127.0.0.1:9930")]
+        addr: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Health { addr }) = &cli.command {
+        return health(addr);
+    }
     let env: config::Env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
-    init_logging(&env);
     let file = cli
         .config
         .or_else(|| env.get("PGMUX_CONFIG").map(PathBuf::from))
@@ -30,7 +46,8 @@ fn main() -> ExitCode {
             let local = PathBuf::from("proxy.toml");
             local.exists().then_some(local)
         });
-    let cfg = match config::load(file.as_deref(), &env) {
+    let source = ConfigSource { file, env };
+    let cfg = match source.load() {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("pgmux: configuration error: {e}");
@@ -42,7 +59,7 @@ fn main() -> ExitCode {
             Ok(text) => {
                 println!(
                     "# effective configuration (profile {:?}, file {:?})",
-                    cfg.profile, file
+                    cfg.profile, source.file
                 );
                 print!("{text}");
                 return ExitCode::SUCCESS;
@@ -53,6 +70,7 @@ fn main() -> ExitCode {
             }
         }
     }
+    init_logging(source.env.get("PGMUX_LOG"), cfg.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if cfg.worker_threads > 0 {
         builder.worker_threads(cfg.worker_threads as usize);
@@ -65,7 +83,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match App::start(cfg).await {
+        match App::start_with(cfg, Some(source)).await {
             Ok(app) => {
                 app.run_until_signal().await;
                 ExitCode::SUCCESS
@@ -78,16 +96,49 @@ fn main() -> ExitCode {
     })
 }
 
-fn init_logging(env: &config::Env) {
-    let filter = env
-        .get("PGMUX_LOG")
-        .cloned()
-        .unwrap_or_else(|| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// Human-readable lines by default, one JSON object per line on request.
+/// `PGMUX_LOG` is a tracing filter (`info`, `pgmux=debug`, ...).
+fn init_logging(filter: Option<&String>, format: LogFormat) {
+    let filter = filter
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+/// GET /readyz with plain std I/O and a short deadline.
+fn health(addr: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let deadline = Duration::from_secs(5);
+    let probe = || -> std::io::Result<String> {
+        let target = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+        let mut stream = TcpStream::connect_timeout(&target, deadline)?;
+        stream.set_read_timeout(Some(deadline))?;
+        stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: pgmux\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.take(64 * 1024).read_to_string(&mut response)?;
+        Ok(response)
+    };
+    match probe() {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(response) => {
+            let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+            eprintln!("pgmux health: not ready: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("pgmux health: cannot reach {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! asks of it outside plain forwarding (internal queries, health, identity).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
@@ -16,9 +16,11 @@ use tokio::net::TcpStream;
 
 use crate::cancel::CancelTarget;
 use crate::config::Target;
+use crate::conninfo::{next_id, ConnInfo, State};
 use crate::params::ParamMap;
 use crate::prepared::{forgets_statements, ServerStatements};
 use crate::session::{Expect, ServerFlow};
+use crate::stats::PoolStats;
 
 /// Idle this long, a server is probed with a real syscall before reuse.
 const PEEK_AFTER_IDLE: Duration = Duration::from_millis(1);
@@ -78,8 +80,6 @@ pub struct Login {
     pub password: Option<String>,
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
 pub struct Server {
     pub stream: TcpStream,
     /// Read buffer, reused for the connection's life.
@@ -87,6 +87,8 @@ pub struct Server {
     /// Settings as this server has them (reported, or set by pgmux).
     pub params: ParamMap,
     pub id: u64,
+    /// What SHOW SERVERS tells of this connection.
+    pub info: Arc<ConnInfo>,
     pub addr: SocketAddr,
     pub backend_pid: u32,
     pub backend_key: u32,
@@ -102,6 +104,8 @@ pub struct Server {
     pub prepared: ServerStatements,
     /// This server's share of `max_db_connections`, freed when it closes.
     pub db_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// When the request in flight and the open transaction began.
+    pub timing: Timing,
     max_message: usize,
 }
 
@@ -112,11 +116,29 @@ impl Server {
         login: &Login,
         timeout: Duration,
         max_message: usize,
+        generation: u64,
+        (database, user): (&str, &str),
     ) -> Result<Server, ServerError> {
-        match tokio::time::timeout(timeout, Self::connect_inner(target, login, max_message)).await {
-            Ok(result) => result,
-            Err(_) => Err(ServerError::Timeout(timeout)),
-        }
+        let connected =
+            tokio::time::timeout(timeout, Self::connect_inner(target, login, max_message)).await;
+        let mut server = match connected {
+            Ok(result) => result?,
+            Err(_) => return Err(ServerError::Timeout(timeout)),
+        };
+        let span = tracing::info_span!(
+            "server",
+            id = server.id,
+            %database,
+            %user,
+            backend_pid = server.backend_pid
+        );
+        let mut info = ConnInfo::new(server.id, State::Idle, span);
+        info.addr = Some(server.addr);
+        info.local = server.stream.local_addr().ok();
+        info.remote_pid = server.backend_pid;
+        info.generation = generation;
+        server.info = Arc::new(info);
+        Ok(server)
     }
 
     async fn connect_inner(
@@ -141,11 +163,13 @@ impl Server {
             .map_err(connect_err)?;
         let addr = stream.peer_addr().map_err(connect_err)?;
         let now = Instant::now();
+        let id = next_id();
         let mut server = Server {
             stream,
             buf: BytesMut::with_capacity(SERVER_BUFFER),
             params: ParamMap::default(),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
+            info: Arc::new(ConnInfo::new(id, State::Login, tracing::Span::none())),
             addr,
             backend_pid: 0,
             backend_key: 0,
@@ -156,6 +180,7 @@ impl Server {
             expect: Expect::default(),
             prepared: ServerStatements::default(),
             db_slot: None,
+            timing: Timing::default(),
             max_message,
         };
         server.login(&target.dbname, login).await?;
@@ -366,6 +391,49 @@ impl Server {
             self.stream.write_all(b"X\0\0\0\x04"),
         )
         .await;
+    }
+}
+
+/// Start times for the query and transaction duration histograms.
+#[derive(Debug, Default)]
+pub struct Timing {
+    request: Option<Instant>,
+    transaction: Option<Instant>,
+}
+
+impl Timing {
+    /// A request went to a server that owed nothing; `status` is the
+    /// transaction status it last reported (`I`: this starts a transaction).
+    pub fn request_sent(&mut self, status: u8) {
+        let now = Instant::now();
+        self.request = Some(now);
+        if status == b'I' && self.transaction.is_none() {
+            self.transaction = Some(now);
+        }
+    }
+
+    /// ReadyForQuery arrived: record what it ended. `transactions_done`
+    /// is how many idle ReadyForQuery came; pipelined transactions that end
+    /// together share the elapsed time, so the histogram's count matches
+    /// pgmux_transactions_total and its sum the time spent.
+    pub fn replied(&mut self, stats: &PoolStats, request_done: bool, transactions_done: u32) {
+        if !request_done && transactions_done == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if request_done {
+            if let Some(started) = self.request.take() {
+                stats.query_done(now.saturating_duration_since(started));
+            }
+        }
+        if transactions_done > 0 {
+            if let Some(started) = self.transaction.take() {
+                let each = now.saturating_duration_since(started) / transactions_done;
+                for _ in 0..transactions_done {
+                    stats.transaction_done(each);
+                }
+            }
+        }
     }
 }
 

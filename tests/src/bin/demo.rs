@@ -117,7 +117,7 @@ async fn main() {
         "pgmux_queries_total",
         "pgmux_received_bytes_total",
         "pgmux_sent_bytes_total",
-        "pgmux_server_opened_total",
+        "pgmux_server_connects_total",
         "pgmux_servers_idle",
         "pgmux_client_wait_seconds_count",
         "pgmux_client_wait_seconds_sum",

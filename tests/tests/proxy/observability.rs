@@ -24,7 +24,7 @@ async fn metrics_count_what_happened() {
     assert!(metric_value(&text, "pgmux_queries_total", &labels) >= 11.0);
     assert!(metric_value(&text, "pgmux_received_bytes_total", &labels) > 0.0);
     assert!(metric_value(&text, "pgmux_sent_bytes_total", &labels) > 0.0);
-    assert!(metric_value(&text, "pgmux_server_opened_total", &labels) >= 1.0);
+    assert!(metric_value(&text, "pgmux_server_connects_total", &labels) >= 1.0);
     assert_eq!(metric_value(&text, "pgmux_servers_idle", &labels), 1.0);
     assert_eq!(metric_value(&text, "pgmux_clients_idle", &labels), 1.0);
     assert!(

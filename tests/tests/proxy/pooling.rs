@@ -464,7 +464,7 @@ async fn min_pool_size_stays_warm_and_idle_servers_above_it_close() {
         .unwrap();
     let refilled = eventually(Duration::from_secs(15), || async {
         let text = http_get(app.metrics_addr.unwrap(), "/metrics").await.1;
-        metric_value(&text, "pgmux_server_opened_total", &[("database", &db)]) >= 6.0
+        metric_value(&text, "pgmux_server_connects_total", &[("database", &db)]) >= 6.0
             && backends_of(&db).await == 2
     })
     .await;

@@ -17,6 +17,12 @@ pub type Env = BTreeMap<String, String>;
 /// Variables with the `PGMUX_` prefix that are not settings.
 const NOT_SETTINGS: &[&str] = &["PGMUX_CONFIG", "PGMUX_LOG"];
 
+/// List-valued keys, given in the environment as comma-separated names.
+const LIST_KEYS: &[(&str, &str)] = &[
+    ("PGMUX_ADMIN_USERS", "admin_users"),
+    ("PGMUX_STATS_USERS", "stats_users"),
+];
+
 /// One line for the operator: which key or variable, and what was expected.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -47,20 +53,22 @@ pub fn load(file: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
         .collect();
     // Lists need try_parsing, which would also turn "007" into 7, so the one
     // list-valued key is split here instead.
-    if let Some(list) = env.get("PGMUX_ADMIN_USERS") {
-        let users: Vec<String> = list
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(String::from)
-            .collect();
-        builder = builder
-            .set_override("admin_users", users)
-            .map_err(|e| ConfigError(e.to_string()))?;
+    for (var, key) in LIST_KEYS {
+        if let Some(list) = env.get(*var) {
+            let users: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(String::from)
+                .collect();
+            builder = builder
+                .set_override(*key, users)
+                .map_err(|e| ConfigError(e.to_string()))?;
+        }
     }
     let pgmux_vars = pgmux_vars
         .into_iter()
-        .filter(|(k, _)| k != "PGMUX_ADMIN_USERS")
+        .filter(|(k, _)| !LIST_KEYS.iter().any(|(var, _)| var == k))
         .collect();
     builder = builder.add_source(
         Environment::with_prefix("PGMUX")
@@ -106,7 +114,15 @@ fn defaults(
         )?
         .set_default("auth_type", "scram-sha-256")?
         .set_default("auth_file", "")?
-        .set_default("admin_users", empty)?
+        .set_default("admin_users", empty.clone())?
+        .set_default("stats_users", empty)?
+        .set_default("so_reuseport", false)?
+        .set_default("shutdown_timeout", 30)?
+        .set_default("stats_period", 60)?
+        .set_default("log_stats", true)?
+        .set_default("log_connections", true)?
+        .set_default("log_disconnections", true)?
+        .set_default("log_format", "text")?
         .set_default("wildcard_databases", true)?
         .set_default("worker_threads", 0)
 }

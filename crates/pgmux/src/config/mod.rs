@@ -55,6 +55,13 @@ pub enum AuthType {
     Trust,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Every general setting is a flat top-level key; see proxy.toml for the
 /// annotated list. Durations are in seconds (fractions allowed).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -81,7 +88,20 @@ pub struct Config {
     pub max_message_size: u32,
     pub auth_type: AuthType,
     pub auth_file: String,
+    /// Users allowed into the admin console with every command.
     pub admin_users: Vec<String>,
+    /// Users allowed into the admin console for SHOW commands only.
+    pub stats_users: Vec<String>,
+    /// Let another pgmux bind the same port (restarts without refusals).
+    pub so_reuseport: bool,
+    /// On SIGTERM, how long transactions in flight may take to finish.
+    pub shutdown_timeout: f64,
+    /// Period of the averages in SHOW STATS and of the stats log line.
+    pub stats_period: f64,
+    pub log_stats: bool,
+    pub log_connections: bool,
+    pub log_disconnections: bool,
+    pub log_format: LogFormat,
     pub wildcard_databases: bool,
     /// Runtime worker threads; 0 means one per CPU.
     pub worker_threads: u32,
@@ -173,6 +193,12 @@ impl Config {
     pub fn client_login_timeout(&self) -> Duration {
         secs(self.client_login_timeout)
     }
+    pub fn shutdown_timeout(&self) -> Duration {
+        secs(self.shutdown_timeout)
+    }
+    pub fn stats_period(&self) -> Duration {
+        secs(self.stats_period)
+    }
 
     /// The backend for a client-facing database name, or `None` when the
     /// name is not configured and wildcard pooling is off.
@@ -220,6 +246,33 @@ impl Config {
         Ok(out)
     }
 
+    /// Keys a reload cannot change: they shape listeners, the runtime or
+    /// pools' identity, and take effect at the next start.
+    pub const RESTART_ONLY: &'static [&'static str] = &[
+        "listen_addr",
+        "listen_backlog",
+        "metrics_addr",
+        "worker_threads",
+        "so_reuseport",
+        "pool_mode",
+        "max_client_conn",
+        "max_message_size",
+        "max_db_connections",
+        "log_format",
+    ];
+
+    /// The restart-only keys whose value differs in `new`.
+    pub fn restart_only_differences(&self, new: &Config) -> Vec<&'static str> {
+        let (Ok(old), Ok(new)) = (toml::Table::try_from(self), toml::Table::try_from(new)) else {
+            return Vec::new();
+        };
+        Self::RESTART_ONLY
+            .iter()
+            .copied()
+            .filter(|key| old.get(*key) != new.get(*key))
+            .collect()
+    }
+
     /// Checks no single key's type can express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen()?;
@@ -230,6 +283,7 @@ impl Config {
             ("server_connect_timeout", self.server_connect_timeout),
             ("client_login_timeout", self.client_login_timeout),
             ("server_login_retry", self.server_login_retry),
+            ("stats_period", self.stats_period),
         ];
         for (key, v) in positive {
             if v.is_nan() || v <= 0.0 {
@@ -242,6 +296,7 @@ impl Config {
             ("server_lifetime", self.server_lifetime),
             ("server_idle_timeout", self.server_idle_timeout),
             ("query_wait_timeout", self.query_wait_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
         ];
         for (key, v) in non_negative {
             if v.is_nan() || !(0.0..=1e9).contains(&v) {

@@ -31,6 +31,8 @@ impl Pool {
     /// Close idle servers that died, are past their lifetime, or sat unused
     /// past the idle timeout while more than `min_pool_size` are open.
     fn prune(&self, now: Instant) {
+        let settings = self.settings();
+        let generation = self.generation.load(Ordering::Acquire);
         let mut closing = Vec::new();
         {
             let mut idle = lock(&self.idle);
@@ -39,11 +41,12 @@ impl Pool {
             while i < idle.len() {
                 let s = &idle[i];
                 let expired = s.expires.is_some_and(|at| at <= now);
-                let unused = self
-                    .settings
+                let unused = settings
                     .idle_timeout
                     .is_some_and(|t| now.duration_since(s.last_used) >= t)
-                    && open > self.settings.min_size;
+                    && open > settings.min_size;
+                // A reload shrank the pool, or RECONNECT asked for new ones.
+                let surplus = open > settings.size || s.info.generation < generation;
                 // Closed by PostgreSQL (restart, pg_terminate_backend) while
                 // unused: noticed here, so min_pool_size is kept for real.
                 let dead = !s.is_healthy(now);
@@ -51,6 +54,8 @@ impl Pool {
                     Some(CloseReason::Error)
                 } else if expired {
                     Some(CloseReason::Lifetime)
+                } else if surplus {
+                    Some(CloseReason::Reconnect)
                 } else if unused {
                     Some(CloseReason::Idle)
                 } else {
@@ -70,13 +75,15 @@ impl Pool {
     }
 
     async fn fill_to_min(self: &Arc<Self>) {
-        while self.open.load(Ordering::Acquire) < self.settings.min_size
+        let min_size = self.settings().min_size;
+        while self.open.load(Ordering::Acquire) < min_size
             && self.backing_off().is_none()
+            && !self.is_paused()
         {
             let reserved = self
                 .open
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < self.settings.min_size).then_some(n + 1)
+                    (n < min_size).then_some(n + 1)
                 })
                 .is_ok();
             if !reserved {
@@ -88,10 +95,8 @@ impl Pool {
                     lock(&self.idle).push(server);
                     self.returned.notify_one();
                 }
-                Err(err) => {
-                    tracing::warn!(database = %self.database, user = %self.user, error = %err, "could not open a warm server connection");
-                    break;
-                }
+                // open_server has logged the failure.
+                Err(_) => break,
             }
         }
     }

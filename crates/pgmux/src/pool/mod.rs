@@ -7,24 +7,32 @@ mod db_limit;
 mod maintenance;
 mod registry;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PoolMode, Target};
+use crate::conninfo::{ConnInfo, State};
 use crate::params::ParamMap;
 use crate::prepared::StatementCache;
 use crate::server::{Login, Server, ServerError};
-use crate::stats::{CloseReason, PoolStats};
+use crate::stats::{CloseReason, PoolLevels, PoolStats};
 
 pub use db_limit::DbLimit;
 pub use registry::{Pools, UnknownDatabase};
 
-/// The settings a pool runs with, copied from the config at creation.
-#[derive(Debug, Clone)]
+/// An idle server unused this long counts as "used" rather than "idle" in
+/// SHOW POOLS and /metrics (PgBouncer's server_check_delay default is 30 s;
+/// pgmux probes every idle server before reuse, so this only sorts them).
+const USED_AFTER: Duration = Duration::from_secs(1);
+
+/// The settings a pool runs with, copied from the config at creation and
+/// again at each reload.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
     pub mode: PoolMode,
     pub size: u32,
@@ -82,9 +90,16 @@ const MAX_PARAM_VARIANTS: usize = 64;
 pub struct Pool {
     pub database: String,
     pub user: String,
-    pub target: Target,
-    login: Login,
-    pub settings: PoolSettings,
+    /// Fixed for the pool's life (a reload that changes it needs a restart).
+    pub mode: PoolMode,
+    pub max_message: usize,
+    target: Mutex<Target>,
+    login: Mutex<Login>,
+    settings: Mutex<PoolSettings>,
+    /// `settings.size`, read on every checkout without the lock.
+    size: AtomicU32,
+    /// Permits to retire as they come back, after a reload shrank the pool.
+    permit_debt: AtomicU32,
     permits: Arc<Semaphore>,
     /// Boxed so a checkout (held in every linked client's task) stays small
     /// and servers move between pool and client as one pointer.
@@ -103,12 +118,21 @@ pub struct Pool {
     pub statements: StatementCache,
     /// The database-wide server cap, when `max_db_connections` is set.
     db_limit: Option<Arc<DbLimit>>,
+    /// Servers opened under an older generation are closed when next seen
+    /// (RECONNECT, or a reload that moved the database).
+    generation: AtomicU64,
+    paused: AtomicBool,
+    resumed: Notify,
+    /// Cancelled by KILL (and by shutdown); replaced after a KILL.
+    token: Mutex<CancellationToken>,
+    clients: Mutex<HashMap<u64, Arc<ConnInfo>>>,
+    servers: Mutex<HashMap<u64, Arc<ConnInfo>>>,
 }
 
 pub struct Checkout {
     server: Option<Box<Server>>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Pool {
@@ -119,14 +143,23 @@ impl Pool {
         login: Login,
         settings: PoolSettings,
         db_limit: Option<Arc<DbLimit>>,
+        token: CancellationToken,
     ) -> Arc<Pool> {
+        let mode_label = match settings.mode {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        };
         let pool = Arc::new(Pool {
             database: database.to_string(),
             user: user.to_string(),
-            target,
-            login,
+            mode: settings.mode,
+            max_message: settings.max_message,
+            target: Mutex::new(target),
+            login: Mutex::new(login),
             permits: Arc::new(Semaphore::new(settings.size as usize)),
-            settings,
+            size: AtomicU32::new(settings.size),
+            permit_debt: AtomicU32::new(0),
+            settings: Mutex::new(settings),
             idle: Mutex::new(Vec::new()),
             open: AtomicU32::new(0),
             returned: Notify::new(),
@@ -135,14 +168,72 @@ impl Pool {
             param_variants: Mutex::new(Vec::new()),
             waiters: Mutex::new(BTreeMap::new()),
             next_waiter: AtomicU64::new(0),
-            stats: PoolStats::new(database, user),
+            stats: PoolStats::new(database, user, mode_label),
             statements: StatementCache::default(),
             db_limit,
+            generation: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
+            resumed: Notify::new(),
+            token: Mutex::new(token),
+            clients: Mutex::new(HashMap::new()),
+            servers: Mutex::new(HashMap::new()),
         });
         if let Some(limit) = &pool.db_limit {
             limit.register(&pool);
         }
         pool
+    }
+
+    /// A copy of the current settings (slow paths only; the hot path reads
+    /// `size` and the fixed fields).
+    pub fn settings(&self) -> PoolSettings {
+        lock(&self.settings).clone()
+    }
+
+    pub fn target(&self) -> Target {
+        lock(&self.target).clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn size(&self) -> u32 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Adopt reloaded settings, target and login. Connected clients stay;
+    /// a moved database has its servers replaced as they come back.
+    pub fn reconfigure(&self, settings: PoolSettings, target: Target, login: Login) {
+        let old_size = self.size.swap(settings.size, Ordering::AcqRel);
+        if settings.size > old_size {
+            let grow = settings.size - old_size;
+            // Pay back permits still owed from an earlier shrink first.
+            let repaid = self
+                .permit_debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d.saturating_sub(grow))
+                })
+                .unwrap_or(0)
+                .min(grow);
+            self.permits.add_permits((grow - repaid) as usize);
+        } else if settings.size < old_size {
+            let shrink = old_size - settings.size;
+            let forgotten = self.permits.forget_permits(shrink as usize) as u32;
+            self.permit_debt
+                .fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+        *lock(&self.settings) = settings;
+        *lock(&self.login) = login;
+        let moved = {
+            let mut current = lock(&self.target);
+            let moved = *current != target;
+            *current = target;
+            moved
+        };
+        if moved {
+            self.reconnect();
+        }
     }
 
     /// Close the longest-idle server, if any (to free a database slot).
@@ -160,12 +251,96 @@ impl Pool {
         }
     }
 
+    /// Close every idle server now, and each lent one when it comes back.
+    pub fn reconnect(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.close_idle(CloseReason::Reconnect);
+    }
+
+    pub fn close_idle(&self, reason: CloseReason) {
+        let idle: Vec<Box<Server>> = std::mem::take(&mut *lock(&self.idle));
+        for server in idle {
+            self.discard(server, reason);
+        }
+    }
+
+    /// Servers opened before the last RECONNECT, still open.
+    pub fn stale_servers(&self) -> usize {
+        let generation = self.generation.load(Ordering::Acquire);
+        lock(&self.servers)
+            .values()
+            .filter(|s| s.generation < generation)
+            .count()
+    }
+
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+        self.resumed.notify_waiters();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// The token a session of this pool watches (KILL, shutdown).
+    pub fn token(&self) -> CancellationToken {
+        lock(&self.token).clone()
+    }
+
+    /// KILL: cut every client of the pool off now; later clients get a
+    /// fresh token (they wait, paused, until RESUME).
+    pub fn kill(&self, fresh: CancellationToken) {
+        let old = std::mem::replace(&mut *lock(&self.token), fresh);
+        old.cancel();
+        self.reconnect();
+    }
+
+    pub fn register_client(&self, info: Arc<ConnInfo>) {
+        lock(&self.clients).insert(info.id, info);
+    }
+
+    pub fn forget_client(&self, id: u64) {
+        lock(&self.clients).remove(&id);
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ConnInfo>> {
+        lock(&self.clients).values().cloned().collect()
+    }
+
+    pub fn servers(&self) -> Vec<Arc<ConnInfo>> {
+        lock(&self.servers).values().cloned().collect()
+    }
+
     pub fn open_servers(&self) -> u32 {
         self.open.load(Ordering::Relaxed)
     }
 
     pub fn idle_servers(&self) -> usize {
         lock(&self.idle).len()
+    }
+
+    /// Levels for SHOW POOLS and /metrics that only the pool knows.
+    pub fn levels(&self) -> PoolLevels {
+        let now = Instant::now();
+        let (mut idle, mut used) = (0, 0);
+        for server in lock(&self.idle).iter() {
+            if now.saturating_duration_since(server.last_used) >= USED_AFTER {
+                used += 1;
+            } else {
+                idle += 1;
+            }
+        }
+        PoolLevels {
+            servers_idle: idle,
+            servers_used: used,
+            max_wait: self.max_wait(),
+            pool_size: self.size(),
+            paused: self.is_paused(),
+        }
     }
 
     /// How long the longest-waiting client has waited.
@@ -180,15 +355,21 @@ impl Pool {
     /// Lend a server: wait (FIFO) for a permit, then reuse an idle server or
     /// open a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => {
-                self.stats.wait_seconds.record(0.0);
+        let ready = if self.is_paused() {
+            None
+        } else {
+            self.permits.clone().try_acquire_owned().ok()
+        };
+        let permit = match ready {
+            Some(p) => {
+                self.stats.waited(Duration::ZERO);
                 p
             }
             // The slow paths are boxed: every client's task embeds this
             // future, and the fast path should not carry their size.
-            Err(_) => Box::pin(self.wait_for_permit()).await?,
+            None => Box::pin(self.wait_for_permit()).await?,
         };
+        self.stats.assignments.add(1);
         loop {
             if let Some(server) = self.take_idle() {
                 return Ok(self.lend(server, permit));
@@ -208,8 +389,11 @@ impl Pool {
         let started = Instant::now();
         lock(&self.waiters).insert(id, started);
         self.stats.clients_waiting.inc();
-        let acquire = self.permits.clone().acquire_owned();
-        let result = match self.settings.query_wait_timeout {
+        let acquire = async {
+            self.until_resumed().await;
+            self.permits.clone().acquire_owned().await
+        };
+        let result = match self.settings().query_wait_timeout {
             Some(limit) => tokio::time::timeout(limit, acquire)
                 .await
                 .map_err(|_| CheckoutError::WaitTimeout(limit)),
@@ -217,11 +401,19 @@ impl Pool {
         };
         self.stats.clients_waiting.dec();
         lock(&self.waiters).remove(&id);
-        self.stats
-            .wait_seconds
-            .record(started.elapsed().as_secs_f64());
+        self.stats.waited(started.elapsed());
         // The semaphore is never closed, so acquire cannot fail.
         result.map(|p| p.expect("pool semaphore is never closed"))
+    }
+
+    async fn until_resumed(&self) {
+        while self.is_paused() {
+            let resumed = self.resumed.notified();
+            if !self.is_paused() {
+                break;
+            }
+            resumed.await;
+        }
     }
 
     fn take_idle(&self) -> Option<Box<Server>> {
@@ -230,6 +422,8 @@ impl Pool {
             let now = Instant::now();
             if server.expires.is_some_and(|at| at <= now) {
                 self.discard(server, CloseReason::Lifetime);
+            } else if server.info.generation < self.generation.load(Ordering::Acquire) {
+                self.discard(server, CloseReason::Reconnect);
             } else if !server.is_healthy(now) {
                 self.discard(server, CloseReason::Error);
             } else {
@@ -241,7 +435,7 @@ impl Pool {
     fn reserve_slot(&self) -> bool {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.settings.size).then_some(n + 1)
+                (n < self.size()).then_some(n + 1)
             })
             .is_ok()
     }
@@ -252,8 +446,9 @@ impl Pool {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(err);
         }
+        let settings = self.settings();
         let slot = match &self.db_limit {
-            Some(limit) => match limit.acquire(self.settings.query_wait_timeout).await {
+            Some(limit) => match limit.acquire(settings.query_wait_timeout).await {
                 Ok(slot) => Some(slot),
                 Err(err) => {
                     self.open.fetch_sub(1, Ordering::AcqRel);
@@ -265,36 +460,37 @@ impl Pool {
         };
         self.stats.servers_login.inc();
         let started = Instant::now();
+        let (target, login) = (self.target(), lock(&self.login).clone());
         let result = Box::pin(Server::connect(
-            &self.target,
-            &self.login,
-            self.settings.connect_timeout,
-            self.settings.max_message,
+            &target,
+            &login,
+            settings.connect_timeout,
+            self.max_message,
+            self.generation.load(Ordering::Acquire),
+            (&self.database, &self.user),
         ))
         .await;
         self.stats.servers_login.dec();
         match result {
             Ok(mut server) => {
                 server.db_slot = slot;
-                self.stats
-                    .connect_seconds
-                    .record(started.elapsed().as_secs_f64());
-                self.stats.servers_opened.increment(1);
+                self.stats.connected(started.elapsed());
                 *lock(&self.backoff) = Backoff::default();
-                server.expires = self
-                    .settings
+                server.expires = settings
                     .lifetime
-                    .map(|l| server.created + jittered(l, self.settings.lifetime_jitter));
+                    .map(|l| server.created + jittered(l, settings.lifetime_jitter));
                 lock(&self.defaults).get_or_insert_with(|| server.params.clone());
+                lock(&self.servers).insert(server.info.id, server.info.clone());
+                tracing::debug!(parent: &server.info.span, "server connection opened");
                 Ok(Box::new(server))
             }
             Err(err) => {
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 self.returned.notify_one();
-                self.stats.server_connect_failures.increment(1);
+                self.stats.connect_failures.add(1);
+                tracing::warn!(database = %self.database, user = %self.user, server = %format!("{}:{}", target.host, target.port), error = %err, "could not open a server connection");
                 let mut b = lock(&self.backoff);
-                b.delay =
-                    (b.delay * 2).clamp(FIRST_RETRY, self.settings.login_retry.max(FIRST_RETRY));
+                b.delay = (b.delay * 2).clamp(FIRST_RETRY, settings.login_retry.max(FIRST_RETRY));
                 b.until = Some(Instant::now() + b.delay);
                 b.error = Some(err.clone());
                 Err(err)
@@ -312,10 +508,11 @@ impl Pool {
 
     fn lend(self: &Arc<Self>, server: Box<Server>, permit: OwnedSemaphorePermit) -> Checkout {
         self.stats.servers_active.inc();
+        server.info.set_state(State::Active);
         Checkout {
             server: Some(server),
             pool: self.clone(),
-            _permit: permit,
+            permit: Some(permit),
         }
     }
 
@@ -323,8 +520,22 @@ impl Pool {
     fn discard(&self, server: Box<Server>, reason: CloseReason) {
         self.open.fetch_sub(1, Ordering::AcqRel);
         self.stats.closed(reason);
+        lock(&self.servers).remove(&server.info.id);
+        tracing::debug!(parent: &server.info.span, reason = ?reason, "server connection closed");
         self.returned.notify_one();
         tokio::spawn(server.close());
+    }
+
+    /// Give a permit back, or retire it while a shrink is still owed.
+    fn release_permit(&self, permit: OwnedSemaphorePermit) {
+        if self.permit_debt.load(Ordering::Relaxed) > 0
+            && self
+                .permit_debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                .is_ok()
+        {
+            permit.forget();
+        }
     }
 
     /// Whether servers of this pool report `name` (ParameterStatus).
@@ -378,17 +589,22 @@ impl Checkout {
     /// Return a clean server (transaction status idle) to the pool.
     pub fn checkin(mut self) {
         if let Some(mut server) = self.server.take() {
-            self.pool.stats.servers_active.dec();
+            let pool = &self.pool;
+            pool.stats.servers_active.dec();
             let now = Instant::now();
             if server.expires.is_some_and(|at| at <= now) {
-                self.pool.discard(server, CloseReason::Lifetime);
-                return;
-            }
-            server.last_used = now;
-            lock(&self.pool.idle).push(server);
-            self.pool.returned.notify_one();
-            if let Some(limit) = &self.pool.db_limit {
-                limit.idle_appeared.notify_waiters();
+                pool.discard(server, CloseReason::Lifetime);
+            } else if server.info.generation < pool.generation.load(Ordering::Acquire) {
+                pool.discard(server, CloseReason::Reconnect);
+            } else {
+                server.last_used = now;
+                server.info.set_state(State::Idle);
+                server.info.link(0);
+                lock(&pool.idle).push(server);
+                pool.returned.notify_one();
+                if let Some(limit) = &pool.db_limit {
+                    limit.idle_appeared.notify_waiters();
+                }
             }
         }
     }
@@ -407,6 +623,9 @@ impl Drop for Checkout {
         if let Some(server) = self.server.take() {
             self.pool.stats.servers_active.dec();
             self.pool.discard(server, CloseReason::Error);
+        }
+        if let Some(permit) = self.permit.take() {
+            self.pool.release_permit(permit);
         }
     }
 }

@@ -1,22 +1,57 @@
-//! All pools, keyed by (database, user). Looked up once per client login;
-//! the relay never touches this map.
+//! All pools, keyed by (database, user), and the configuration they were
+//! made from. Looked up once per client login; the relay never touches
+//! this map. A reload swaps the configuration and re-tunes every pool in
+//! place, so connected clients keep their pools.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 
 use pgmux_wire::auth::{ScramVerifier, Secret};
 
 use super::{lock, maintenance, DbLimit, Pool, PoolSettings};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::lifecycle::Lifecycle;
+use crate::reload::ConfigSource;
 use crate::server::Login;
 
-pub struct Pools {
+/// What a reload replaces in one step.
+struct Current {
     config: Arc<Config>,
-    secrets: Arc<BTreeMap<String, Secret>>,
-    /// SCRAM verifiers, derived once at start-up for plaintext secrets.
+    secrets: BTreeMap<String, Secret>,
+    /// SCRAM verifiers, derived once per load for plaintext secrets.
     verifiers: BTreeMap<String, ScramVerifier>,
+}
+
+impl Current {
+    fn new(config: Arc<Config>, secrets: BTreeMap<String, Secret>) -> Current {
+        let verifiers = secrets
+            .iter()
+            .filter_map(|(user, s)| Some((user.clone(), s.scram_verifier()?)))
+            .collect();
+        Current {
+            config,
+            secrets,
+            verifiers,
+        }
+    }
+}
+
+/// Databases an administrator has paused or disabled, by client-facing name.
+#[derive(Default)]
+struct Switches {
+    paused_all: bool,
+    paused: BTreeSet<String>,
+    disabled: BTreeSet<String>,
+}
+
+pub struct Pools {
+    current: RwLock<Current>,
     map: Mutex<HashMap<(String, String), Arc<Pool>>>,
     db_limits: Mutex<HashMap<String, Arc<DbLimit>>>,
+    switches: Mutex<Switches>,
+    pub lifecycle: Arc<Lifecycle>,
+    /// Where to re-read the configuration from on reload.
+    source: Mutex<Option<ConfigSource>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,34 +60,53 @@ pub struct UnknownDatabase(pub String);
 
 impl Pools {
     pub fn new(config: Arc<Config>, secrets: Arc<BTreeMap<String, Secret>>) -> Pools {
-        let verifiers = secrets
-            .iter()
-            .filter_map(|(user, s)| Some((user.clone(), s.scram_verifier()?)))
-            .collect();
         Pools {
-            config,
-            secrets,
-            verifiers,
+            current: RwLock::new(Current::new(config, (*secrets).clone())),
             map: Mutex::new(HashMap::new()),
             db_limits: Mutex::new(HashMap::new()),
+            switches: Mutex::new(Switches::default()),
+            lifecycle: Arc::new(Lifecycle::default()),
+            source: Mutex::new(None),
         }
     }
 
+    pub fn set_source(&self, source: ConfigSource) {
+        *lock(&self.source) = Some(source);
+    }
+
+    pub fn source(&self) -> Option<ConfigSource> {
+        lock(&self.source).clone()
+    }
+
+    /// Users with a configured secret.
+    pub fn user_names(&self) -> BTreeSet<String> {
+        self.current().secrets.keys().cloned().collect()
+    }
+
+    pub fn any_paused(&self) -> bool {
+        let sw = lock(&self.switches);
+        sw.paused_all || !sw.paused.is_empty()
+    }
+
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn scram_verifier(&self, user: &str) -> Option<ScramVerifier> {
-        self.verifiers.get(user).cloned()
+        self.current().verifiers.get(user).cloned()
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn config(&self) -> Arc<Config> {
+        self.current().config.clone()
     }
 
-    pub fn secret(&self, user: &str) -> Option<&Secret> {
-        self.secrets.get(user)
+    pub fn secret(&self, user: &str) -> Option<Secret> {
+        self.current().secrets.get(user).cloned()
     }
 
     /// Whether clients may ask for `database` at all.
     pub fn check_database(&self, database: &str) -> Result<(), UnknownDatabase> {
-        match self.config.target(database) {
+        match self.current().config.target(database) {
             Some(_) => Ok(()),
             None => Err(UnknownDatabase(database.to_string())),
         }
@@ -64,20 +118,19 @@ impl Pools {
         if let Some(pool) = lock(&self.map).get(&key) {
             return Ok(pool.clone());
         }
-        let target = self
-            .config
-            .target(database)
-            .ok_or_else(|| UnknownDatabase(database.to_string()))?;
-        let login = Login {
-            user: user.to_string(),
-            password: self
-                .secrets
-                .get(user)
-                .and_then(|s| s.plaintext())
-                .map(String::from),
+        let (target, login, settings, max_db) = {
+            let current = self.current();
+            let config = &current.config;
+            let target = config
+                .target(database)
+                .ok_or_else(|| UnknownDatabase(database.to_string()))?;
+            (
+                target,
+                login_for(&current.secrets, user),
+                PoolSettings::from_config(config, database),
+                config.max_db_connections,
+            )
         };
-        let settings = PoolSettings::from_config(&self.config, database);
-        let max_db = self.config.max_db_connections;
         let db_limit = (max_db > 0).then(|| {
             lock(&self.db_limits)
                 .entry(database.to_string())
@@ -88,7 +141,18 @@ impl Pools {
         let pool = map
             .entry(key)
             .or_insert_with(|| {
-                let pool = Pool::new(database, user, target, login, settings, db_limit);
+                let pool = Pool::new(
+                    database,
+                    user,
+                    target,
+                    login,
+                    settings,
+                    db_limit,
+                    self.lifecycle.pool_token(),
+                );
+                if self.is_paused(database) {
+                    pool.pause();
+                }
                 maintenance::spawn(Arc::downgrade(&pool));
                 pool
             })
@@ -110,12 +174,134 @@ impl Pools {
     /// Close every idle server connected to the server-side database
     /// `dbname` (before a DROP DATABASE, which they would block).
     pub fn close_idle_to(&self, dbname: &str) {
-        for pool in self.all().into_iter().filter(|p| p.target.dbname == dbname) {
+        for pool in self
+            .all()
+            .into_iter()
+            .filter(|p| p.target().dbname == dbname)
+        {
             while pool.evict_one_idle() {}
         }
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {
-        lock(&self.map).values().cloned().collect()
+        let mut pools: Vec<Arc<Pool>> = lock(&self.map).values().cloned().collect();
+        pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        pools
+    }
+
+    /// The pools of one client-facing database, or of all when `None`.
+    pub fn of(&self, database: Option<&str>) -> Vec<Arc<Pool>> {
+        let mut pools = self.all();
+        if let Some(db) = database {
+            pools.retain(|p| p.database == db);
+        }
+        pools
+    }
+
+    /// Database names clients can see: configured ones and pooled ones.
+    pub fn database_names(&self) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self.current().config.databases.keys().cloned().collect();
+        names.extend(self.all().iter().map(|p| p.database.clone()));
+        names
+    }
+
+    pub fn pause(&self, database: Option<&str>) {
+        {
+            let mut sw = lock(&self.switches);
+            match database {
+                Some(db) => {
+                    sw.paused.insert(db.to_string());
+                }
+                None => sw.paused_all = true,
+            }
+        }
+        for pool in self.of(database) {
+            pool.pause();
+        }
+    }
+
+    pub fn resume(&self, database: Option<&str>) {
+        {
+            let mut sw = lock(&self.switches);
+            match database {
+                Some(db) => {
+                    sw.paused.remove(db);
+                }
+                None => {
+                    sw.paused_all = false;
+                    sw.paused.clear();
+                }
+            }
+        }
+        for pool in self.of(database) {
+            if !self.is_paused(&pool.database) {
+                pool.resume();
+            }
+        }
+    }
+
+    pub fn is_paused(&self, database: &str) -> bool {
+        let sw = lock(&self.switches);
+        sw.paused_all || sw.paused.contains(database)
+    }
+
+    pub fn set_disabled(&self, database: &str, disabled: bool) {
+        let mut sw = lock(&self.switches);
+        if disabled {
+            sw.disabled.insert(database.to_string());
+        } else {
+            sw.disabled.remove(database);
+        }
+    }
+
+    pub fn is_disabled(&self, database: &str) -> bool {
+        lock(&self.switches).disabled.contains(database)
+    }
+
+    /// KILL: cut off every client and server of `database`, and leave it
+    /// paused (PgBouncer's semantics: new clients wait for RESUME).
+    pub fn kill(&self, database: &str) {
+        self.pause(Some(database));
+        for pool in self.of(Some(database)) {
+            pool.kill(self.lifecycle.pool_token());
+        }
+    }
+
+    /// Adopt a newly loaded configuration: settings, databases and users
+    /// change for every pool in place. Keys that only take effect at start
+    /// are reported back so the caller can say so.
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, ConfigError> {
+        config.validate()?;
+        let secrets = config.user_secrets()?;
+        let config = Arc::new(config);
+        let restart_needed = {
+            let old = self.config();
+            old.restart_only_differences(&config)
+        };
+        let current = Current::new(config.clone(), secrets);
+        let pools = self.all();
+        for pool in &pools {
+            // A database gone from the config keeps its pool for the clients
+            // connected to it; new logins to it are refused.
+            if let Some(target) = config.target(&pool.database) {
+                pool.reconfigure(
+                    PoolSettings::from_config(&config, &pool.database),
+                    target,
+                    login_for(&current.secrets, &pool.user),
+                );
+            }
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = current;
+        Ok(restart_needed)
+    }
+}
+
+fn login_for(secrets: &BTreeMap<String, Secret>, user: &str) -> Login {
+    Login {
+        user: user.to_string(),
+        password: secrets
+            .get(user)
+            .and_then(|s| s.plaintext())
+            .map(String::from),
     }
 }

@@ -93,7 +93,7 @@ pub async fn authenticate(
     let mut out = BytesMut::new();
     // Like PostgreSQL, a stored MD5 hash forces MD5 and a SCRAM verifier
     // forces SCRAM, whatever the configured method.
-    let method = match (auth_type, secret) {
+    let method = match (auth_type, secret.as_ref()) {
         (AuthType::Plain, _) => AuthType::Plain,
         (_, Some(Secret::Md5(_))) => AuthType::Md5,
         (_, Some(Secret::Scram(_))) => AuthType::ScramSha256,
@@ -107,7 +107,7 @@ pub async fn authenticate(
             let mut s = &body[..];
             let password = read_cstr(&mut s).ok_or_else(malformed)?;
             let password = std::str::from_utf8(password).map_err(|_| malformed())?;
-            match secret {
+            match &secret {
                 Some(secret) if secret.check_plain(user, password) => Ok(()),
                 _ => Err(wrong()),
             }
@@ -120,7 +120,7 @@ pub async fn authenticate(
             let mut s = &body[..];
             let response = read_cstr(&mut s).ok_or_else(malformed)?;
             let response = std::str::from_utf8(response).map_err(|_| malformed())?;
-            match secret {
+            match &secret {
                 Some(secret) if secret.check_md5(user, salt, response) => Ok(()),
                 _ => Err(wrong()),
             }

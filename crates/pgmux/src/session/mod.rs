@@ -20,10 +20,14 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use pgmux_wire::auth::{ScramVerifier, Secret};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminSession, Role};
 use crate::cancel::Cancels;
+use crate::conninfo::{next_id, ConnInfo, State};
 use crate::params::ParamMap;
 use crate::pool::{CheckoutError, Pools};
+use crate::stats::{self, LoginFailure};
 
 pub use login::refuse;
 
@@ -93,33 +97,80 @@ pub fn serve(
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let _slot = slot;
-        let Some((stream, session)) = Box::pin(open_session(stream, &shared)).await else {
+        let _open = ClientCount::new();
+        let Some((stream, logged_in)) = Box::pin(open_session(stream, &shared)).await else {
             return;
+        };
+        let session = match logged_in {
+            LoggedIn::Pool(session) => session,
+            LoggedIn::Admin(admin) => {
+                Box::pin(admin::run(stream, admin, shared)).await;
+                return;
+            }
         };
         drop(shared);
         relay::run(stream, session).await;
     }
 }
 
+/// Keeps `pgmux_client_connections` while a client's task lives.
+struct ClientCount;
+
+impl ClientCount {
+    fn new() -> ClientCount {
+        stats::client_connection(1);
+        ClientCount
+    }
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        stats::client_connection(-1);
+    }
+}
+
+/// A client past its login: into a pool, or into the admin console.
+pub enum LoggedIn {
+    Pool(Session),
+    Admin(AdminSession),
+}
+
 /// Log the client in within `client_login_timeout`, or tell it why not.
-async fn open_session(mut stream: TcpStream, shared: &Shared) -> Option<(TcpStream, Session)> {
+async fn open_session(mut stream: TcpStream, shared: &Shared) -> Option<(TcpStream, LoggedIn)> {
+    let peer = stream.peer_addr().ok();
+    let span = tracing::info_span!("client", id = tracing::field::Empty, peer = ?peer);
     let login_timeout = shared.pools.config().client_login_timeout();
-    let opened = tokio::time::timeout(login_timeout, log_in(&mut stream, shared)).await;
-    match opened {
+    let opened = tokio::time::timeout(login_timeout, log_in(&mut stream, shared, &span)).await;
+    let (code, message) = match opened {
         Ok(Ok(Some(session))) => return Some((stream, session)),
-        Ok(Ok(None)) | Ok(Err(ClientError::Gone)) => {}
+        Ok(Ok(None)) | Ok(Err(ClientError::Gone)) => return None,
         Ok(Err(ClientError::Fatal { code, message })) => {
-            tracing::info!(peer = ?stream.peer_addr().ok(), %code, %message, "login refused");
-            refuse(&mut stream, &code, &message).await;
+            stats::login_failed(failure_reason(&code));
+            (code, message)
         }
         Err(_) => {
-            tracing::info!(peer = ?stream.peer_addr().ok(), "client_login_timeout expired");
+            stats::login_failed(LoginFailure::Timeout);
             let message =
                 format!("client_login_timeout: login not completed within {login_timeout:?}");
-            refuse(&mut stream, "08P01", &message).await;
+            ("08P01".to_string(), message)
         }
-    }
+    };
+    tracing::info!(parent: &span, %code, %message, "login refused");
+    refuse(&mut stream, &code, &message).await;
     None
+}
+
+/// The metric label for a refused login, from the SQLSTATE it was given.
+fn failure_reason(code: &str) -> LoginFailure {
+    match code {
+        "28P01" | "28000" => LoginFailure::Auth,
+        "3D000" => LoginFailure::UnknownDatabase,
+        "55000" => LoginFailure::Disabled,
+        "57P01" | "57P03" => LoginFailure::ShuttingDown,
+        "53300" => LoginFailure::TooManyClients,
+        "08P01" | "0A000" => LoginFailure::Protocol,
+        _ => LoginFailure::ServerUnavailable,
+    }
 }
 
 /// Everything the relay needs about a logged-in client.
@@ -127,14 +178,20 @@ pub struct Session {
     pub pool: Arc<crate::pool::Pool>,
     pub params: ParamMap,
     pub cancel: crate::cancel::CancelKey,
-    pub user: String,
-    pub database: String,
     /// The client's named statements (transaction mode rewrites them).
     pub statements: crate::prepared::ClientStatements,
     pub pools: Arc<Pools>,
+    /// What SHOW CLIENTS tells of this client; its span files the logs.
+    pub info: Arc<ConnInfo>,
+    /// Cancelled when the pool is killed or pgmux shuts down.
+    pub token: CancellationToken,
 }
 
-async fn log_in(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Session>, ClientError> {
+async fn log_in(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    span: &tracing::Span,
+) -> Result<Option<LoggedIn>, ClientError> {
     let params = match login::read_opening(stream).await? {
         login::Opening::Cancel { pid, key } => {
             shared.cancels.cancel(pid, key).await;
@@ -167,8 +224,36 @@ async fn log_in(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Sessio
         ));
     }
     let pools = &shared.pools;
+    if pools.lifecycle.draining() {
+        return Err(ClientError::fatal(
+            "57P03",
+            "the pgmux proxy is shutting down".into(),
+        ));
+    }
+    if admin::is_console(&database) {
+        login::authenticate(stream, pools, &shared.decoy, &user).await?;
+        let role = Role::of(&pools.config(), &user).ok_or_else(|| {
+            ClientError::fatal(
+                "28000",
+                format!("user \"{user}\" is not allowed into the pgmux admin console (admin_users, stats_users)"),
+            )
+        })?;
+        let mut out = BytesMut::new();
+        admin::greeting(&mut out);
+        tokio::io::AsyncWriteExt::write_all(stream, &out)
+            .await
+            .map_err(ClientError::io)?;
+        tracing::info!(parent: span, %user, %database, ?role, "admin console login");
+        return Ok(Some(LoggedIn::Admin(AdminSession { user, role })));
+    }
     let unknown = |e: crate::pool::UnknownDatabase| ClientError::fatal("3D000", e.to_string());
     pools.check_database(&database).map_err(unknown)?;
+    if pools.is_disabled(&database) {
+        return Err(ClientError::fatal(
+            "55000",
+            format!("database \"{database}\" is disabled by an administrator (DISABLE)"),
+        ));
+    }
     // Authenticate before any pool exists for this (database, user): a
     // stranger trying random names must not make pgmux allocate for them.
     login::authenticate(stream, pools, &shared.decoy, &user).await?;
@@ -187,16 +272,31 @@ async fn log_in(stream: &mut TcpStream, shared: &Shared) -> Result<Option<Sessio
     tokio::io::AsyncWriteExt::write_all(stream, &out)
         .await
         .map_err(ClientError::io)?;
-    tracing::debug!(%user, %database, "client logged in");
-    Ok(Some(Session {
+    let id = next_id();
+    span.record("id", id);
+    let mut info = ConnInfo::new(id, State::Idle, span.clone());
+    info.addr = stream.peer_addr().ok();
+    info.local = stream.local_addr().ok();
+    info.remote_pid = cancel.pid;
+    info.application_name = client_params
+        .get("application_name")
+        .unwrap_or_default()
+        .to_string();
+    let info = Arc::new(info);
+    pool.register_client(info.clone());
+    pool.stats.logins.add(1);
+    if pools.config().log_connections {
+        tracing::info!(parent: span, %user, %database, "client logged in");
+    }
+    Ok(Some(LoggedIn::Pool(Session {
+        token: pool.token(),
         pool,
         params: client_params,
         cancel,
-        user,
-        database,
         statements: Default::default(),
         pools: shared.pools.clone(),
-    }))
+        info,
+    })))
 }
 
 /// Prefix a server-side login failure with the user it happened for.

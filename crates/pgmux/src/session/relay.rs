@@ -17,10 +17,11 @@ use super::server_flow::{Observers, ServerFlow};
 use super::{refuse, ClientError, Session};
 use crate::cancel::send_cancel;
 use crate::config::PoolMode;
+use crate::conninfo::{now_micros, State};
 use crate::params::set_statements;
 use crate::pool::Checkout;
 use crate::server::{Server, ServerError};
-use crate::stats::{CloseReason, PoolStats};
+use crate::stats::{self, CloseReason, PoolStats};
 
 /// First read buffer for a client with something to say.
 const CLIENT_BUFFER: usize = 16 * 1024;
@@ -37,6 +38,8 @@ enum Outcome {
     ClientLeft(Option<ClientError>),
     /// The server failed; the client must be told and closed.
     ServerFailed(ServerError),
+    /// The pool was killed, or the shutdown timeout ran out.
+    Aborted,
 }
 
 /// Relay for a logged-in client until it leaves. A plain fn returning an
@@ -52,11 +55,58 @@ pub fn run(
         session.pool.stats.clients.inc();
         let result = relay(&mut stream, &mut session).await;
         session.pool.stats.clients.dec();
-        if let Err(ClientError::Fatal { code, message }) = result {
-            tracing::info!(user = %session.user, database = %session.database, %code, %message, "closing client");
-            Box::pin(refuse(&mut stream, &code, &message)).await;
+        session.pool.forget_client(session.info.id);
+        let span = &session.info.span;
+        match result {
+            Err(ClientError::Fatal { code, message }) => {
+                tracing::info!(parent: span, user = %session.pool.user, database = %session.pool.database, %code, %message, "closing client");
+                Box::pin(refuse(&mut stream, &code, &message)).await;
+            }
+            _ if session.pools.config().log_disconnections => {
+                tracing::info!(parent: span, user = %session.pool.user, database = %session.pool.database, "client disconnected");
+            }
+            _ => {}
         }
     }
+}
+
+/// Why pgmux closes a client it would otherwise keep serving.
+fn closing(s: &Session) -> ClientError {
+    if s.pools.lifecycle.draining() {
+        ClientError::fatal(
+            "57P01",
+            "terminating connection: the pgmux proxy is shutting down".into(),
+        )
+    } else {
+        ClientError::fatal(
+            "57P01",
+            format!(
+                "terminating connection: database \"{}\" was killed by an administrator (KILL)",
+                s.pool.database
+            ),
+        )
+    }
+}
+
+/// Wait until the client's socket is readable (`true`) or the session's
+/// token is cancelled (`false`). Hand-rolled rather than `select!` over
+/// `readable()`: `poll_read_ready` keeps the waker in the socket's own slot,
+/// where `readable()` carries a 150-byte waiter in every idle client's task.
+async fn wait_readable(
+    stream: &TcpStream,
+    token: &tokio_util::sync::CancellationToken,
+) -> Result<bool, ClientError> {
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
+    std::future::poll_fn(|cx| {
+        if std::future::Future::poll(cancelled.as_mut(), cx).is_ready() {
+            return std::task::Poll::Ready(Ok(false));
+        }
+        stream
+            .poll_read_ready(cx)
+            .map(|ready| ready.map(|()| true).map_err(|_| ClientError::Gone))
+    })
+    .await
 }
 
 /// Read what the client has into `buf` (allocating it on first need).
@@ -72,7 +122,7 @@ async fn read_client(
     match stream.read_buf(buf).await {
         Ok(0) => Ok(false),
         Ok(n) => {
-            stats.bytes_received.increment(n as u64);
+            stats.received.add(n as u64);
             Ok(true)
         }
         Err(_) => Err(ClientError::Gone),
@@ -80,8 +130,8 @@ async fn read_client(
 }
 
 async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientError> {
-    let transaction_mode = s.pool.settings.mode == PoolMode::Transaction;
-    let mut flow = ClientFlow::new(s.pool.settings.max_message);
+    let transaction_mode = s.pool.mode == PoolMode::Transaction;
+    let mut flow = ClientFlow::new(s.pool.max_message);
     let mut cbuf = BytesMut::new();
     loop {
         // Idle: wait for a whole request. The buffer exists only while bytes do.
@@ -99,7 +149,9 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
             } else {
                 // Hold no buffer while waiting.
                 cbuf = BytesMut::new();
-                stream.readable().await.map_err(|_| ClientError::Gone)?;
+                if !wait_readable(stream, &s.token).await? {
+                    return Err(closing(s));
+                }
             }
             if !read_client(stream, &mut cbuf, &s.pool.stats).await? {
                 return Ok(());
@@ -131,7 +183,19 @@ async fn serve_request(
     cbuf: &mut BytesMut,
     transaction_mode: bool,
 ) -> Result<bool, ClientError> {
-    let mut checkout = s.pool.checkout().await?;
+    let now_us = now_micros();
+    s.info.requested(now_us);
+    s.info.start_waiting(now_us);
+    let lifecycle = s.pools.lifecycle.clone();
+    let mut checkout = tokio::select! {
+        checkout = s.pool.checkout() => checkout?,
+        _ = lifecycle.must_abort(&s.token) => return Err(closing(s)),
+    };
+    let server_info = checkout.server().info.clone();
+    server_info.requested(now_us);
+    server_info.link(s.info.id);
+    s.info.link(server_info.id);
+    s.info.set_state(State::Active);
     // Usually the client and server share one settings map (a pointer
     // compare); the (large, boxed) alignment runs only when they differ.
     if !s.params.shares_with(&checkout.server().params) {
@@ -150,9 +214,15 @@ async fn serve_request(
     let outcome = relay_linked(stream, s, &mut checkout, flow, cbuf, &mut terminating).await;
     s.pool.stats.clients_active.dec();
     s.cancel.unlink();
+    s.info.set_state(State::Idle);
+    s.info.link(0);
     match outcome {
         Outcome::Done if transaction_mode && !terminating => {
             checkout.checkin();
+            if s.token.is_cancelled() {
+                // Draining (or killed): the transaction is done; so is the client.
+                return Err(closing(s));
+            }
             Ok(true)
         }
         Outcome::Done => {
@@ -163,9 +233,13 @@ async fn serve_request(
             Box::pin(release_after_client(checkout, s)).await;
             err.map_or(Ok(false), Err)
         }
+        Outcome::Aborted => {
+            Box::pin(release_after_client(checkout, s)).await;
+            Err(closing(s))
+        }
         Outcome::ServerFailed(e) => {
             checkout.discard(CloseReason::Error);
-            tracing::warn!(user = %s.user, database = %s.database, error = %e, "server connection failed");
+            tracing::warn!(parent: &s.info.span, user = %s.pool.user, database = %s.pool.database, error = %e, "server connection failed");
             Err(ClientError::fatal(
                 e.sqlstate(),
                 format!("server connection lost: {e}"),
@@ -183,7 +257,8 @@ async fn relay_linked(
     cbuf: &mut BytesMut,
     terminating: &mut bool,
 ) -> Outcome {
-    let transaction_mode = s.pool.settings.mode == PoolMode::Transaction;
+    let transaction_mode = s.pool.mode == PoolMode::Transaction;
+    let lifecycle = s.pools.lifecycle.clone();
     loop {
         let server = checkout.server_mut();
         if !cbuf.is_empty() && !*terminating {
@@ -202,6 +277,7 @@ async fn relay_linked(
             return Outcome::Done;
         }
         tokio::select! {
+            _ = lifecycle.must_abort(&s.token) => return Outcome::Aborted,
             read = read_client(stream, cbuf, &s.pool.stats), if !*terminating => match read {
                 Ok(true) => {}
                 Ok(false) => return Outcome::ClientLeft(None),
@@ -235,9 +311,13 @@ async fn forward_client_bytes(
         client: &mut s.statements,
         server: &mut server.prepared,
     });
+    let idle_before = server.expect.is_empty();
     let batch = flow
         .process(cbuf, &mut server.expect, statements)
         .map_err(|e| Outcome::ClientLeft(Some(ClientError::fatal(e.sqlstate(), e.to_string()))))?;
+    if idle_before && !server.expect.is_empty() {
+        server.timing.request_sent(server.flow.status);
+    }
     if let Some(database) = &batch.dropped_database {
         s.pools.close_idle_to(database);
     }
@@ -280,14 +360,24 @@ async fn forward_server_bytes(
         .flow
         .process(&server.buf, &mut server.expect, &mut observers)
         .map_err(|e| Outcome::ServerFailed(ServerError::Protocol(e.to_string())))?;
+    // Count before the client can see the reply, so a client that reads
+    // its result and then looks at the stats finds itself counted.
+    let stats = &s.pool.stats;
+    stats.sent.add(batch.consumed as u64);
+    if batch.ready > 0 {
+        stats.queries.add(batch.ready.into());
+        stats.xacts.add(batch.ready_idle.into());
+        server
+            .timing
+            .replied(stats, server.expect.is_empty(), batch.ready_idle);
+    }
+    for class in &batch.errors {
+        stats::error_sent(stats, *class);
+    }
     let written = match &batch.edited {
         Some(edited) => stream.write_all(edited).await,
         None => stream.write_all(&server.buf[..batch.consumed]).await,
     };
-    let stats = &s.pool.stats;
-    stats.bytes_sent.increment(batch.consumed as u64);
-    stats.queries.increment(batch.ready.into());
-    stats.transactions.increment(batch.ready_idle.into());
     server.buf.advance(batch.consumed);
     written.map_err(|_| Outcome::ClientLeft(None))
 }
@@ -362,12 +452,14 @@ async fn release_after_client(mut checkout: Checkout, s: &Session) {
         || !server.flow.at_ready
         || server.flow.status != b'I'
         || server.flow.copy_in;
-    let session_mode = s.pool.settings.mode == PoolMode::Session;
+    let session_mode = s.pool.mode == PoolMode::Session;
     if !dirty && !session_mode {
         checkout.checkin();
         return;
     }
-    let reset = s.pool.settings.reset_query.clone();
+    let reset = s.pool.settings().reset_query;
+    s.pool.stats.servers_tested.inc();
+    server.info.set_state(State::Tested);
     let clean = async {
         if server.flow.copy_in {
             let mut out = BytesMut::new();
@@ -406,7 +498,9 @@ async fn release_after_client(mut checkout: Checkout, s: &Session) {
         }
         Ok::<u8, ServerError>(status)
     };
-    match tokio::time::timeout(CLEANUP_TIMEOUT, clean).await {
+    let cleaned = tokio::time::timeout(CLEANUP_TIMEOUT, clean).await;
+    s.pool.stats.servers_tested.dec();
+    match cleaned {
         Ok(Ok(b'I')) => checkout.checkin(),
         _ => checkout.discard(CloseReason::Dirty),
     }

@@ -34,6 +34,8 @@ pub struct ServerBatch {
     /// ReadyForQuery messages seen, and how many said idle.
     pub ready: u32,
     pub ready_idle: u32,
+    /// SQLSTATE classes of the ErrorResponses passed on to the client.
+    pub errors: Vec<[u8; 2]>,
 }
 
 #[derive(Debug)]
@@ -79,6 +81,7 @@ impl ServerFlow {
             edited: None,
             ready: 0,
             ready_idle: 0,
+            errors: Vec::new(),
         };
         let mut pos = 0;
         while pos < input.len() {
@@ -96,8 +99,9 @@ impl ServerFlow {
             };
             let body_start = pos + HEADER_LEN;
             let whole_end = body_start + len;
-            // ReadyForQuery and ParameterStatus are read whole (they are tiny).
-            let read_whole = matches!(tag, b'Z' | b'S');
+            // ReadyForQuery, ParameterStatus and ErrorResponse are read whole
+            // (they are small, and bounded by the message size cap).
+            let read_whole = matches!(tag, b'Z' | b'S' | b'E');
             if read_whole && whole_end > input.len() {
                 break;
             }
@@ -120,8 +124,11 @@ impl ServerFlow {
                     self.status = status;
                     self.at_ready = true;
                     self.copy_in = false;
-                    batch.ready += 1;
-                    batch.ready_idle += u32::from(status == b'I');
+                    // Replies to what pgmux itself sent are not the client's.
+                    if verdict != Verdict::Drop {
+                        batch.ready += 1;
+                        batch.ready_idle += u32::from(status == b'I');
+                    }
                 }
                 b'S' => {
                     if let Some((name, value)) =
@@ -134,6 +141,11 @@ impl ServerFlow {
                     }
                 }
                 b'G' => self.copy_in = true,
+                b'E' if verdict != Verdict::Drop => {
+                    if let Some(class) = backend::sqlstate_class(&input[body_start..whole_end]) {
+                        batch.errors.push(class);
+                    }
+                }
                 b'C' if whole_end <= input.len()
                     && forgets_statements(&input[body_start..whole_end]) =>
                 {

@@ -1,0 +1,63 @@
+//! The row SHOW CLIENTS and SHOW SERVERS share (their columns are the same).
+
+use pgmux_wire::reply::ColumnType::{Int4, Text};
+
+use crate::admin::command::{num, Rows};
+use crate::conninfo::{format_timestamp, now_micros, ConnInfo};
+use crate::pool::Pool;
+
+pub fn rows() -> Rows {
+    Rows::new(&[
+        ("type", Text),
+        ("user", Text),
+        ("database", Text),
+        ("state", Text),
+        ("addr", Text),
+        ("port", Int4),
+        ("local_addr", Text),
+        ("local_port", Int4),
+        ("connect_time", Text),
+        ("request_time", Text),
+        ("wait", Int4),
+        ("wait_us", Int4),
+        ("close_needed", Int4),
+        ("ptr", Text),
+        ("link", Text),
+        ("remote_pid", Int4),
+        ("tls", Text),
+        ("application_name", Text),
+    ])
+}
+
+/// One connection of `pool`; `kind` is `C` or `S`. `ptr` and `link` are
+/// connection ids in PgBouncer's `0x…` form.
+pub fn row(rows: &mut Rows, kind: &str, pool: &Pool, c: &ConnInfo, close_needed: bool) {
+    let waited = c.waited_us(now_micros());
+    let ip = |a: Option<std::net::SocketAddr>| a.map(|a| a.ip().to_string()).unwrap_or_default();
+    let port = |a: Option<std::net::SocketAddr>| num(a.map(|a| a.port()).unwrap_or(0));
+    let linked = c.linked();
+    let cells = [
+        c.state().name().to_string(),
+        ip(c.addr),
+        port(c.addr),
+        ip(c.local),
+        port(c.local),
+        format_timestamp(c.connected_us),
+        format_timestamp(c.request_us()),
+        num(waited / 1_000_000),
+        num(waited % 1_000_000),
+        num(u8::from(close_needed)),
+        format!("{:#x}", c.id),
+        if linked == 0 {
+            String::new()
+        } else {
+            format!("{linked:#x}")
+        },
+        num(c.remote_pid),
+        String::new(),
+        c.application_name.clone(),
+    ];
+    let mut values: Vec<Option<&str>> = vec![Some(kind), Some(&pool.user), Some(&pool.database)];
+    values.extend(cells.iter().map(|s| Some(s.as_str())));
+    rows.row(&values);
+}

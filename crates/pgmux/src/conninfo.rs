@@ -1,0 +1,186 @@
+//! What the admin console shows of each client and server connection
+//! (SHOW CLIENTS, SHOW SERVERS): fixed facts plus a few atomics the relay
+//! stores as the connection changes state. Each pool keeps its own list, so
+//! registering touches only that pool's lock, and only at connect and close.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// PgBouncer's state names, so tools read them unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Active = 0,
+    Waiting = 1,
+    Idle = 2,
+    Used = 3,
+    Tested = 4,
+    Login = 5,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Active,
+            1 => State::Waiting,
+            2 => State::Idle,
+            3 => State::Used,
+            4 => State::Tested,
+            _ => State::Login,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Waiting => "waiting",
+            State::Idle => "idle",
+            State::Used => "used",
+            State::Tested => "tested",
+            State::Login => "login",
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// One connection, client or server.
+pub struct ConnInfo {
+    pub id: u64,
+    /// The peer: a client's address, or the server's.
+    pub addr: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub connected_us: u64,
+    /// For a server, its backend pid; for a client, the pid pgmux gave it.
+    pub remote_pid: u32,
+    pub application_name: String,
+    /// The span every log line about this connection is filed under.
+    pub span: tracing::Span,
+    /// For a server: the pool generation it was opened under.
+    pub generation: u64,
+    state: AtomicU8,
+    request_us: AtomicU64,
+    waiting_since_us: AtomicU64,
+    /// The id of the connection it is linked to, or 0.
+    link: AtomicU64,
+}
+
+impl ConnInfo {
+    pub fn new(id: u64, state: State, span: tracing::Span) -> ConnInfo {
+        let now = now_micros();
+        ConnInfo {
+            id,
+            addr: None,
+            local: None,
+            connected_us: now,
+            remote_pid: 0,
+            application_name: String::new(),
+            span,
+            generation: 0,
+            state: AtomicU8::new(state as u8),
+            request_us: AtomicU64::new(now),
+            waiting_since_us: AtomicU64::new(0),
+            link: AtomicU64::new(0),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn set_state(&self, state: State) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// A request began (the client asked, or the server was lent).
+    pub fn requested(&self, at_us: u64) {
+        self.request_us.store(at_us, Ordering::Relaxed);
+    }
+
+    pub fn request_us(&self) -> u64 {
+        self.request_us.load(Ordering::Relaxed)
+    }
+
+    pub fn start_waiting(&self, at_us: u64) {
+        self.waiting_since_us.store(at_us, Ordering::Relaxed);
+        self.set_state(State::Waiting);
+    }
+
+    /// How long a waiting client has waited, in microseconds (0 otherwise).
+    pub fn waited_us(&self, now_us: u64) -> u64 {
+        if self.state() != State::Waiting {
+            return 0;
+        }
+        now_us.saturating_sub(self.waiting_since_us.load(Ordering::Relaxed))
+    }
+
+    pub fn link(&self, other: u64) {
+        self.link.store(other, Ordering::Relaxed);
+    }
+
+    pub fn linked(&self) -> u64 {
+        self.link.load(Ordering::Relaxed)
+    }
+}
+
+/// Ids for connections, unique across clients and servers (SHOW's `ptr`
+/// and `link` columns refer to them).
+pub fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// PgBouncer's timestamp text: `2026-11-27 15:52:01 UTC`.
+pub fn format_timestamp(micros: u64) -> String {
+    let secs = micros / 1_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day)
+/// (Howard Hinnant's well-known algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_read_like_pgbouncer_ones() {
+        assert_eq!(format_timestamp(0), "1970-01-01 00:00:00 UTC");
+        // 2026-11-27 15:52:01 UTC
+        assert_eq!(
+            format_timestamp(1_795_794_721_000_000),
+            "2026-11-27 15:52:01 UTC"
+        );
+        // A leap day.
+        assert_eq!(
+            format_timestamp(951_782_400_000_000),
+            "2000-02-29 00:00:00 UTC"
+        );
+    }
+}

@@ -1,0 +1,486 @@
+//! The admin console: PgBouncer's commands and columns, who may use it, and
+//! what its control commands do to clients and servers.
+
+use std::time::Duration;
+
+use pgmux_tests::*;
+
+/// Column lists as PgBouncer 1.18.0 (Debian bookworm's) sends them,
+/// recorded from a real instance; pgmux must match name and order.
+const PGBOUNCER_COLUMNS: &[(&str, &[&str])] = &[
+    (
+        "SHOW POOLS",
+        &[
+            "database",
+            "user",
+            "cl_active",
+            "cl_waiting",
+            "cl_active_cancel_req",
+            "cl_waiting_cancel_req",
+            "sv_active",
+            "sv_active_cancel",
+            "sv_being_canceled",
+            "sv_idle",
+            "sv_used",
+            "sv_tested",
+            "sv_login",
+            "maxwait",
+            "maxwait_us",
+            "pool_mode",
+        ],
+    ),
+    (
+        "SHOW STATS",
+        &[
+            "database",
+            "total_xact_count",
+            "total_query_count",
+            "total_received",
+            "total_sent",
+            "total_xact_time",
+            "total_query_time",
+            "total_wait_time",
+            "avg_xact_count",
+            "avg_query_count",
+            "avg_recv",
+            "avg_sent",
+            "avg_xact_time",
+            "avg_query_time",
+            "avg_wait_time",
+        ],
+    ),
+    (
+        "SHOW STATS_TOTALS",
+        &[
+            "database",
+            "xact_count",
+            "query_count",
+            "bytes_received",
+            "bytes_sent",
+            "xact_time",
+            "query_time",
+            "wait_time",
+        ],
+    ),
+    (
+        "SHOW STATS_AVERAGES",
+        &[
+            "database",
+            "xact_count",
+            "query_count",
+            "bytes_received",
+            "bytes_sent",
+            "xact_time",
+            "query_time",
+            "wait_time",
+        ],
+    ),
+    ("SHOW SERVERS", CONNECTION_COLUMNS),
+    ("SHOW CLIENTS", CONNECTION_COLUMNS),
+    (
+        "SHOW DATABASES",
+        &[
+            "name",
+            "host",
+            "port",
+            "database",
+            "force_user",
+            "pool_size",
+            "min_pool_size",
+            "reserve_pool",
+            "pool_mode",
+            "max_connections",
+            "current_connections",
+            "paused",
+            "disabled",
+        ],
+    ),
+    ("SHOW USERS", &["name", "pool_mode"]),
+    ("SHOW CONFIG", &["key", "value", "default", "changeable"]),
+    ("SHOW LISTS", &["list", "items"]),
+    ("SHOW VERSION", &["version"]),
+];
+
+const CONNECTION_COLUMNS: &[&str] = &[
+    "type",
+    "user",
+    "database",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_show_command_has_pgbouncers_columns() {
+    let db = fresh_database("console_columns").await;
+    let app = start_pgmux(with_console_users).await;
+    let client = connect(app.addr, &db).await;
+    client.simple_query("select 1").await.unwrap();
+    let admin = console(app.addr).await;
+    for (command, expected) in PGBOUNCER_COLUMNS {
+        let table = show(&admin, command).await.unwrap();
+        let mut expected: Vec<&str> = expected.to_vec();
+        if *command == "SHOW STATS" {
+            // Kept for Debian's prometheus-pgbouncer-exporter (see show_stats.rs).
+            expected.push("total_requests");
+        }
+        assert_eq!(table.columns, expected, "{command}");
+    }
+    let lists = show(&admin, "show lists;").await.unwrap();
+    let names: Vec<&str> = lists
+        .rows
+        .iter()
+        .map(|r| r[0].as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "databases",
+            "users",
+            "pools",
+            "free_clients",
+            "used_clients",
+            "login_clients",
+            "free_servers",
+            "used_servers",
+            "dns_names",
+            "dns_zones",
+            "dns_queries",
+            "dns_pending"
+        ]
+    );
+    let version = show(&admin, "SHOW VERSION").await.unwrap();
+    assert!(version.rows[0][0].as_deref().unwrap().starts_with("pgmux "));
+    // SHOW CONFIG lists settings with their defaults, and never a secret.
+    let config = show(&admin, "SHOW CONFIG").await.unwrap();
+    let pool_size = config.row("key", "pool_size");
+    assert_eq!(config.get(pool_size, "default"), "20");
+    assert_eq!(config.get(pool_size, "changeable"), "yes");
+    assert_eq!(
+        config.get(config.row("key", "listen_addr"), "changeable"),
+        "no"
+    );
+    let dump = format!("{:?}", config.rows);
+    assert!(!dump.contains(CONSOLE_ADMIN_PASSWORD) && !dump.contains(APP_PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_clients_and_servers_show_what_is_happening() {
+    let db = fresh_database("console_levels").await;
+    let app = start_pgmux(|c| {
+        with_console_users(c);
+        c.pool_size = 1;
+    })
+    .await;
+    let admin = console(app.addr).await;
+    let idle = connect(app.addr, &db).await;
+    idle.simple_query("select 1").await.unwrap();
+    let busy = connect(app.addr, &db).await;
+    busy.batch_execute("begin").await.unwrap();
+    let busy_pid = scalar_i32(&busy, "select pg_backend_pid()").await;
+    // A third client waits for the only server.
+    let waiter = connect(app.addr, &db).await;
+    let waiting = tokio::spawn(async move {
+        let seven = scalar_i32(&waiter, "select 7").await;
+        // query_one returns before its ReadyForQuery is in; a simple query
+        // returns after its own, so everything before it has been counted.
+        waiter.batch_execute("select 1").await.unwrap();
+        (seven, waiter)
+    });
+    let pools = loop {
+        let pools = show(&admin, "SHOW POOLS").await.unwrap();
+        let row = pools.row("database", &db);
+        if pools.get(row, "cl_waiting") == "1" {
+            break pools;
+        }
+        tokio::task::yield_now().await;
+    };
+    let row = pools.row("database", &db);
+    assert_eq!(pools.get(row, "user"), APP_USER);
+    assert_eq!(
+        pools.get(row, "cl_active"),
+        "2",
+        "linked + idle, as PgBouncer counts"
+    );
+    assert_eq!(pools.get(row, "sv_active"), "1");
+    assert_eq!(pools.get(row, "pool_mode"), "transaction");
+
+    let servers = show(&admin, "SHOW SERVERS").await.unwrap();
+    let server = servers.row("database", &db);
+    assert_eq!(servers.get(server, "type"), "S");
+    assert_eq!(servers.get(server, "state"), "active");
+    assert_eq!(servers.get(server, "remote_pid"), busy_pid.to_string());
+    let clients = show(&admin, "SHOW CLIENTS").await.unwrap();
+    let ours = clients.rows_where("database", &db);
+    assert_eq!(ours.len(), 3, "{:?}", clients.rows);
+    let states: Vec<&str> = ours.iter().map(|r| clients.get(r, "state")).collect();
+    assert!(
+        states.contains(&"waiting") && states.contains(&"active"),
+        "{states:?}"
+    );
+    // The busy client and its server point at each other.
+    let linked: Vec<_> = ours
+        .iter()
+        .filter(|r| clients.get(r, "link") == servers.get(server, "ptr"))
+        .collect();
+    assert_eq!(linked.len(), 1);
+    assert_eq!(servers.get(server, "link"), clients.get(linked[0], "ptr"));
+    assert!(clients.get(linked[0], "connect_time").ends_with(" UTC"));
+
+    busy.batch_execute("commit").await.unwrap();
+    let (seven, _waiter) = waiting.await.unwrap();
+    assert_eq!(seven, 7);
+
+    // SHOW STATS agrees with /metrics.
+    let stats = show(&admin, "SHOW STATS").await.unwrap();
+    let row = stats.row("database", &db);
+    let (_, text) = http_get(app.metrics_addr.unwrap(), "/metrics").await;
+    let labels = [("database", db.as_str())];
+    for (column, metric) in [
+        ("total_query_count", "pgmux_queries_total"),
+        ("total_xact_count", "pgmux_transactions_total"),
+        ("total_received", "pgmux_received_bytes_total"),
+        ("total_sent", "pgmux_sent_bytes_total"),
+    ] {
+        let shown: f64 = stats.get(row, column).parse().unwrap();
+        assert_eq!(
+            shown,
+            metric_value(&text, metric, &labels),
+            "{column} vs {metric}"
+        );
+        assert!(shown > 0.0, "{column}");
+    }
+    let xact_us: f64 = stats.get(row, "total_xact_time").parse().unwrap();
+    assert!(xact_us > 0.0, "transaction time is counted");
+    let histogram_count = metric_value(&text, "pgmux_transaction_duration_seconds_count", &labels);
+    assert_eq!(
+        histogram_count,
+        metric_value(&text, "pgmux_transactions_total", &labels)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_console_users_get_in_and_stats_users_only_look() {
+    let app = start_pgmux(with_console_users).await;
+    let watcher = console_as(app.addr, CONSOLE_STATS, CONSOLE_STATS_PASSWORD)
+        .await
+        .unwrap();
+    show(&watcher, "SHOW POOLS").await.unwrap();
+    let denied = watcher
+        .simple_query("PAUSE")
+        .await
+        .expect_err("PAUSE is for admins");
+    let denied = denied.as_db_error().expect("an ErrorResponse");
+    assert_eq!(denied.code().code(), "08P01");
+    assert_eq!(denied.message(), "admin access needed");
+
+    // The application's user is not a console user, even with its password.
+    let app_user = console_as(app.addr, APP_USER, APP_PASSWORD)
+        .await
+        .map(|_| ());
+    assert_eq!(sqlstate(app_user), "28000");
+    let wrong = console_as(app.addr, CONSOLE_ADMIN, "not-it")
+        .await
+        .map(|_| ());
+    assert_eq!(sqlstate(wrong), "28P01");
+
+    let admin = console(app.addr).await;
+    let unknown = admin.simple_query("SELECT 1").await;
+    let message = unknown
+        .as_ref()
+        .err()
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_default();
+    assert!(message.contains("SHOW HELP"), "{message}");
+    // The session goes on after an error.
+    show(&admin, "SHOW VERSION").await.unwrap();
+    // SHOW HELP answers with a notice and the SHOW tag.
+    admin.simple_query("SHOW HELP").await.unwrap();
+    // The extended protocol is refused with a clear error.
+    let extended = admin.query("SHOW POOLS", &[]).await.map(|_| ());
+    assert!(extended.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_waits_for_transactions_and_resume_lets_clients_go_on() {
+    let db = fresh_database("console_pause").await;
+    let app = start_pgmux(with_console_users).await;
+    let admin = console(app.addr).await;
+    let busy = connect(app.addr, &db).await;
+    busy.batch_execute("begin").await.unwrap();
+    busy.simple_query("select 1").await.unwrap();
+    let later = connect(app.addr, &db).await;
+    later.simple_query("select 1").await.unwrap();
+
+    let admin2 = console(app.addr).await;
+    let pause = {
+        let db = db.clone();
+        tokio::spawn(async move { admin2.simple_query(&format!("PAUSE {db}")).await })
+    };
+    // The pause is in force (new transactions are held) but cannot finish
+    // while a transaction is open.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let dbs = show(&admin, "SHOW DATABASES").await.unwrap();
+            dbs.get(dbs.row("name", &db), "paused") == "1"
+        })
+        .await
+    );
+    assert!(
+        !pause.is_finished(),
+        "PAUSE returned with a transaction open"
+    );
+    let held = tokio::spawn(async move { scalar_i32(&later, "select 42").await });
+    busy.batch_execute("select 2; commit").await.unwrap();
+    pause.await.unwrap().unwrap();
+    // Paused: servers closed, the later client waits.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            backends_of(&db).await == 0
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let pools = show(&admin, "SHOW POOLS").await.unwrap();
+            pools.get(pools.row("database", &db), "cl_waiting") == "1"
+        })
+        .await
+    );
+    assert!(!held.is_finished());
+    admin.simple_query(&format!("RESUME {db}")).await.unwrap();
+    assert_eq!(held.await.unwrap(), 42);
+    let again = admin.simple_query(&format!("RESUME {db}")).await;
+    assert!(format!("{:?}", again.err()).contains("is not paused"));
+    let nosuch = admin.simple_query("PAUSE no_such_db").await;
+    assert!(format!("{:?}", nosuch.err()).contains("no such database"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_closes_clients_with_57p01_and_leaves_the_database_paused() {
+    let db = fresh_database("console_kill").await;
+    let app = start_pgmux(|c| {
+        with_console_users(c);
+        c.auth_type = pgmux::config::AuthType::Trust;
+    })
+    .await;
+    let admin = console(app.addr).await;
+    let mut idle = raw::Raw::login(app.addr, APP_USER, &db).await;
+    idle.send(&raw::query("select 1")).await;
+    idle.until_ready().await;
+    let mut busy = raw::Raw::login(app.addr, APP_USER, &db).await;
+    busy.send(&raw::query("begin; select 1")).await;
+    busy.until_ready().await;
+
+    admin.simple_query(&format!("KILL {db}")).await.unwrap();
+    for client in [&mut idle, &mut busy] {
+        let m = client.next().await.expect("an error before the close");
+        assert_eq!(m.tag, b'E');
+        assert_eq!(m.sqlstate().as_deref(), Some("57P01"));
+        assert!(client.next().await.is_none(), "then the connection closes");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            backends_of(&db).await == 0
+        })
+        .await
+    );
+    // New clients wait until RESUME.
+    let late = tokio::spawn({
+        let addr = app.addr;
+        let db = db.clone();
+        async move {
+            let c = connect(addr, &db).await;
+            scalar_i32(&c, "select 5").await
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let pools = show(&admin, "SHOW POOLS").await.unwrap();
+            pools
+                .rows_where("database", &db)
+                .iter()
+                .any(|r| pools.get(r, "cl_waiting") == "1")
+        })
+        .await
+    );
+    admin.simple_query(&format!("RESUME {db}")).await.unwrap();
+    assert_eq!(late.await.unwrap(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_replaces_servers_and_wait_close_waits_for_them() {
+    let db = fresh_database("console_reconnect").await;
+    let app = start_pgmux(|c| {
+        with_console_users(c);
+        c.pool_size = 1;
+    })
+    .await;
+    let admin = console(app.addr).await;
+    let client = connect(app.addr, &db).await;
+    client.batch_execute("begin").await.unwrap();
+    let before = scalar_i32(&client, "select pg_backend_pid()").await;
+    admin
+        .simple_query(&format!("RECONNECT {db}"))
+        .await
+        .unwrap();
+    let servers = show(&admin, "SHOW SERVERS").await.unwrap();
+    assert_eq!(
+        servers.get(servers.row("database", &db), "close_needed"),
+        "1"
+    );
+    let admin2 = console(app.addr).await;
+    let wait_close = tokio::spawn(async move { admin2.simple_query("WAIT_CLOSE").await });
+    client.batch_execute("commit").await.unwrap();
+    wait_close.await.unwrap().unwrap();
+    let after = scalar_i32(&client, "select pg_backend_pid()").await;
+    assert_ne!(before, after, "the next transaction runs on a new server");
+    let (_, text) = http_get(app.metrics_addr.unwrap(), "/metrics").await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "pgmux_server_closed_total",
+            &[("database", &db), ("reason", "reconnect")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_refuses_new_logins_until_enable() {
+    let db = fresh_database("console_disable").await;
+    let app = start_pgmux(with_console_users).await;
+    let admin = console(app.addr).await;
+    let inside = connect(app.addr, &db).await;
+    admin.simple_query(&format!("DISABLE {db}")).await.unwrap();
+    let refused = try_connect(&dsn(app.addr, &db)).await.map(|_| ());
+    assert_eq!(sqlstate(refused), "55000");
+    assert_eq!(
+        scalar_i32(&inside, "select 3").await,
+        3,
+        "clients inside go on"
+    );
+    admin.simple_query(&format!("ENABLE {db}")).await.unwrap();
+    let back = connect(app.addr, &db).await;
+    assert_eq!(scalar_i32(&back, "select 4").await, 4);
+    let (_, text) = http_get(app.metrics_addr.unwrap(), "/metrics").await;
+    assert!(
+        metric_value(
+            &text,
+            "pgmux_client_login_failures_total",
+            &[("reason", "database_disabled")]
+        ) >= 1.0
+    );
+}
