@@ -9,6 +9,10 @@ need_apt=()
 command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ] || need_apt+=(postgresql postgresql-contrib)
 command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-contrib)
 command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
+# The observability tests run the real tools: promtool and Prometheus, and
+# the PgBouncer exporter against pgmux's admin console.
+[ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ] || need_apt+=(prometheus)
+[ -x /usr/bin/prometheus-pgbouncer-exporter ] || need_apt+=(prometheus-pgbouncer-exporter)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: missing packages: ${need_apt[*]} (run as root or install them)" >&2

@@ -7,9 +7,11 @@ mod proxy {
     pub mod cancel;
     pub mod console;
     pub mod hostile;
+    pub mod lifecycle;
     pub mod observability;
     pub mod outage;
     pub mod pooling;
+    pub mod prometheus;
     pub mod protocol;
     pub mod python;
 }

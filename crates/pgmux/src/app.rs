@@ -72,8 +72,11 @@ impl App {
         }
         let shared = Arc::new(Shared::new(pools.clone()));
 
+        // Port 0 is never shared: with SO_REUSEPORT the kernel may hand two
+        // processes the same ephemeral port.
         let bind = |addr: SocketAddr, backlog: u32| {
-            listen_on(addr, backlog, reuse_port).map_err(|source| StartError::Bind { addr, source })
+            listen_on(addr, backlog, reuse_port && addr.port() != 0)
+                .map_err(|source| StartError::Bind { addr, source })
         };
         let client_listener = bind(listen, backlog)?;
         let addr = client_listener

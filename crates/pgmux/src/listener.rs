@@ -29,7 +29,8 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, max_clients
         }
     }
     // Connections the kernel queued before we stopped would be reset when
-    // the socket closes: take them and tell them why instead.
+    // the socket closes: take them, so they log in and are told why they
+    // are closed (57P01) rather than refused.
     if let Ok(std_listener) = listener.into_std() {
         while let Ok((stream, _)) = std_listener.accept() {
             if let Ok(stream) = stream

@@ -1,5 +1,6 @@
-//! SIGHUP and the console's RELOAD: re-read proxy.toml and the environment,
-//! and apply what changed. A configuration that does not load or validate
+//! SIGHUP and the console's RELOAD: re-read proxy.toml (layered over the
+//! environment pgmux started with; a process cannot see its environment
+//! change), and apply what changed. A configuration that does not load or validate
 //! is refused as a whole: the running one stays, and the error is logged.
 
 use std::path::PathBuf;

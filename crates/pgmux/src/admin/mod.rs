@@ -81,7 +81,7 @@ pub async fn run(mut stream: TcpStream, session: AdminSession, shared: Arc<Share
                         Ok(0) | Err(_) => return,
                         Ok(_) => continue,
                     },
-                    _ = lifecycle.stopped() => {
+                    _ = lifecycle.drain_started() => {
                         close(&mut stream, "57P01", "terminating connection: the pgmux proxy is shutting down").await;
                         return;
                     }

@@ -224,12 +224,8 @@ async fn log_in(
         ));
     }
     let pools = &shared.pools;
-    if pools.lifecycle.draining() {
-        return Err(ClientError::fatal(
-            "57P03",
-            "the pgmux proxy is shutting down".into(),
-        ));
-    }
+    // A connection accepted before a drain began still logs in (it was
+    // not refused); it is then closed like any idle client, with 57P01.
     if admin::is_console(&database) {
         login::authenticate(stream, pools, &shared.decoy, &user).await?;
         let role = Role::of(&pools.config(), &user).ok_or_else(|| {

@@ -153,8 +153,23 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
                     return Err(closing(s));
                 }
             }
-            if !read_client(stream, &mut cbuf, &s.pool.stats).await? {
-                return Ok(());
+            // Non-blocking: readiness can be stale (left over from the
+            // login's reads), and a blocking read here would stop watching
+            // the token. WouldBlock clears it and we wait again.
+            if cbuf.capacity() - cbuf.len() < 1024 {
+                cbuf.reserve(CLIENT_BUFFER);
+            }
+            match stream.try_read_buf(&mut cbuf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => s.pool.stats.received.add(n as u64),
+                // An empty buffer is freed and waited on at the top.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && cbuf.is_empty() => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !wait_readable(stream, &s.token).await? {
+                        return Err(closing(s));
+                    }
+                }
+                Err(_) => return Err(ClientError::Gone),
             }
         }
 

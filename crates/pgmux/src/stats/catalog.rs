@@ -35,7 +35,7 @@ pub const METRICS: &[Metric] = &[
     m("pgmux_servers_tested", Gauge, "Server connections being cleaned after a client left mid-transaction or ran the reset query (sv_tested)."),
     m("pgmux_max_wait_seconds", Gauge, "How long the longest-waiting client of the pool has waited (maxwait)."),
     m("pgmux_pool_size", Gauge, "Configured maximum of server connections for the pool."),
-    m("pgmux_paused", Gauge, "1 while the pool's database is paused (PAUSE) or disabled, else 0."),
+    m("pgmux_paused", Gauge, "1 while the pool's database is paused (PAUSE, or KILL until RESUME), else 0."),
     m("pgmux_transactions_total", Counter, "Transactions completed through the pool (ReadyForQuery back to idle)."),
     m("pgmux_queries_total", Counter, "Queries completed through the pool (ReadyForQuery messages)."),
     m("pgmux_received_bytes_total", Counter, "Bytes received from clients."),
@@ -73,6 +73,24 @@ pub fn describe_all() {
             (Gauge, None) => describe_gauge!(metric.name, metric.help),
             (Histogram, Some(u)) => describe_histogram!(metric.name, u, metric.help),
             (Histogram, None) => describe_histogram!(metric.name, metric.help),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's metrics table documents every series, by exact name.
+    #[test]
+    fn the_readme_documents_every_metric() {
+        let readme = include_str!("../../../../README.md");
+        for metric in METRICS {
+            assert!(
+                readme.contains(&format!("`{}`", metric.name)),
+                "README.md does not document {}",
+                metric.name
+            );
         }
     }
 }

@@ -35,6 +35,9 @@ pub fn recorder() -> &'static PrometheusHandle {
         // our handle then renders only what reaches ours.
         if metrics::set_global_recorder(recorder).is_ok() {
             catalog::describe_all();
+            // Present from the start, so a dashboard sees 0, not no data.
+            gauge!("pgmux_shutting_down").set(0.0);
+            gauge!("pgmux_client_connections").set(0.0);
         }
         handle
     })

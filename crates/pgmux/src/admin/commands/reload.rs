@@ -1,4 +1,4 @@
-//! RELOAD: re-read proxy.toml and the environment, as SIGHUP does. A bad
+//! RELOAD: re-read proxy.toml, as SIGHUP does. A bad
 //! configuration is refused and the running one kept.
 
 use crate::admin::command::{ready, tag, AdminError, Command, Ctx, Running};
