@@ -433,6 +433,11 @@ impl Timing {
                     stats.transaction_done(each);
                 }
             }
+            if !request_done {
+                // The client pipelined more behind it: the next transaction
+                // starts as this one ends.
+                self.transaction = Some(now);
+            }
         }
     }
 }
