@@ -158,7 +158,7 @@ impl App {
         let timeout = self.pools.config().shutdown_timeout();
         stats::set_shutting_down();
         tracing::info!(?timeout, "shutting down: draining clients");
-        lifecycle.begin_drain();
+        self.pools.begin_drain();
         lifecycle.sessions.close();
         if tokio::time::timeout(timeout, lifecycle.sessions.wait())
             .await
@@ -168,12 +168,12 @@ impl App {
                 clients = lifecycle.sessions.len(),
                 "shutdown_timeout reached: closing the remaining clients"
             );
-            lifecycle.stop_now();
+            self.pools.stop_now();
             // They are told at once; this only bounds a peer that will not
             // take the message.
             let _ = tokio::time::timeout(Duration::from_secs(5), lifecycle.sessions.wait()).await;
         }
-        lifecycle.stop_now();
+        self.pools.stop_now();
         for pool in self.pools.all() {
             pool.close_idle(CloseReason::Reconnect);
         }

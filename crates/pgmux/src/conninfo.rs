@@ -65,6 +65,8 @@ pub struct ConnInfo {
     pub span: tracing::Span,
     /// For a server: the pool generation it was opened under.
     pub generation: u64,
+    /// For a client: asked to stop (drain, shutdown, KILL).
+    pub stop: crate::lifecycle::StopSignal,
     state: AtomicU8,
     request_us: AtomicU64,
     waiting_since_us: AtomicU64,
@@ -84,6 +86,7 @@ impl ConnInfo {
             application_name: String::new(),
             span,
             generation: 0,
+            stop: Default::default(),
             state: AtomicU8::new(state as u8),
             request_us: AtomicU64::new(now),
             waiting_since_us: AtomicU64::new(0),

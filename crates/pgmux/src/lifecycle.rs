@@ -1,17 +1,75 @@
-//! The process's shutdown states, shared by the listener, every session,
-//! the admin console and /readyz.
+//! The process's shutdown states, and the signal each client session
+//! watches.
 //!
-//! Two tokens, the second a child of the first: `stopping` (hard: close
-//! every client now with 57P01) and `draining` (soft: accept no one, close
-//! idle clients, let transactions in flight finish). Cancelling `stopping`
-//! cancels `draining` too. Each pool hangs its own KILL token under
-//! `draining`, so a session waits on one token for all three causes.
+//! Process-wide, two tokens, the second a child of the first: `stopping`
+//! (hard: close every client now with 57P01) and `draining` (soft: accept
+//! no one, close idle clients, let transactions in flight finish). The
+//! listener, the admin console, /readyz and the app wait on those (cold
+//! paths). Sessions instead each have a [`StopSignal`] of their own, raised
+//! by the pool registry for a drain, a stop or a KILL: checking it is one
+//! atomic load and waiting on it touches no lock another client shares
+//! (a token's future locks its tree node on every poll).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How far a session is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Stop {
+    /// Keep serving.
+    No = 0,
+    /// Finish the transaction in flight, then close (a drain).
+    AfterTransaction = 1,
+    /// Close now (KILL, or the shutdown timeout ran out).
+    Now = 2,
+}
+
+/// One session's stop request: a level that only rises, and the waker of
+/// the session's task.
+#[derive(Default)]
+pub struct StopSignal {
+    level: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl StopSignal {
+    pub fn get(&self) -> Stop {
+        match self.level.load(Ordering::Acquire) {
+            0 => Stop::No,
+            1 => Stop::AfterTransaction,
+            _ => Stop::Now,
+        }
+    }
+
+    pub fn raise(&self, to: Stop) {
+        self.level.fetch_max(to as u8, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// The current level, after registering to be woken when it rises.
+    pub fn poll(&self, cx: &mut Context<'_>) -> Stop {
+        self.waker.register(cx.waker());
+        self.get()
+    }
+
+    /// Resolves once the level reaches `at_least`.
+    pub async fn reached(&self, at_least: Stop) {
+        std::future::poll_fn(|cx| {
+            if self.poll(cx) >= at_least {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
 
 pub struct Lifecycle {
     stopping: CancellationToken,
@@ -62,21 +120,6 @@ impl Lifecycle {
         self.stopping.cancelled().await
     }
 
-    /// A token for one pool: cancelled by a drain, a stop, or its own KILL.
-    pub fn pool_token(&self) -> CancellationToken {
-        self.draining.child_token()
-    }
-
-    /// Resolves once this session must stop at once, whatever it is doing:
-    /// its pool was killed, or the shutdown timeout ran out. A drain alone
-    /// lets the session finish its transaction first.
-    pub async fn must_abort(&self, pool_token: &CancellationToken) {
-        pool_token.cancelled().await;
-        if self.draining() {
-            self.stopping.cancelled().await;
-        }
-    }
-
     pub fn request_shutdown(&self) {
         self.requested.store(true, Ordering::Release);
         self.shutdown_requested.notify_waiters();
@@ -89,6 +132,48 @@ impl Lifecycle {
                 return;
             }
             notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    #[test]
+    fn a_signal_wakes_its_waiter_only_at_the_level_asked_and_never_falls() {
+        let signal = StopSignal::default();
+        let woken = std::sync::Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut wait = Box::pin(signal.reached(Stop::Now));
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        signal.raise(Stop::AfterTransaction);
+        assert_eq!(woken.count(), 1, "every raise wakes the session");
+        assert!(
+            wait.as_mut().poll(&mut cx).is_pending(),
+            "a drain is not a stop"
+        );
+        signal.raise(Stop::Now);
+        assert_eq!(woken.count(), 2);
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        signal.raise(Stop::AfterTransaction);
+        assert_eq!(signal.get(), Stop::Now, "a stop level only rises");
+    }
+
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
 }

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PoolMode, Target};
 use crate::conninfo::{ConnInfo, State};
@@ -124,8 +123,6 @@ pub struct Pool {
     generation: AtomicU64,
     paused: AtomicBool,
     resumed: Notify,
-    /// Cancelled by KILL (and by shutdown); replaced after a KILL.
-    token: Mutex<CancellationToken>,
     clients: Mutex<HashMap<u64, Arc<ConnInfo>>>,
     servers: Mutex<HashMap<u64, Arc<ConnInfo>>>,
 }
@@ -144,7 +141,6 @@ impl Pool {
         login: Login,
         settings: PoolSettings,
         db_limit: Option<Arc<DbLimit>>,
-        token: CancellationToken,
     ) -> Arc<Pool> {
         let mode_label = match settings.mode {
             PoolMode::Transaction => "transaction",
@@ -175,7 +171,6 @@ impl Pool {
             generation: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
-            token: Mutex::new(token),
             clients: Mutex::new(HashMap::new()),
             servers: Mutex::new(HashMap::new()),
         });

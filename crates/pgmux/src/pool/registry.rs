@@ -10,7 +10,8 @@ use pgmux_wire::auth::{ScramVerifier, Secret};
 
 use super::{lock, maintenance, DbLimit, Pool, PoolSettings};
 use crate::config::{Config, ConfigError};
-use crate::lifecycle::Lifecycle;
+use crate::conninfo::ConnInfo;
+use crate::lifecycle::{Lifecycle, Stop};
 use crate::reload::ConfigSource;
 use crate::server::Login;
 
@@ -141,15 +142,7 @@ impl Pools {
         let pool = map
             .entry(key)
             .or_insert_with(|| {
-                let pool = Pool::new(
-                    database,
-                    user,
-                    target,
-                    login,
-                    settings,
-                    db_limit,
-                    self.lifecycle.pool_token(),
-                );
+                let pool = Pool::new(database, user, target, login, settings, db_limit);
                 if self.is_paused(database) {
                     pool.pause();
                 }
@@ -263,7 +256,36 @@ impl Pools {
     pub fn kill(&self, database: &str) {
         self.pause(Some(database));
         for pool in self.of(Some(database)) {
-            pool.kill(self.lifecycle.pool_token());
+            pool.kill();
+        }
+    }
+
+    /// Begin a drain: accept no one, and ask every client to leave at its
+    /// next moment without an open transaction.
+    pub fn begin_drain(&self) {
+        self.lifecycle.begin_drain();
+        for pool in self.all() {
+            pool.stop_clients(Stop::AfterTransaction);
+        }
+    }
+
+    /// Close every client now.
+    pub fn stop_now(&self) {
+        self.lifecycle.stop_now();
+        for pool in self.all() {
+            pool.stop_clients(Stop::Now);
+        }
+    }
+
+    /// Register a logged-in client with its pool. A client that arrives
+    /// while a drain or stop is under way is told at once (the flag is set
+    /// before the pools are walked, so no client is missed).
+    pub fn register_client(&self, pool: &Pool, info: Arc<ConnInfo>) {
+        pool.register_client(info.clone());
+        if self.lifecycle.stopping() {
+            info.stop.raise(Stop::Now);
+        } else if self.lifecycle.draining() {
+            info.stop.raise(Stop::AfterTransaction);
         }
     }
 

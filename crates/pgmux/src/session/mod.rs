@@ -20,7 +20,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use pgmux_wire::auth::{ScramVerifier, Secret};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminSession, Role};
 use crate::cancel::Cancels;
@@ -181,10 +180,9 @@ pub struct Session {
     /// The client's named statements (transaction mode rewrites them).
     pub statements: crate::prepared::ClientStatements,
     pub pools: Arc<Pools>,
-    /// What SHOW CLIENTS tells of this client; its span files the logs.
+    /// What SHOW CLIENTS tells of this client; its span files the logs;
+    /// its stop signal says when to leave.
     pub info: Arc<ConnInfo>,
-    /// Cancelled when the pool is killed or pgmux shuts down.
-    pub token: CancellationToken,
 }
 
 async fn log_in(
@@ -279,13 +277,12 @@ async fn log_in(
         .unwrap_or_default()
         .to_string();
     let info = Arc::new(info);
-    pool.register_client(info.clone());
+    pools.register_client(&pool, info.clone());
     pool.stats.logins.add(1);
     if pools.config().log_connections {
         tracing::info!(parent: span, %user, %database, "client logged in");
     }
     Ok(Some(LoggedIn::Pool(Session {
-        token: pool.token(),
         pool,
         params: client_params,
         cancel,
@@ -327,6 +324,6 @@ mod size_tests {
         let future = serve(stream, shared, slot);
         let size = std::mem::size_of_val(&future);
         println!("session future: {size} bytes");
-        assert!(size <= 640, "the session future grew to {size} bytes");
+        assert!(size <= 576, "the session future grew to {size} bytes");
     }
 }

@@ -18,6 +18,7 @@ use super::{refuse, ClientError, Session};
 use crate::cancel::send_cancel;
 use crate::config::PoolMode;
 use crate::conninfo::{now_micros, State};
+use crate::lifecycle::{Stop, StopSignal};
 use crate::params::set_statements;
 use crate::pool::Checkout;
 use crate::server::{Server, ServerError};
@@ -92,14 +93,9 @@ fn closing(s: &Session) -> ClientError {
 /// token is cancelled (`false`). Hand-rolled rather than `select!` over
 /// `readable()`: `poll_read_ready` keeps the waker in the socket's own slot,
 /// where `readable()` carries a 150-byte waiter in every idle client's task.
-async fn wait_readable(
-    stream: &TcpStream,
-    token: &tokio_util::sync::CancellationToken,
-) -> Result<bool, ClientError> {
-    let cancelled = token.cancelled();
-    tokio::pin!(cancelled);
+async fn wait_readable(stream: &TcpStream, stop: &StopSignal) -> Result<bool, ClientError> {
     std::future::poll_fn(|cx| {
-        if std::future::Future::poll(cancelled.as_mut(), cx).is_ready() {
+        if stop.poll(cx) != Stop::No {
             return std::task::Poll::Ready(Ok(false));
         }
         stream
@@ -149,7 +145,7 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
             } else {
                 // Hold no buffer while waiting.
                 cbuf = BytesMut::new();
-                if !wait_readable(stream, &s.token).await? {
+                if !wait_readable(stream, &s.info.stop).await? {
                     return Err(closing(s));
                 }
             }
@@ -165,7 +161,7 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
                 // An empty buffer is freed and waited on at the top.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && cbuf.is_empty() => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if !wait_readable(stream, &s.token).await? {
+                    if !wait_readable(stream, &s.info.stop).await? {
                         return Err(closing(s));
                     }
                 }
@@ -201,10 +197,9 @@ async fn serve_request(
     let now_us = now_micros();
     s.info.requested(now_us);
     s.info.start_waiting(now_us);
-    let lifecycle = s.pools.lifecycle.clone();
     let mut checkout = tokio::select! {
         checkout = s.pool.checkout() => checkout?,
-        _ = lifecycle.must_abort(&s.token) => return Err(closing(s)),
+        _ = s.info.stop.reached(Stop::Now) => return Err(closing(s)),
     };
     let server_info = checkout.server().info.clone();
     server_info.requested(now_us);
@@ -234,7 +229,7 @@ async fn serve_request(
     match outcome {
         Outcome::Done if transaction_mode && !terminating => {
             checkout.checkin();
-            if s.token.is_cancelled() {
+            if s.info.stop.get() != Stop::No {
                 // Draining (or killed): the transaction is done; so is the client.
                 return Err(closing(s));
             }
@@ -273,7 +268,6 @@ async fn relay_linked(
     terminating: &mut bool,
 ) -> Outcome {
     let transaction_mode = s.pool.mode == PoolMode::Transaction;
-    let lifecycle = s.pools.lifecycle.clone();
     loop {
         let server = checkout.server_mut();
         if !cbuf.is_empty() && !*terminating {
@@ -292,7 +286,7 @@ async fn relay_linked(
             return Outcome::Done;
         }
         tokio::select! {
-            _ = lifecycle.must_abort(&s.token) => return Outcome::Aborted,
+            _ = s.info.stop.reached(Stop::Now) => return Outcome::Aborted,
             read = read_client(stream, cbuf, &s.pool.stats), if !*terminating => match read {
                 Ok(true) => {}
                 Ok(false) => return Outcome::ClientLeft(None),

@@ -1,0 +1,166 @@
+//! What operators and the rest of pgmux do to a pool from outside the
+//! checkout path: reload its settings, RECONNECT, PAUSE, KILL, and look at
+//! it (the client and server lists, levels for SHOW POOLS and /metrics).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{lock, Pool, PoolSettings, USED_AFTER};
+use crate::config::Target;
+use crate::conninfo::ConnInfo;
+use crate::lifecycle::Stop;
+use crate::server::{Login, Server};
+use crate::stats::{CloseReason, PoolLevels};
+
+impl Pool {
+    /// Adopt reloaded settings, target and login. Connected clients stay;
+    /// a moved database has its servers replaced as they come back.
+    pub fn reconfigure(&self, settings: PoolSettings, target: Target, login: Login) {
+        let old_size = self.size.swap(settings.size, Ordering::AcqRel);
+        if settings.size > old_size {
+            let grow = settings.size - old_size;
+            // Pay back permits still owed from an earlier shrink first.
+            let repaid = self
+                .permit_debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d.saturating_sub(grow))
+                })
+                .unwrap_or(0)
+                .min(grow);
+            self.permits.add_permits((grow - repaid) as usize);
+        } else if settings.size < old_size {
+            let shrink = old_size - settings.size;
+            let forgotten = self.permits.forget_permits(shrink as usize) as u32;
+            self.permit_debt
+                .fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+        *lock(&self.settings) = settings;
+        *lock(&self.login) = login;
+        let moved = {
+            let mut current = lock(&self.target);
+            let moved = *current != target;
+            *current = target;
+            moved
+        };
+        if moved {
+            self.reconnect();
+        }
+    }
+
+    /// Close the longest-idle server, if any (to free a database slot).
+    pub fn evict_one_idle(&self) -> bool {
+        let oldest = {
+            let mut idle = lock(&self.idle);
+            (!idle.is_empty()).then(|| idle.remove(0))
+        };
+        match oldest {
+            Some(server) => {
+                self.discard(server, CloseReason::Idle);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Close every idle server now, and each lent one when it comes back.
+    pub fn reconnect(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.close_idle(CloseReason::Reconnect);
+    }
+
+    pub fn close_idle(&self, reason: CloseReason) {
+        let idle: Vec<Box<Server>> = std::mem::take(&mut *lock(&self.idle));
+        for server in idle {
+            self.discard(server, reason);
+        }
+    }
+
+    /// Servers opened before the last RECONNECT, still open.
+    pub fn stale_servers(&self) -> usize {
+        let generation = self.generation.load(Ordering::Acquire);
+        lock(&self.servers)
+            .values()
+            .filter(|s| s.generation < generation)
+            .count()
+    }
+
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+        self.resumed.notify_waiters();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Ask every client of the pool to stop (drain, shutdown or KILL).
+    pub fn stop_clients(&self, how: Stop) {
+        for client in lock(&self.clients).values() {
+            client.stop.raise(how);
+        }
+    }
+
+    /// KILL: cut every client of the pool off now and close its servers.
+    pub fn kill(&self) {
+        self.stop_clients(Stop::Now);
+        self.reconnect();
+    }
+
+    pub fn register_client(&self, info: Arc<ConnInfo>) {
+        lock(&self.clients).insert(info.id, info);
+    }
+
+    pub fn forget_client(&self, id: u64) {
+        lock(&self.clients).remove(&id);
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ConnInfo>> {
+        lock(&self.clients).values().cloned().collect()
+    }
+
+    pub fn servers(&self) -> Vec<Arc<ConnInfo>> {
+        lock(&self.servers).values().cloned().collect()
+    }
+
+    pub fn open_servers(&self) -> u32 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn idle_servers(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
+    /// Levels for SHOW POOLS and /metrics that only the pool knows.
+    pub fn levels(&self) -> PoolLevels {
+        let now = Instant::now();
+        let (mut idle, mut used) = (0, 0);
+        for server in lock(&self.idle).iter() {
+            if now.saturating_duration_since(server.last_used) >= USED_AFTER {
+                used += 1;
+            } else {
+                idle += 1;
+            }
+        }
+        PoolLevels {
+            servers_idle: idle,
+            servers_used: used,
+            max_wait: self.max_wait(),
+            pool_size: self.size(),
+            paused: self.is_paused(),
+        }
+    }
+
+    /// How long the longest-waiting client has waited.
+    pub fn max_wait(&self) -> Duration {
+        lock(&self.waiters)
+            .values()
+            .next()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+}
