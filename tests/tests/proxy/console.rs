@@ -122,6 +122,18 @@ const CONNECTION_COLUMNS: &[&str] = &[
     "application_name",
 ];
 
+/// Whether SHOW POOLS comes to show one client of `db` waiting for a server.
+async fn one_client_waits(admin: &tokio_postgres::Client, db: &str) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        let pools = show(admin, "SHOW POOLS").await.unwrap();
+        pools
+            .rows_where("database", db)
+            .iter()
+            .any(|r| pools.get(r, "cl_waiting") == "1")
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_show_command_has_pgbouncers_columns() {
     let db = fresh_database("console_columns").await;
@@ -199,14 +211,8 @@ async fn pools_clients_and_servers_show_what_is_happening() {
         waiter.batch_execute("select 1").await.unwrap();
         (seven, waiter)
     });
-    let pools = loop {
-        let pools = show(&admin, "SHOW POOLS").await.unwrap();
-        let row = pools.row("database", &db);
-        if pools.get(row, "cl_waiting") == "1" {
-            break pools;
-        }
-        tokio::task::yield_now().await;
-    };
+    assert!(one_client_waits(&admin, &db).await);
+    let pools = show(&admin, "SHOW POOLS").await.unwrap();
     let row = pools.row("database", &db);
     assert_eq!(pools.get(row, "user"), APP_USER);
     assert_eq!(
@@ -352,13 +358,7 @@ async fn pause_waits_for_transactions_and_resume_lets_clients_go_on() {
         })
         .await
     );
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            let pools = show(&admin, "SHOW POOLS").await.unwrap();
-            pools.get(pools.row("database", &db), "cl_waiting") == "1"
-        })
-        .await
-    );
+    assert!(one_client_waits(&admin, &db).await);
     assert!(!held.is_finished());
     admin.simple_query(&format!("RESUME {db}")).await.unwrap();
     assert_eq!(held.await.unwrap(), 42);
@@ -406,16 +406,7 @@ async fn kill_closes_clients_with_57p01_and_leaves_the_database_paused() {
             scalar_i32(&c, "select 5").await
         }
     });
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            let pools = show(&admin, "SHOW POOLS").await.unwrap();
-            pools
-                .rows_where("database", &db)
-                .iter()
-                .any(|r| pools.get(r, "cl_waiting") == "1")
-        })
-        .await
-    );
+    assert!(one_client_waits(&admin, &db).await);
     admin.simple_query(&format!("RESUME {db}")).await.unwrap();
     assert_eq!(late.await.unwrap(), 5);
 }
