@@ -201,7 +201,7 @@ async fn serve_request(
         checkout = s.pool.checkout() => checkout?,
         _ = s.info.stop.reached(Stop::Now) => return Err(closing(s)),
     };
-    let server_info = checkout.server().info.clone();
+    let server_info = &checkout.server().info;
     server_info.requested(now_us);
     server_info.link(s.info.id);
     s.info.link(server_info.id);
