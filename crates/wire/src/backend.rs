@@ -36,21 +36,58 @@ impl ErrorFields {
 }
 
 /// The SQLSTATE class (first two characters) of an ErrorResponse body.
-pub fn sqlstate_class(mut body: &[u8]) -> Option<[u8; 2]> {
+pub fn sqlstate_class(body: &[u8]) -> Option<[u8; 2]> {
+    match error_field(body, b'C')? {
+        [a, b, ..] => Some([*a, *b]),
+        _ => None,
+    }
+}
+
+/// One field (`C` code, `M` message, ...) of an ErrorResponse or
+/// NoticeResponse body.
+pub fn error_field(mut body: &[u8], wanted: u8) -> Option<&[u8]> {
     while let Some((&kind, rest)) = body.split_first() {
         if kind == 0 {
             return None;
         }
         body = rest;
         let value = read_cstr(&mut body)?;
-        if kind == b'C' {
-            return match value {
-                [a, b, ..] => Some([*a, *b]),
-                _ => None,
-            };
+        if kind == wanted {
+            return Some(value);
         }
     }
     None
+}
+
+/// The fields of an ErrorResponse or NoticeResponse body, in order.
+pub fn error_fields(mut body: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let (&kind, rest) = body.split_first()?;
+        if kind == 0 {
+            return None;
+        }
+        body = rest;
+        Some((kind, read_cstr(&mut body)?))
+    })
+}
+
+/// A DataRow body: each column's bytes, `None` for NULL.
+pub fn data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut rest = &body[2..];
+    let mut out = Vec::with_capacity(count.into());
+    for _ in 0..count {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            out.push(None);
+        } else {
+            let len = len as usize;
+            out.push(Some(rest.get(..len)?));
+            rest = &rest[len..];
+        }
+    }
+    Some(out)
 }
 
 /// A ParameterStatus body: name and value.
@@ -81,6 +118,23 @@ pub fn ready_status(body: &[u8]) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_data_rows_and_error_fields() {
+        let row = b"\x00\x03\x00\x00\x00\x02ab\xff\xff\xff\xff\x00\x00\x00\x00";
+        assert_eq!(
+            data_row(row),
+            Some(vec![Some(&b"ab"[..]), None, Some(&b""[..])])
+        );
+        assert_eq!(data_row(b"\x00\x01\x00\x00\x00\x09ab"), None);
+        assert_eq!(data_row(b"\x00"), None);
+        let err = b"SERROR\0C0A000\0Mcached plan must not change result type\0\0";
+        assert_eq!(error_field(err, b'C'), Some(&b"0A000"[..]));
+        assert_eq!(sqlstate_class(err), Some(*b"0A"));
+        assert_eq!(error_field(err, b'D'), None);
+        let kinds: Vec<u8> = error_fields(err).map(|(k, _)| k).collect();
+        assert_eq!(kinds, b"SCM");
+    }
 
     #[test]
     fn parses_parameter_status_and_key_data() {

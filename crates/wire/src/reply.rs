@@ -149,6 +149,19 @@ pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
     encode(DataRow::new(data, values.len() as i16), out);
 }
 
+/// An ErrorResponse carrying only the fields of `body` (another
+/// ErrorResponse's) whose kind `keep` accepts.
+pub fn error_with_fields_of(out: &mut BytesMut, body: &[u8], keep: impl Fn(u8) -> bool) {
+    write_message(out, b'E', |b| {
+        for (kind, value) in crate::backend::error_fields(body).filter(|(k, _)| keep(*k)) {
+            b.extend_from_slice(&[kind]);
+            b.extend_from_slice(value);
+            b.extend_from_slice(&[0]);
+        }
+        b.extend_from_slice(&[0]);
+    });
+}
+
 pub fn command_complete(out: &mut BytesMut, tag: &str) {
     encode(CommandComplete::new(tag.to_string()), out);
 }
