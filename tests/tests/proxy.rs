@@ -14,4 +14,5 @@ mod proxy {
     pub mod prometheus;
     pub mod protocol;
     pub mod python;
+    pub mod transaction_mode;
 }

@@ -72,6 +72,10 @@ pub struct ConnInfo {
     waiting_since_us: AtomicU64,
     /// The id of the connection it is linked to, or 0.
     link: AtomicU64,
+    /// For a client in transaction mode: the session state pinning it to
+    /// its server (a `session::pinning::Pins` set), kept here rather than
+    /// in the idle task.
+    pins: AtomicU8,
 }
 
 impl ConnInfo {
@@ -91,7 +95,16 @@ impl ConnInfo {
             request_us: AtomicU64::new(now),
             waiting_since_us: AtomicU64::new(0),
             link: AtomicU64::new(0),
+            pins: AtomicU8::new(0),
         }
+    }
+
+    pub fn pin_bits(&self) -> u8 {
+        self.pins.load(Ordering::Relaxed)
+    }
+
+    pub fn set_pin_bits(&self, bits: u8) {
+        self.pins.store(bits, Ordering::Relaxed);
     }
 
     pub fn state(&self) -> State {

@@ -127,7 +127,9 @@ impl ParamMap {
 }
 
 /// One simple query that applies `settings` and resets `resets`, every
-/// name and value quoted.
+/// name and value quoted. Values go through `set_config`, which reads them
+/// as the server shows them: `SET search_path TO 'a, b'` would instead make
+/// one schema named "a, b" of a list setting.
 pub fn set_statements(settings: &[(&str, &str)], resets: &[&str]) -> String {
     let mut sql = String::new();
     for name in resets {
@@ -135,11 +137,15 @@ pub fn set_statements(settings: &[(&str, &str)], resets: &[&str]) -> String {
         sql.push_str(&quote_ident(name));
         sql.push(';');
     }
-    for (name, value) in settings {
-        sql.push_str("SET ");
-        sql.push_str(&quote_ident(name));
-        sql.push_str(" TO ");
+    for (i, (name, value)) in settings.iter().enumerate() {
+        sql.push_str(if i == 0 { "SELECT " } else { ", " });
+        sql.push_str("pg_catalog.set_config(");
+        sql.push_str(&quote_literal(name));
+        sql.push_str(", ");
         sql.push_str(&quote_literal(value));
+        sql.push_str(", false)");
+    }
+    if !settings.is_empty() {
         sql.push(';');
     }
     sql
@@ -233,7 +239,8 @@ mod tests {
         );
         assert_eq!(
             sql,
-            "RESET \"work_mem\";SET \"TimeZone\" TO 'x''; DROP TABLE t; --';SET \"a\"\"b\" TO 'c';"
+            "RESET \"work_mem\";SELECT pg_catalog.set_config('TimeZone', 'x''; DROP TABLE t; --', false), \
+             pg_catalog.set_config('a\"b', 'c', false);"
         );
     }
 }

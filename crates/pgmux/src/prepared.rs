@@ -6,8 +6,13 @@
 //! rewrites the client's Parse/Bind/Describe/Close to match: a Parse the
 //! server already has is answered by pgmux itself; a Bind on a server that
 //! lacks the statement is preceded by a Parse pgmux injects and whose reply
-//! it swallows. Servers keep at most `MAX_PER_SERVER`, least recently used
-//! evicted with a Close.
+//! it swallows. Servers keep at most `max_prepared_statements`, least
+//! recently used evicted with a Close.
+//!
+//! A statement a schema change broke on a server (0A000, "cached plan must
+//! not change result type") is closed there and retired from the pool's map,
+//! so the client's next Parse of the same text truly prepares afresh instead
+//! of landing on the stale copy again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +21,6 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, Bytes, BytesMut};
 use pgmux_wire::frame::write_message;
 
-/// Statements a single server keeps prepared before evicting.
-pub const MAX_PER_SERVER: usize = 1000;
 /// Distinct statements a pool remembers before starting its map afresh.
 const MAX_PER_POOL: usize = 50_000;
 
@@ -29,6 +32,9 @@ pub struct Statement {
     pub server_name: String,
     /// The Parse body after the statement name: query, parameter types.
     pub definition: Bytes,
+    /// Its text hints at session state pgmux must look for after the
+    /// transaction (see [`crate::session::pinning`]).
+    pub state_hint: bool,
 }
 
 impl Statement {
@@ -71,13 +77,24 @@ impl StatementCache {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let definition = Bytes::copy_from_slice(definition);
+        let state_hint = crate::session::pinning::text_hint(&definition);
         let s = Arc::new(Statement {
             id,
             server_name: format!("pgmux_{id}"),
             definition: definition.clone(),
+            state_hint,
         });
         map.insert(definition, s.clone());
         s
+    }
+
+    /// Forget `s` (a schema change broke it): the next Parse of its text
+    /// gets a new statement and server name. Clients that still hold `s`
+    /// keep using it until a server tells them it is stale, as they would
+    /// on a direct connection.
+    pub fn retire(&self, id: u64) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, s| s.id != id);
     }
 }
 
@@ -86,6 +103,8 @@ impl StatementCache {
 pub struct ServerStatements {
     have: HashMap<u64, (u64, String)>,
     clock: u64,
+    /// Server names to Close before anything else is sent (stale ones).
+    to_close: Vec<String>,
 }
 
 impl ServerStatements {
@@ -102,9 +121,9 @@ impl ServerStatements {
 
     /// Record `s` as prepared; returns the server name of a statement to
     /// close first when the server is full.
-    pub fn add(&mut self, s: &Statement) -> Option<String> {
+    pub fn add(&mut self, s: &Statement, capacity: usize) -> Option<String> {
         self.clock += 1;
-        let evict = if self.have.len() >= MAX_PER_SERVER {
+        let evict = if self.have.len() >= capacity.max(1) {
             let victim = self
                 .have
                 .iter()
@@ -126,8 +145,34 @@ impl ServerStatements {
         self.have.remove(&id);
     }
 
+    /// The server's copy of `id` is stale: close it before the next send.
+    pub fn invalidate(&mut self, id: u64) {
+        if let Some((_, name)) = self.have.remove(&id) {
+            self.to_close.push(name);
+        }
+    }
+
+    /// Names to Close on the server first (stale statements).
+    pub fn take_closing(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.to_close)
+    }
+
+    pub fn has_closing(&self) -> bool {
+        !self.to_close.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.have.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.have.is_empty()
+    }
+
+    /// The server dropped every prepared statement (DISCARD ALL, DEALLOCATE ALL).
     pub fn clear(&mut self) {
         self.have.clear();
+        self.to_close.clear();
     }
 }
 
@@ -150,8 +195,11 @@ impl ClientStatements {
     pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) {
         self.names.insert(name.into(), s);
     }
-    pub fn remove(&mut self, name: &[u8]) {
-        self.names.remove(name);
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        self.names.remove(name).is_some()
+    }
+    pub fn clear(&mut self) {
+        self.names.clear();
     }
 }
 
@@ -174,18 +222,51 @@ mod tests {
     fn servers_evict_the_least_recently_used() {
         let cache = StatementCache::default();
         let mut server = ServerStatements::default();
-        let all: Vec<_> = (0..=MAX_PER_SERVER)
+        let cap = 200;
+        let all: Vec<_> = (0..=cap)
             .map(|i| cache.intern(format!("select {i}\0\0\0").as_bytes()))
             .collect();
-        for s in &all[..MAX_PER_SERVER] {
-            assert_eq!(server.add(s), None);
+        for s in &all[..cap] {
+            assert_eq!(server.add(s, cap), None);
         }
+        assert_eq!(server.len(), cap);
         assert!(server.contains(all[0].id)); // used again: not the victim
-        assert_eq!(
-            server.add(&all[MAX_PER_SERVER]),
-            Some(all[1].server_name.clone())
-        );
+        assert_eq!(server.add(&all[cap], cap), Some(all[1].server_name.clone()));
         assert!(!server.contains(all[1].id));
         assert!(server.contains(all[0].id));
+        assert_eq!(server.len(), cap);
+    }
+
+    #[test]
+    fn a_stale_statement_is_closed_and_its_text_prepared_afresh() {
+        let cache = StatementCache::default();
+        let mut server = ServerStatements::default();
+        let old = cache.intern(b"select * from t\0\0\0");
+        server.add(&old, 10);
+        server.invalidate(old.id);
+        cache.retire(old.id);
+        assert!(!server.contains(old.id));
+        assert_eq!(server.take_closing(), vec![old.server_name.clone()]);
+        assert!(server.take_closing().is_empty());
+        let new = cache.intern(b"select * from t\0\0\0");
+        assert_ne!(new.server_name, old.server_name);
+        // Invalidating what the server does not have closes nothing.
+        server.invalidate(old.id);
+        assert!(!server.has_closing());
+    }
+
+    #[test]
+    fn text_hints_mark_statements() {
+        let cache = StatementCache::default();
+        assert!(
+            cache
+                .intern(b"select pg_advisory_lock($1)\0\0\0")
+                .state_hint
+        );
+        assert!(
+            !cache
+                .intern(b"select abalance from a where aid = $1\0\0\0")
+                .state_hint
+        );
     }
 }

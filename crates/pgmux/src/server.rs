@@ -326,7 +326,25 @@ impl Server {
     }
 
     /// Read and drop replies until `count` ReadyForQuery messages arrived.
-    pub async fn drain_until_ready(&mut self, mut count: usize) -> Result<u8, ServerError> {
+    pub async fn drain_until_ready(&mut self, count: usize) -> Result<u8, ServerError> {
+        self.read_replies(count, None).await
+    }
+
+    /// Run one query of pgmux's own and return its DataRow bodies.
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<bytes::Bytes>, ServerError> {
+        let mut out = BytesMut::new();
+        reply::query(&mut out, sql);
+        self.stream.write_all(&out).await.map_err(ServerError::io)?;
+        let mut rows = Vec::new();
+        self.read_replies(1, Some(&mut rows)).await?;
+        Ok(rows)
+    }
+
+    async fn read_replies(
+        &mut self,
+        mut count: usize,
+        mut rows: Option<&mut Vec<bytes::Bytes>>,
+    ) -> Result<u8, ServerError> {
         let mut first_error = None;
         loop {
             let frame = self.read_frame().await?;
@@ -334,6 +352,11 @@ impl Server {
                 b'S' => self.record_parameter(&frame.body),
                 b'E' if first_error.is_none() => {
                     first_error = Some(ErrorFields::parse(&frame.body))
+                }
+                b'D' => {
+                    if let Some(rows) = rows.as_deref_mut() {
+                        rows.push(frame.body);
+                    }
                 }
                 b'C' if forgets_statements(&frame.body) => self.prepared.clear(),
                 b'Z' => {

@@ -86,6 +86,9 @@ pub struct Config {
     pub client_login_timeout: f64,
     pub server_reset_query: String,
     pub max_message_size: u32,
+    /// Named prepared statements each server keeps (transaction mode, LRU);
+    /// 0 turns pgmux's statement handling off (names pass through).
+    pub max_prepared_statements: u32,
     pub auth_type: AuthType,
     pub auth_file: String,
     /// Users allowed into the admin console with every command.

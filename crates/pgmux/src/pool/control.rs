@@ -35,6 +35,8 @@ impl Pool {
             self.permit_debt
                 .fetch_add(shrink - forgotten, Ordering::AcqRel);
         }
+        self.max_prepared
+            .store(settings.max_prepared, Ordering::Relaxed);
         *lock(&self.settings) = settings;
         *lock(&self.login) = login;
         let moved = {

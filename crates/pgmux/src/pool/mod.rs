@@ -9,7 +9,7 @@ mod maintenance;
 mod registry;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,8 @@ pub struct PoolSettings {
     pub query_wait_timeout: Option<Duration>,
     pub reset_query: String,
     pub max_message: usize,
+    /// Per-server cap of pgmux-managed named statements; 0: none managed.
+    pub max_prepared: usize,
 }
 
 impl PoolSettings {
@@ -61,6 +63,7 @@ impl PoolSettings {
             query_wait_timeout: cfg.query_wait_timeout(),
             reset_query: cfg.server_reset_query.clone(),
             max_message: cfg.max_message_size as usize,
+            max_prepared: cfg.max_prepared_statements as usize,
         }
     }
 }
@@ -93,6 +96,12 @@ pub struct Pool {
     /// Fixed for the pool's life (a reload that changes it needs a restart).
     pub mode: PoolMode,
     pub max_message: usize,
+    /// Transaction mode with `max_prepared_statements` above 0 at creation:
+    /// client statement names are mapped (fixed for the pool's life, as
+    /// clients' names would break if it changed under them).
+    pub manages_statements: bool,
+    /// `max_prepared_statements`, read per request without the lock.
+    pub max_prepared: AtomicUsize,
     target: Mutex<Target>,
     login: Mutex<Login>,
     settings: Mutex<PoolSettings>,
@@ -151,6 +160,8 @@ impl Pool {
             user: user.to_string(),
             mode: settings.mode,
             max_message: settings.max_message,
+            manages_statements: settings.mode == PoolMode::Transaction && settings.max_prepared > 0,
+            max_prepared: AtomicUsize::new(settings.max_prepared),
             target: Mutex::new(target),
             login: Mutex::new(login),
             permits: Arc::new(Semaphore::new(settings.size as usize)),

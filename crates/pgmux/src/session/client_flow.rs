@@ -5,9 +5,11 @@
 
 use bytes::{BufMut, BytesMut};
 use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
+use pgmux_wire::reply::quote_literal;
 
-use super::ddl::dropped_database;
+use super::ddl::{deallocated_statement, dropped_database};
 use super::expect::{Expect, Pending};
+use super::pinning::text_hint;
 use super::splice::Splice;
 use crate::prepared::{ClientStatements, ServerStatements, Statement, StatementCache};
 
@@ -17,6 +19,8 @@ use crate::prepared::{ClientStatements, ServerStatements, Statement, StatementCa
 const WHOLE_MESSAGE_LIMIT: usize = 1 << 20;
 /// Names at the head of a message (and whole Describe/Close) must fit in this.
 const HEAD_LIMIT: usize = 64 * 1024;
+/// How much of a statement's text is searched for session-state hints.
+const HINT_SCAN_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientFlowError {
@@ -44,6 +48,11 @@ pub struct Statements<'a> {
     pub cache: &'a StatementCache,
     pub client: &'a mut ClientStatements,
     pub server: &'a mut ServerStatements,
+    /// `max_prepared_statements`: the server's LRU capacity.
+    pub capacity: usize,
+    /// The client keeps this server (pinned): a name pgmux does not know
+    /// may be one the client made with SQL `PREPARE`, so it passes through.
+    pub pinned: bool,
 }
 
 /// Result of one pass over the client's buffered bytes.
@@ -57,6 +66,43 @@ pub struct ClientBatch {
     pub copy_ended: bool,
     /// A `DROP DATABASE` of this database is among the messages.
     pub dropped_database: Option<String>,
+    /// A statement here may leave session state (see `pinning`).
+    pub state_hint: bool,
+    /// The batch is one request that can be sent again as it is if its
+    /// statement turns out stale: Bind, Describe, Execute, Sync of a
+    /// prepared statement, nothing else (what libpq sends per execution).
+    pub replayable: bool,
+}
+
+/// Counts the message kinds of a batch to tell whether it is replayable.
+#[derive(Default)]
+struct Shape {
+    binds: u32,
+    describes: u32,
+    syncs: u32,
+    others: u32,
+    ends_with_sync: bool,
+}
+
+impl Shape {
+    fn note(&mut self, tag: u8) {
+        match tag {
+            b'B' => self.binds += 1,
+            b'D' => self.describes += 1,
+            b'S' => self.syncs += 1,
+            b'E' | b'H' => {}
+            _ => self.others += 1,
+        }
+        self.ends_with_sync = tag == b'S';
+    }
+
+    fn replayable(&self) -> bool {
+        self.binds == 1
+            && self.describes >= 1
+            && self.syncs == 1
+            && self.others == 0
+            && self.ends_with_sync
+    }
 }
 
 #[derive(Debug)]
@@ -64,6 +110,8 @@ pub struct ClientFlow {
     max: usize,
     /// Bytes of the current message still to pass through.
     remaining: usize,
+    /// Transaction mode: look for statements that leave session state.
+    watch_state: bool,
 }
 
 /// Where the client's buffered bytes stand before a server is borrowed.
@@ -74,10 +122,11 @@ pub struct RequestState {
 }
 
 impl ClientFlow {
-    pub fn new(max_message: usize) -> ClientFlow {
+    pub fn new(max_message: usize, watch_state: bool) -> ClientFlow {
         ClientFlow {
             max: max_message,
             remaining: 0,
+            watch_state,
         }
     }
 
@@ -116,7 +165,21 @@ impl ClientFlow {
             terminate: false,
             copy_ended: false,
             dropped_database: None,
+            state_hint: false,
+            replayable: false,
         };
+        let mut shape = Shape::default();
+        if let Some(st) = stmts.as_mut() {
+            if self.remaining == 0 && st.server.has_closing() {
+                // Stale statements go first, before anything can use them.
+                let mut out = BytesMut::new();
+                for name in st.server.take_closing() {
+                    Statement::close_message(&name, &mut out);
+                    expect.push(Pending::Close { swallow: true });
+                }
+                splice.replace(input, 0, 0, &out);
+            }
+        }
         while pos < input.len() {
             if self.remaining > 0 {
                 let take = self.remaining.min(input.len() - pos);
@@ -141,7 +204,24 @@ impl ClientFlow {
                 if let Some(name) = dropped_database(sql) {
                     batch.dropped_database = Some(name);
                 }
+                let named_parse = tag == b'P' && body.first().is_some_and(|&b| b != 0);
+                if self.watch_state && !named_parse {
+                    batch.state_hint |= text_hint(&sql[..sql.len().min(HINT_SCAN_LIMIT)]);
+                }
+                if let (b'Q', true, Some(st)) = (tag, have_whole, stmts.as_mut()) {
+                    if let Some(name) = deallocated_statement(sql) {
+                        if st.client.remove(name.as_bytes()) {
+                            // Known only to pgmux: answered here, nothing sent.
+                            expect.push(Pending::Deallocated);
+                            shape.note(tag);
+                            splice.replace(input, pos, whole_end, b"");
+                            pos = whole_end;
+                            continue;
+                        }
+                    }
+                }
             }
+            shape.note(tag);
             if let (Some(st), b'P' | b'B' | b'D' | b'C') = (stmts.as_mut(), tag) {
                 if !have_whole {
                     // Hold a message whole only while it is small; past that
@@ -178,7 +258,7 @@ impl ClientFlow {
                         _ => break,
                     }
                 }
-                rewrite(
+                batch.state_hint |= rewrite(
                     tag,
                     &input[body_start..whole_end],
                     input,
@@ -213,6 +293,7 @@ impl ClientFlow {
         }
         batch.consumed = pos;
         batch.edited = splice.finish(input, pos);
+        batch.replayable = shape.replayable() && self.remaining == 0;
         Ok(batch)
     }
 }
@@ -224,8 +305,8 @@ fn pending_for(tag: u8) -> Option<Pending> {
             swallow: false,
             id: None,
         },
-        b'B' => Pending::Bind,
-        b'D' => Pending::Describe,
+        b'B' => Pending::Bind { id: None },
+        b'D' => Pending::Describe { id: None },
         b'E' => Pending::Execute,
         b'C' => Pending::Close { swallow: false },
         b'S' => Pending::Sync,
@@ -254,7 +335,7 @@ fn ensure_prepared(
     if st.server.contains(s.id) {
         return;
     }
-    if let Some(victim) = st.server.add(s) {
+    if let Some(victim) = st.server.add(s, st.capacity) {
         Statement::close_message(&victim, out);
         expect.push(Pending::Close { swallow: true });
     }
@@ -265,7 +346,46 @@ fn ensure_prepared(
     });
 }
 
+/// Make the server raise `code`/`message` in place of a client message: an
+/// injected `DO` block that raises, whose ParseComplete and BindComplete are
+/// dropped. The server then aborts the transaction and skips to Sync just as
+/// for an error of its own, so the client sees what PostgreSQL would show.
+fn raise(code: &str, message: &str, expect: &mut Expect, out: &mut BytesMut) {
+    let block = format!(
+        "BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}; END",
+        quote_literal(code),
+        quote_literal(message)
+    );
+    let sql = format!("DO {}", quote_literal(&block));
+    write_message(out, b'P', |b| {
+        b.put_u8(0);
+        b.put_slice(sql.as_bytes());
+        b.put_u8(0);
+        b.put_i16(0);
+    });
+    write_message(out, b'B', |b| {
+        b.put_slice(b"\0\0");
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
+    });
+    write_message(out, b'E', |b| {
+        b.put_u8(0);
+        b.put_i32(0);
+    });
+    expect.push(Pending::Parse {
+        swallow: true,
+        id: None,
+    });
+    expect.push(Pending::Raise);
+}
+
+fn statement_name(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
 /// Handle a whole Parse, Bind, Describe or Close when names are rewritten.
+/// Returns whether the statement involved hints at session state.
 #[allow(clippy::too_many_arguments)]
 fn rewrite(
     tag: u8,
@@ -276,8 +396,9 @@ fn rewrite(
     expect: &mut Expect,
     st: &mut Statements<'_>,
     splice: &mut Splice,
-) -> Result<(), ClientFlowError> {
+) -> Result<bool, ClientFlowError> {
     let mut out = BytesMut::new();
+    let mut hint = false;
     match tag {
         b'P' => {
             let (name, definition) = cstr(body, tag)?;
@@ -286,15 +407,25 @@ fn rewrite(
                     swallow: false,
                     id: None,
                 });
-                return Ok(());
+                return Ok(false);
+            }
+            if st.client.get(name).is_some() {
+                let message = format!(
+                    "prepared statement \"{}\" already exists",
+                    statement_name(name)
+                );
+                raise("42P05", &message, expect, &mut out);
+                splice.replace(input, start, end, &out);
+                return Ok(false);
             }
             let s = st.cache.intern(definition);
+            hint = s.state_hint;
             st.client.insert(name, s.clone());
             if st.server.contains(s.id) {
                 // Already there: answer it ourselves.
                 expect.push(Pending::Synth(b'1'));
             } else {
-                if let Some(victim) = st.server.add(&s) {
+                if let Some(victim) = st.server.add(&s, st.capacity) {
                     Statement::close_message(&victim, &mut out);
                     expect.push(Pending::Close { swallow: true });
                 }
@@ -308,13 +439,18 @@ fn rewrite(
         b'B' => {
             let (portal, rest) = cstr(body, tag)?;
             let (name, params) = cstr(rest, tag)?;
-            let Some(s) = (!name.is_empty())
-                .then(|| st.client.get(name).cloned())
-                .flatten()
-            else {
-                expect.push(Pending::Bind);
-                return Ok(());
+            if name.is_empty() {
+                expect.push(Pending::Bind { id: None });
+                return Ok(false);
+            }
+            let Some(s) = st.client.get(name).cloned() else {
+                unknown_name(name, Pending::Bind { id: None }, st, expect, &mut out);
+                if !out.is_empty() {
+                    splice.replace(input, start, end, &out);
+                }
+                return Ok(false);
             };
+            hint = s.state_hint;
             ensure_prepared(&s, st, expect, &mut out);
             write_message(&mut out, b'B', |b| {
                 b.put_slice(portal);
@@ -323,7 +459,7 @@ fn rewrite(
                 b.put_u8(0);
                 b.put_slice(params);
             });
-            expect.push(Pending::Bind);
+            expect.push(Pending::Bind { id: Some(s.id) });
         }
         b'D' | b'C' => {
             let (&kind, rest) = body
@@ -333,21 +469,28 @@ fn rewrite(
             let named_statement = kind == b'S' && !name.is_empty();
             if !named_statement {
                 expect.push(if tag == b'D' {
-                    Pending::Describe
+                    Pending::Describe { id: None }
                 } else {
                     Pending::Close { swallow: false }
                 });
-                return Ok(());
+                return Ok(false);
             }
             if tag == b'C' {
+                if !st.client.remove(name) && st.pinned {
+                    // Perhaps the client's own SQL PREPARE: the server closes it.
+                    expect.push(Pending::Close { swallow: false });
+                    return Ok(false);
+                }
                 // The server copy stays for other clients; only the
-                // client's name goes.
-                st.client.remove(name);
+                // client's name goes (closing an unknown name is no error).
                 expect.push(Pending::Synth(b'3'));
             } else {
                 let Some(s) = st.client.get(name).cloned() else {
-                    expect.push(Pending::Describe);
-                    return Ok(());
+                    unknown_name(name, Pending::Describe { id: None }, st, expect, &mut out);
+                    if !out.is_empty() {
+                        splice.replace(input, start, end, &out);
+                    }
+                    return Ok(false);
                 };
                 ensure_prepared(&s, st, expect, &mut out);
                 write_message(&mut out, b'D', |b| {
@@ -355,13 +498,35 @@ fn rewrite(
                     b.put_slice(s.server_name.as_bytes());
                     b.put_u8(0);
                 });
-                expect.push(Pending::Describe);
+                expect.push(Pending::Describe { id: Some(s.id) });
             }
         }
-        _ => return Ok(()),
+        _ => return Ok(false),
     }
     splice.replace(input, start, end, &out);
-    Ok(())
+    Ok(hint)
+}
+
+/// A Bind or Describe of a statement name pgmux does not know. Unpinned,
+/// `out` gets an injected 26000 error standing in for the message. Pinned,
+/// the name may be the client's own SQL-level PREPARE on its server: the
+/// message passes unchanged (`out` stays empty) and draws `as_is`.
+fn unknown_name(
+    name: &[u8],
+    as_is: Pending,
+    st: &Statements<'_>,
+    expect: &mut Expect,
+    out: &mut BytesMut,
+) {
+    if st.pinned {
+        expect.push(as_is);
+        return;
+    }
+    let message = format!(
+        "prepared statement \"{}\" does not exist",
+        statement_name(name)
+    );
+    raise("26000", &message, expect, out);
 }
 
 /// A Bind too big to hold whole: rewrite its head once the two names are in,
@@ -395,6 +560,7 @@ fn stream_big_bind(
     let statement = (!name.is_empty())
         .then(|| st.client.get(name).cloned())
         .flatten();
+    let id = statement.as_ref().map(|s| s.id);
     if let Some(s) = statement {
         let mut out = BytesMut::new();
         ensure_prepared(&s, st, expect, &mut out);
@@ -406,6 +572,6 @@ fn stream_big_bind(
         out.put_u8(0);
         splice.replace(input, start, head_end, &out);
     }
-    expect.push(Pending::Bind);
+    expect.push(Pending::Bind { id });
     Ok(Some(head_end))
 }

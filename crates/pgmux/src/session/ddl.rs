@@ -1,7 +1,14 @@
-//! The one statement pgmux looks inside: `DROP DATABASE name`. PostgreSQL
-//! refuses it while other sessions use that database, and pgmux's idle
-//! servers count as such sessions, so they are closed before it is sent
-//! (Django's test runner drops its `test_<name>` database this way).
+//! The two statements pgmux looks inside.
+//!
+//! `DROP DATABASE name`: PostgreSQL refuses it while other sessions use that
+//! database, and pgmux's idle servers count as such sessions, so they are
+//! closed before it is sent (Django's test runner drops its `test_<name>`
+//! database this way).
+//!
+//! `DEALLOCATE name`: in transaction mode a client's protocol-level statement
+//! names exist only in pgmux (servers know them by pgmux's names), so pgmux
+//! answers a DEALLOCATE of one itself, as a direct connection would
+//! (psycopg deallocates statements it evicts this way).
 
 /// The database a statement drops, if it is a `DROP DATABASE`.
 pub fn dropped_database(sql: &[u8]) -> Option<String> {
@@ -11,7 +18,23 @@ pub fn dropped_database(sql: &[u8]) -> Option<String> {
     if let Some(after) = keyword(rest, b"if").and_then(|r| keyword(r, b"exists")) {
         rest = after;
     }
-    identifier(rest)
+    identifier(rest).map(|(name, _)| name)
+}
+
+/// The statement name of a Query that is exactly `DEALLOCATE [PREPARE] name`
+/// (one statement, `;` optional); not `DEALLOCATE ALL`, which the server runs.
+pub fn deallocated_statement(sql: &[u8]) -> Option<String> {
+    let mut rest = skip_space(sql);
+    rest = keyword(rest, b"deallocate")?;
+    if let Some(after) = keyword(rest, b"prepare") {
+        rest = after;
+    }
+    let (name, rest) = identifier(rest)?;
+    let rest = skip_space(rest);
+    let rest = rest.strip_prefix(b";").map(skip_space).unwrap_or(rest);
+    let rest = rest.strip_suffix(b"\0").unwrap_or(rest);
+    let unquoted_all = name == "all" && !sql.contains(&b'"');
+    (rest.is_empty() && !unquoted_all).then_some(name)
 }
 
 fn skip_space(s: &[u8]) -> &[u8] {
@@ -28,14 +51,16 @@ fn keyword<'a>(s: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
     let rest = &s[word.len()..];
     match rest.first() {
         Some(b) if b.is_ascii_whitespace() => Some(skip_space(rest)),
-        Some(b'"') if word == b"database" || word == b"exists" => Some(rest),
+        Some(b'"') if matches!(word, b"database" | b"exists" | b"deallocate" | b"prepare") => {
+            Some(rest)
+        }
         _ => None,
     }
 }
 
 /// A quoted identifier (with `""` escapes) as written, or an unquoted one
-/// folded to lower case as PostgreSQL does.
-fn identifier(s: &[u8]) -> Option<String> {
+/// folded to lower case as PostgreSQL does; and what follows it.
+fn identifier(s: &[u8]) -> Option<(String, &[u8])> {
     if let Some(quoted) = s.strip_prefix(b"\"") {
         let mut out = Vec::new();
         let mut i = 0;
@@ -45,7 +70,10 @@ fn identifier(s: &[u8]) -> Option<String> {
                     out.push(b'"');
                     i += 2;
                 }
-                (b'"', _) => return String::from_utf8(out).ok().filter(|n| !n.is_empty()),
+                (b'"', _) => {
+                    let name = String::from_utf8(out).ok().filter(|n| !n.is_empty())?;
+                    return Some((name, &quoted[i + 1..]));
+                }
                 (b, _) => {
                     out.push(b);
                     i += 1;
@@ -58,7 +86,7 @@ fn identifier(s: &[u8]) -> Option<String> {
         .iter()
         .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_' || **b == b'$' || **b >= 0x80)
         .count();
-    (n > 0).then(|| String::from_utf8_lossy(&s[..n]).to_lowercase())
+    (n > 0).then(|| (String::from_utf8_lossy(&s[..n]).to_lowercase(), &s[n..]))
 }
 
 #[cfg(test)]
@@ -83,6 +111,31 @@ mod tests {
             dropped_database(b"DROP DATABASE IF EXISTS \"x\" WITH (FORCE)"),
             Some("x".into())
         );
+    }
+
+    #[test]
+    fn finds_a_single_deallocate() {
+        assert_eq!(
+            deallocated_statement(b"DEALLOCATE _pg3_0"),
+            Some("_pg3_0".into())
+        );
+        assert_eq!(
+            deallocated_statement(b" deallocate prepare S1 ;\0"),
+            Some("s1".into())
+        );
+        assert_eq!(
+            deallocated_statement(b"DEALLOCATE \"My \"\"S\"\"\""),
+            Some("My \"S\"".into())
+        );
+        assert_eq!(
+            deallocated_statement(b"DEALLOCATE \"all\""),
+            Some("all".into())
+        );
+        assert_eq!(deallocated_statement(b"DEALLOCATE ALL"), None);
+        assert_eq!(deallocated_statement(b"DEALLOCATE PREPARE ALL;"), None);
+        assert_eq!(deallocated_statement(b"DEALLOCATE a; DEALLOCATE b"), None);
+        assert_eq!(deallocated_statement(b"DEALLOCATE"), None);
+        assert_eq!(deallocated_statement(b"select 'DEALLOCATE a'"), None);
     }
 
     #[test]

@@ -13,8 +13,14 @@ pub enum Pending {
         swallow: bool,
         id: Option<u64>,
     },
-    Bind,
-    Describe,
+    /// `id`: the managed statement bound, if any (for 0A000 recovery).
+    Bind {
+        id: Option<u64>,
+    },
+    /// `id`: the managed statement described, if any.
+    Describe {
+        id: Option<u64>,
+    },
     Execute,
     Close {
         swallow: bool,
@@ -25,6 +31,14 @@ pub enum Pending {
     /// A reply (ParseComplete, CloseComplete) pgmux sends itself when it
     /// reaches the front.
     Synth(u8),
+    /// pgmux answers a `DEALLOCATE name` Query itself: CommandComplete
+    /// and ReadyForQuery with the transaction status at that point.
+    Deallocated,
+    /// The Bind and Execute of a statement pgmux injected to make the
+    /// server raise an error in the client's name (42P05, 26000): the
+    /// BindComplete is dropped, the error forwarded, and the server then
+    /// aborts and skips to Sync exactly as for its own error.
+    Raise,
     /// The client ended COPY data here (CopyDone or CopyFail). Draws no
     /// reply; marks how far Syncs sent during COPY reach.
     CopyEnd,
@@ -32,8 +46,20 @@ pub enum Pending {
 
 impl Pending {
     fn ends_with_ready(self) -> bool {
-        matches!(self, Pending::Sync | Pending::Query | Pending::FunctionCall)
+        matches!(
+            self,
+            Pending::Sync | Pending::Query | Pending::FunctionCall | Pending::Deallocated
+        )
     }
+}
+
+/// A reply pgmux writes itself, due now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canned {
+    /// A message with an empty body (ParseComplete, CloseComplete).
+    Empty(u8),
+    /// CommandComplete `DEALLOCATE`, then ReadyForQuery.
+    Deallocated,
 }
 
 /// What to do with one server message.
@@ -111,16 +137,34 @@ impl Expect {
     }
 
     /// The next reply pgmux must send itself, if it is due now.
-    pub fn take_synth(&mut self) -> Option<u8> {
+    pub fn take_synth(&mut self) -> Option<Canned> {
+        self.skip_markers();
+        let canned = match self.queue.front() {
+            Some(Pending::Synth(tag)) => Canned::Empty(*tag),
+            Some(Pending::Deallocated) => {
+                self.ready_owed -= 1;
+                Canned::Deallocated
+            }
+            _ => return None,
+        };
+        self.queue.pop_front();
+        Some(canned)
+    }
+
+    /// The managed statement the reply due next is about (a Bind or a
+    /// statement Describe), for an error that names no statement itself.
+    pub fn statement_at_front(&mut self) -> Option<u64> {
         self.skip_markers();
         match self.queue.front() {
-            Some(Pending::Synth(tag)) => {
-                let tag = *tag;
-                self.queue.pop_front();
-                Some(tag)
-            }
+            Some(Pending::Bind { id } | Pending::Describe { id }) => *id,
             _ => None,
         }
+    }
+
+    /// The reply due next is the error pgmux made the server raise.
+    pub fn raise_at_front(&mut self) -> bool {
+        self.skip_markers();
+        self.queue.front() == Some(&Pending::Raise)
     }
 
     /// Account for one server message (any due `Synth` taken first).
@@ -160,11 +204,12 @@ impl Expect {
             },
             // ParseComplete, BindComplete, CloseComplete answer exactly the
             // message at the front; replies to injected ones are dropped.
+            b'2' if front == Some(Pending::Raise) => Verdict::Drop,
             b'1' | b'2' | b'3' => {
                 let swallow = match (tag, front) {
                     (b'1', Some(Pending::Parse { swallow, .. }))
                     | (b'3', Some(Pending::Close { swallow })) => swallow,
-                    (b'2', Some(Pending::Bind)) => false,
+                    (b'2', Some(Pending::Bind { .. })) => false,
                     _ => return Err(desync()),
                 };
                 self.queue.pop_front();
@@ -175,7 +220,7 @@ impl Expect {
                 }
             }
             b'T' | b'n' => {
-                if front == Some(Pending::Describe) {
+                if matches!(front, Some(Pending::Describe { .. })) {
                     self.queue.pop_front();
                 }
                 Verdict::Forward
@@ -184,12 +229,18 @@ impl Expect {
                 self.copy_started();
                 Verdict::Forward
             }
-            b'C' | b'I' | b's' => {
-                if front == Some(Pending::Execute) {
+            b'C' | b'I' | b's' => match front {
+                Some(Pending::Execute) => {
                     self.queue.pop_front();
+                    Verdict::Forward
                 }
-                Verdict::Forward
-            }
+                // The injected raise did not raise (it always does).
+                Some(Pending::Raise) => {
+                    self.queue.pop_front();
+                    Verdict::Drop
+                }
+                _ => Verdict::Forward,
+            },
             _ => Verdict::Forward,
         };
         Ok(verdict)
@@ -215,8 +266,8 @@ mod tests {
                 swallow: false,
                 id: None,
             },
-            Pending::Bind,
-            Pending::Describe,
+            Pending::Bind { id: None },
+            Pending::Describe { id: None },
             Pending::Execute,
             Pending::Sync,
         ] {
@@ -237,10 +288,10 @@ mod tests {
             swallow: true,
             id: Some(7),
         });
-        e.push(Pending::Bind);
+        e.push(Pending::Bind { id: None });
         e.push(Pending::Execute);
         e.push(Pending::Sync);
-        assert_eq!(e.take_synth(), Some(b'1'));
+        assert_eq!(e.take_synth(), Some(Canned::Empty(b'1')));
         assert_eq!(e.take_synth(), None);
         let out = replay(&mut e, b"12CZ");
         assert_eq!(out[0], (b'1', Verdict::Drop));
@@ -254,7 +305,7 @@ mod tests {
             swallow: true,
             id: Some(1),
         });
-        e.push(Pending::Bind);
+        e.push(Pending::Bind { id: None });
         e.push(Pending::Synth(b'1'));
         e.push(Pending::Parse {
             swallow: false,
@@ -289,7 +340,7 @@ mod tests {
         // Bind, Execute(COPY FROM STDIN), Sync, data..., CopyDone, Sync:
         // PostgreSQL ignores the first Sync while it reads COPY data.
         let mut e = Expect::default();
-        for p in [Pending::Bind, Pending::Execute, Pending::Sync] {
+        for p in [Pending::Bind { id: None }, Pending::Execute, Pending::Sync] {
             e.push(p);
         }
         replay(&mut e, b"2G");
@@ -303,7 +354,7 @@ mod tests {
         // The client may end its data before the server's CopyInResponse.
         let mut e = Expect::default();
         for p in [
-            Pending::Bind,
+            Pending::Bind { id: None },
             Pending::Execute,
             Pending::Sync,
             Pending::CopyEnd,
@@ -316,9 +367,60 @@ mod tests {
     }
 
     #[test]
+    fn a_canned_deallocate_owes_its_ready_and_comes_due_in_order() {
+        let mut e = Expect::default();
+        e.push(Pending::Query);
+        e.push(Pending::Deallocated);
+        assert_eq!(e.ready_owed(), 2);
+        assert_eq!(e.take_synth(), None, "the earlier query is answered first");
+        replay(&mut e, b"CZ");
+        assert_eq!(e.take_synth(), Some(Canned::Deallocated));
+        assert!(e.is_empty());
+        assert_eq!(e.ready_owed(), 0);
+    }
+
+    #[test]
+    fn an_injected_raise_stands_for_the_clients_message_and_skips_to_sync() {
+        // Parse(DO raise) + Bind + Execute injected for a client's Parse,
+        // then the client's own Bind, Execute, Sync.
+        let mut e = Expect::default();
+        for p in [
+            Pending::Parse {
+                swallow: true,
+                id: None,
+            },
+            Pending::Raise,
+            Pending::Bind { id: Some(3) },
+            Pending::Execute,
+            Pending::Sync,
+        ] {
+            e.push(p);
+        }
+        let mut gone = Vec::new();
+        assert_eq!(e.on_reply(b'1', &mut gone), Ok(Verdict::Drop));
+        assert_eq!(e.on_reply(b'2', &mut gone), Ok(Verdict::Drop));
+        assert!(e.raise_at_front());
+        assert_eq!(e.on_reply(b'E', &mut gone), Ok(Verdict::Forward));
+        assert_eq!(replay(&mut e, b"Z").len(), 1);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn the_statement_behind_a_failing_bind_is_known() {
+        let mut e = Expect::default();
+        e.push(Pending::Bind { id: Some(9) });
+        e.push(Pending::Describe { id: None });
+        e.push(Pending::Sync);
+        assert_eq!(e.statement_at_front(), Some(9));
+        let mut gone = Vec::new();
+        e.on_reply(b'E', &mut gone).unwrap();
+        assert_eq!(e.statement_at_front(), None);
+    }
+
+    #[test]
     fn a_reply_nobody_asked_for_is_a_desync() {
         let mut e = Expect::default();
-        e.push(Pending::Bind);
+        e.push(Pending::Bind { id: None });
         let mut gone = Vec::new();
         assert!(e.on_reply(b'1', &mut gone).is_err());
         assert!(Expect::default().on_reply(b'Z', &mut gone).is_err());

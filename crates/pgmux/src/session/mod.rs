@@ -6,6 +6,8 @@ mod client_flow;
 mod ddl;
 mod expect;
 mod login;
+mod pinned;
+pub mod pinning;
 mod relay;
 mod server_flow;
 mod splice;
@@ -183,6 +185,16 @@ pub struct Session {
     /// What SHOW CLIENTS tells of this client; its span files the logs;
     /// its stop signal says when to leave.
     pub info: Arc<ConnInfo>,
+    /// Transaction mode: the server this client keeps between transactions
+    /// while it holds session state there (what state: `info`'s pins).
+    pub pinned: Option<Box<crate::pool::Checkout>>,
+}
+
+impl Session {
+    /// The session state pinning this client to its server.
+    pub fn pins(&self) -> pinning::Pins {
+        pinning::Pins::from_bits(self.info.pin_bits())
+    }
 }
 
 async fn log_in(
@@ -289,6 +301,7 @@ async fn log_in(
         statements: Default::default(),
         pools: shared.pools.clone(),
         info,
+        pinned: None,
     })))
 }
 

@@ -7,13 +7,15 @@
 //! In transaction mode the server goes back once nothing is owed and the
 //! last ReadyForQuery said idle (`I`); on `T`/`E` the client stays linked.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::client_flow::{ClientFlow, Statements};
 use super::expect::Pending;
-use super::server_flow::{Observers, ServerFlow};
+use super::pinned::{inspect_session, pass_server_news, set_pins};
+use super::pinning::Pins;
+use super::server_flow::Observers;
 use super::{refuse, ClientError, Session};
 use crate::cancel::send_cancel;
 use crate::config::PoolMode;
@@ -31,7 +33,7 @@ const STREAM_AFTER: usize = 64 * 1024;
 /// How long cleaning a server after a vanished client may take.
 const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-enum Outcome {
+pub(super) enum Outcome {
     /// Nothing is owed and the server may go back (or the client said
     /// Terminate and everything it asked for was answered).
     Done,
@@ -55,6 +57,9 @@ pub fn run(
     async move {
         session.pool.stats.clients.inc();
         let result = relay(&mut stream, &mut session).await;
+        if let Some(pinned) = session.pinned.take() {
+            Box::pin(release_after_client(*pinned, &mut session)).await;
+        }
         session.pool.stats.clients.dec();
         session.pool.forget_client(session.info.id);
         let span = &session.info.span;
@@ -89,18 +94,38 @@ fn closing(s: &Session) -> ClientError {
     }
 }
 
-/// Wait until the client's socket is readable (`true`) or the session's
-/// token is cancelled (`false`). Hand-rolled rather than `select!` over
-/// `readable()`: `poll_read_ready` keeps the waker in the socket's own slot,
-/// where `readable()` carries a 150-byte waiter in every idle client's task.
-async fn wait_readable(stream: &TcpStream, stop: &StopSignal) -> Result<bool, ClientError> {
+/// What woke an idle client's wait.
+enum Woke {
+    Client,
+    /// The server a pinned client keeps has something to say.
+    Server,
+    Stop,
+}
+
+/// Wait until the client's socket is readable, a pinned client's server
+/// is, or the session's stop signal is raised. Hand-rolled rather than
+/// `select!` over `readable()`: `poll_read_ready` keeps the waker in the
+/// socket's own slot, where `readable()` carries a 150-byte waiter in every
+/// idle client's task.
+async fn wait_readable(
+    stream: &TcpStream,
+    pinned: Option<&TcpStream>,
+    stop: &StopSignal,
+) -> Result<Woke, ClientError> {
     std::future::poll_fn(|cx| {
         if stop.poll(cx) != Stop::No {
-            return std::task::Poll::Ready(Ok(false));
+            return std::task::Poll::Ready(Ok(Woke::Stop));
         }
-        stream
-            .poll_read_ready(cx)
-            .map(|ready| ready.map(|()| true).map_err(|_| ClientError::Gone))
+        if let std::task::Poll::Ready(ready) = stream.poll_read_ready(cx) {
+            return std::task::Poll::Ready(
+                ready.map(|()| Woke::Client).map_err(|_| ClientError::Gone),
+            );
+        }
+        match pinned.map(|server| server.poll_read_ready(cx)) {
+            // An error shows up on the read that follows.
+            Some(std::task::Poll::Ready(_)) => std::task::Poll::Ready(Ok(Woke::Server)),
+            _ => std::task::Poll::Pending,
+        }
     })
     .await
 }
@@ -127,10 +152,11 @@ async fn read_client(
 
 async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientError> {
     let transaction_mode = s.pool.mode == PoolMode::Transaction;
-    let mut flow = ClientFlow::new(s.pool.max_message);
+    let mut flow = ClientFlow::new(s.pool.max_message, transaction_mode);
     let mut cbuf = BytesMut::new();
     loop {
         // Idle: wait for a whole request. The buffer exists only while bytes do.
+        let mut must_wait = cbuf.is_empty();
         loop {
             if !cbuf.is_empty() {
                 if cbuf[0] == b'X' {
@@ -145,26 +171,34 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
             } else {
                 // Hold no buffer while waiting.
                 cbuf = BytesMut::new();
-                if !wait_readable(stream, &s.info.stop).await? {
-                    return Err(closing(s));
+                must_wait = true;
+            }
+            if must_wait {
+                // One wait in the loop: a second call site would store a
+                // second wait future in every idle client's task.
+                let pinned = s.pinned.as_ref().map(|c| &c.server().stream);
+                match wait_readable(stream, pinned, &s.info.stop).await? {
+                    Woke::Client => {}
+                    Woke::Stop => return Err(closing(s)),
+                    Woke::Server => {
+                        Box::pin(pass_server_news(stream, s)).await?;
+                        continue;
+                    }
                 }
             }
             // Non-blocking: readiness can be stale (left over from the
             // login's reads), and a blocking read here would stop watching
-            // the token. WouldBlock clears it and we wait again.
+            // the stop signal. WouldBlock clears it and we wait again.
             if cbuf.capacity() - cbuf.len() < 1024 {
                 cbuf.reserve(CLIENT_BUFFER);
             }
             match stream.try_read_buf(&mut cbuf) {
                 Ok(0) => return Ok(()),
-                Ok(n) => s.pool.stats.received.add(n as u64),
-                // An empty buffer is freed and waited on at the top.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && cbuf.is_empty() => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if !wait_readable(stream, &s.info.stop).await? {
-                        return Err(closing(s));
-                    }
+                Ok(n) => {
+                    s.pool.stats.received.add(n as u64);
+                    must_wait = false;
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => must_wait = true,
                 Err(_) => return Err(ClientError::Gone),
             }
         }
@@ -196,10 +230,15 @@ async fn serve_request(
 ) -> Result<bool, ClientError> {
     let now_us = now_micros();
     s.info.requested(now_us);
-    s.info.start_waiting(now_us);
-    let mut checkout = tokio::select! {
-        checkout = s.pool.checkout() => checkout?,
-        _ = s.info.stop.reached(Stop::Now) => return Err(closing(s)),
+    let mut checkout = match s.pinned.take() {
+        Some(pinned) => *pinned,
+        None => {
+            s.info.start_waiting(now_us);
+            tokio::select! {
+                checkout = s.pool.checkout() => checkout?,
+                _ = s.info.stop.reached(Stop::Now) => return Err(closing(s)),
+            }
+        }
     };
     let server_info = &checkout.server().info;
     server_info.requested(now_us);
@@ -228,7 +267,19 @@ async fn serve_request(
     s.info.link(0);
     match outcome {
         Outcome::Done if transaction_mode && !terminating => {
-            checkout.checkin();
+            if checkout.server().flow.state_hint {
+                checkout.server_mut().flow.state_hint = false;
+                if let Err(e) = Box::pin(inspect_session(s, &mut checkout)).await {
+                    set_pins(s, Pins::default());
+                    checkout.discard(CloseReason::Error);
+                    return Err(e);
+                }
+            }
+            if s.pins().is_empty() {
+                checkout.checkin();
+            } else {
+                s.pinned = Some(Box::new(checkout));
+            }
             if s.info.stop.get() != Stop::No {
                 // Draining (or killed): the transaction is done; so is the client.
                 return Err(closing(s));
@@ -268,12 +319,12 @@ async fn relay_linked(
     terminating: &mut bool,
 ) -> Outcome {
     let transaction_mode = s.pool.mode == PoolMode::Transaction;
+    let mut replay = Replay::default();
     loop {
         let server = checkout.server_mut();
         if !cbuf.is_empty() && !*terminating {
             if let Err(outcome) =
-                forward_client_bytes(stream, s, server, flow, cbuf, terminating, transaction_mode)
-                    .await
+                forward_client_bytes(stream, s, server, flow, cbuf, terminating, &mut replay).await
             {
                 return outcome;
             }
@@ -298,8 +349,16 @@ async fn relay_linked(
                     Ok(_) => {}
                     Err(e) => return Outcome::ServerFailed(ServerError::io(e)),
                 }
-                if let Err(outcome) = forward_server_bytes(stream, s, server).await {
+                if let Err(outcome) = forward_server_bytes(stream, s, server, &mut replay).await {
                     return outcome;
+                }
+                if let Some(again) = replay.due.take() {
+                    // The held-back request goes out again, ahead of
+                    // anything the client sent since.
+                    let mut joined = BytesMut::with_capacity(again.len() + cbuf.len());
+                    joined.extend_from_slice(&again);
+                    joined.extend_from_slice(cbuf);
+                    *cbuf = joined;
                 }
             }
         }
@@ -313,12 +372,18 @@ async fn forward_client_bytes(
     flow: &mut ClientFlow,
     cbuf: &mut BytesMut,
     terminating: &mut bool,
-    rewrite: bool,
+    replay: &mut Replay,
 ) -> Result<(), Outcome> {
-    let statements = rewrite.then(|| Statements {
+    let pinned = !s.pins().is_empty();
+    let statements = s.pool.manages_statements.then(|| Statements {
         cache: &s.pool.statements,
         client: &mut s.statements,
         server: &mut server.prepared,
+        capacity: s
+            .pool
+            .max_prepared
+            .load(std::sync::atomic::Ordering::Relaxed),
+        pinned,
     });
     let idle_before = server.expect.is_empty();
     let batch = flow
@@ -327,6 +392,16 @@ async fn forward_client_bytes(
     if idle_before && !server.expect.is_empty() {
         server.timing.request_sent(server.flow.status);
     }
+    server.flow.state_hint |= batch.state_hint;
+    // A lone prepared execution outside a transaction can be sent again if
+    // a schema change made its statement stale: keep its bytes until the
+    // reply (split off, not copied).
+    let replayable = batch.replayable
+        && !replay.used
+        && idle_before
+        && server.flow.status == b'I'
+        && batch.consumed <= REPLAY_LIMIT;
+    server.flow.retry_armed = replayable;
     if let Some(database) = &batch.dropped_database {
         s.pools.close_idle_to(database);
     }
@@ -335,7 +410,11 @@ async fn forward_client_bytes(
         None => server.stream.write_all(&cbuf[..batch.consumed]).await,
     };
     sent.map_err(|_| Outcome::ServerFailed(ServerError::Closed))?;
-    cbuf.advance(batch.consumed);
+    if replayable {
+        replay.kept = Some(cbuf.split_to(batch.consumed).freeze());
+    } else {
+        cbuf.advance(batch.consumed);
+    }
     if batch.copy_ended {
         server.flow.copy_in = false;
     }
@@ -345,7 +424,7 @@ async fn forward_client_bytes(
     }
     // Replies pgmux owes that nothing from the server precedes.
     let mut due = BytesMut::new();
-    ServerFlow::due_synths(&mut server.expect, &mut due);
+    server.flow.due_synths(&mut server.expect, &mut due);
     if !due.is_empty() {
         stream
             .write_all(&due)
@@ -355,23 +434,38 @@ async fn forward_client_bytes(
     Ok(())
 }
 
-async fn forward_server_bytes(
+pub(super) async fn forward_server_bytes(
     stream: &mut TcpStream,
     s: &mut Session,
     server: &mut Server,
+    replay: &mut Replay,
 ) -> Result<(), Outcome> {
     let mut observers = Observers {
         server_params: &mut server.params,
         client_params: Some(&mut s.params),
         statements: &mut server.prepared,
+        client_statements: Some(&mut s.statements),
+        cache: Some(&s.pool.statements),
     };
     let batch = server
         .flow
         .process(&server.buf, &mut server.expect, &mut observers)
         .map_err(|e| Outcome::ServerFailed(ServerError::Protocol(e.to_string())))?;
+    let stats = &s.pool.stats;
+    for _ in 0..batch.stale_passed {
+        stats::statement_replanned(stats, false);
+    }
+    for _ in 0..batch.stale_retried {
+        stats::statement_replanned(stats, true);
+    }
+    if batch.retry {
+        replay.due = replay.kept.take();
+        replay.used = true;
+    } else if server.expect.is_empty() {
+        replay.kept = None;
+    }
     // Count before the client can see the reply, so a client that reads
     // its result and then looks at the stats finds itself counted.
-    let stats = &s.pool.stats;
     stats.sent.add(batch.consumed as u64);
     if batch.ready > 0 {
         stats.queries.add(batch.ready.into());
@@ -390,6 +484,20 @@ async fn forward_server_bytes(
     server.buf.advance(batch.consumed);
     written.map_err(|_| Outcome::ClientLeft(None))
 }
+
+/// A request kept until its reply, in case it must be sent again.
+#[derive(Default)]
+pub(super) struct Replay {
+    /// The request's bytes, while its reply is awaited.
+    kept: Option<Bytes>,
+    /// To send again now.
+    due: Option<Bytes>,
+    /// This request was sent again already: a second failure passes through.
+    used: bool,
+}
+
+/// Requests bigger than this are not kept for a replay.
+const REPLAY_LIMIT: usize = 64 * 1024;
 
 /// Bring the server's settings in line with the client's before its request.
 async fn align_parameters(s: &mut Session, checkout: &mut Checkout) -> Result<(), ClientError> {
@@ -455,18 +563,26 @@ async fn align_parameters(s: &mut Session, checkout: &mut Checkout) -> Result<()
 
 /// The client is gone (or done, in session mode): make the server clean
 /// enough for someone else, or close it.
-async fn release_after_client(mut checkout: Checkout, s: &Session) {
+async fn release_after_client(mut checkout: Checkout, s: &mut Session) {
     let server = checkout.server_mut();
     let dirty = !server.expect.is_empty()
         || !server.flow.at_ready
         || server.flow.status != b'I'
         || server.flow.copy_in;
     let session_mode = s.pool.mode == PoolMode::Session;
-    if !dirty && !session_mode {
+    // A hinted transaction that was never inspected may have left state.
+    let state_left = !s.pins().is_empty() || server.flow.state_hint;
+    set_pins(s, Pins::default());
+    if !dirty && !session_mode && !state_left {
         checkout.checkin();
         return;
     }
-    let reset = s.pool.settings().reset_query;
+    let mut reset = s.pool.settings().reset_query;
+    if state_left && reset.is_empty() {
+        // Session state must never reach the next client.
+        reset = "DISCARD ALL".to_string();
+    }
+    server.flow.state_hint = false;
     s.pool.stats.servers_tested.inc();
     server.info.set_state(State::Tested);
     let clean = async {
@@ -531,6 +647,8 @@ async fn drain(server: &mut Server) -> Result<(), ServerError> {
             server_params: &mut server.params,
             client_params: None,
             statements: &mut server.prepared,
+            client_statements: None,
+            cache: None,
         };
         let batch = server
             .flow
@@ -539,7 +657,7 @@ async fn drain(server: &mut Server) -> Result<(), ServerError> {
         server.buf.advance(batch.consumed);
     }
     let mut ignored = BytesMut::new();
-    ServerFlow::due_synths(&mut server.expect, &mut ignored);
+    server.flow.due_synths(&mut server.expect, &mut ignored);
     if !server.expect.is_empty() || !server.buf.is_empty() || !server.flow.at_boundary() {
         return Err(ServerError::Protocol(
             "server still owes replies after ReadyForQuery".into(),

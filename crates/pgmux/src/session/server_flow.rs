@@ -6,11 +6,17 @@
 use bytes::BytesMut;
 use pgmux_wire::backend;
 use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
+use pgmux_wire::reply;
 
-use super::expect::{Desync, Expect, Verdict};
+use super::expect::{Canned, Desync, Expect, Verdict};
+use super::pinning::tag_hint;
 use super::splice::Splice;
 use crate::params::ParamMap;
-use crate::prepared::{forgets_statements, ServerStatements};
+use crate::prepared::{forgets_statements, ClientStatements, ServerStatements, StatementCache};
+
+/// The error PostgreSQL gives when a prepared statement's result shape
+/// changed under it (after `ALTER TABLE`, say).
+const STALE_PLAN: &[u8] = b"cached plan must not change result type";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerFlowError {
@@ -26,6 +32,10 @@ pub struct Observers<'a> {
     /// The client's view, when a client is listening.
     pub client_params: Option<&'a mut ParamMap>,
     pub statements: &'a mut ServerStatements,
+    /// The client's statement names, when a client is listening.
+    pub client_statements: Option<&'a mut ClientStatements>,
+    /// The pool's statement map, where stale statements are retired.
+    pub cache: Option<&'a StatementCache>,
 }
 
 pub struct ServerBatch {
@@ -36,6 +46,13 @@ pub struct ServerBatch {
     pub ready_idle: u32,
     /// SQLSTATE classes of the ErrorResponses passed on to the client.
     pub errors: Vec<[u8; 2]>,
+    /// Managed statements a schema change made stale on this server, whose
+    /// error passed to the client / was held back for a retry.
+    pub stale_passed: u32,
+    pub stale_retried: u32,
+    /// The armed request failed on a stale statement and its error was
+    /// held back: send it again.
+    pub retry: bool,
 }
 
 #[derive(Debug)]
@@ -49,6 +66,13 @@ pub struct ServerFlow {
     pub at_ready: bool,
     /// The server waits for COPY data from the client.
     pub copy_in: bool,
+    /// A command tag since the last look suggests session state to check.
+    pub state_hint: bool,
+    /// The request in flight may be sent again if its statement is stale
+    /// (set by the relay for a replayable request; cleared by any reply).
+    pub retry_armed: bool,
+    /// Dropping the replies of a request that will be sent again.
+    retrying: bool,
     unprepared: Vec<u64>,
 }
 
@@ -61,6 +85,9 @@ impl ServerFlow {
             status: b'I',
             at_ready: true,
             copy_in: false,
+            state_hint: false,
+            retry_armed: false,
+            retrying: false,
             unprepared: Vec::new(),
         }
     }
@@ -82,6 +109,9 @@ impl ServerFlow {
             ready: 0,
             ready_idle: 0,
             errors: Vec::new(),
+            stale_passed: 0,
+            stale_retried: 0,
+            retry: false,
         };
         let mut pos = 0;
         while pos < input.len() {
@@ -99,18 +129,59 @@ impl ServerFlow {
             };
             let body_start = pos + HEADER_LEN;
             let whole_end = body_start + len;
-            // ReadyForQuery, ParameterStatus and ErrorResponse are read whole
-            // (they are small, and bounded by the message size cap).
-            let read_whole = matches!(tag, b'Z' | b'S' | b'E');
+            // ReadyForQuery, ParameterStatus, ErrorResponse and
+            // CommandComplete are read whole (they are small, and bounded
+            // by the message size cap).
+            let read_whole = matches!(tag, b'Z' | b'S' | b'E' | b'C');
             if read_whole && whole_end > input.len() {
                 break;
             }
-            while let Some(synth) = expect.take_synth() {
-                let mut msg = BytesMut::with_capacity(HEADER_LEN);
-                write_message(&mut msg, synth, |_| {});
+            while let Some(canned) = expect.take_synth() {
+                let mut msg = BytesMut::with_capacity(32);
+                write_canned(&mut msg, canned, self.status);
                 splice.replace(input, pos, pos, &msg);
             }
-            let verdict = expect.on_reply(tag, &mut self.unprepared)?;
+            let mut rewritten_error = None;
+            let mut hold_back = false;
+            if tag == b'E' {
+                let body = &input[body_start..whole_end];
+                if expect.raise_at_front() {
+                    // The error pgmux made the server raise in the client's
+                    // name: without the PL/pgSQL context, as PostgreSQL
+                    // itself would report it.
+                    let mut msg = BytesMut::new();
+                    reply::error_with_fields_of(&mut msg, body, |kind| {
+                        matches!(kind, b'S' | b'V' | b'C' | b'M')
+                    });
+                    rewritten_error = Some(msg);
+                } else if let Some(id) = stale_statement(body, expect) {
+                    obs.statements.invalidate(id);
+                    if let Some(cache) = obs.cache {
+                        cache.retire(id);
+                    }
+                    hold_back = self.retry_armed;
+                    if hold_back {
+                        batch.stale_retried += 1;
+                    } else {
+                        batch.stale_passed += 1;
+                    }
+                }
+            }
+            let mut verdict = expect.on_reply(tag, &mut self.unprepared)?;
+            if hold_back {
+                self.retrying = true;
+                verdict = Verdict::Drop;
+            }
+            if self.retrying && tag == b'Z' {
+                self.retrying = false;
+                batch.retry = true;
+                verdict = Verdict::Drop;
+            } else if self.retrying {
+                verdict = Verdict::Drop;
+            }
+            if verdict == Verdict::Forward && !matches!(tag, b'N' | b'A' | b'S') {
+                self.retry_armed = false;
+            }
             for id in self.unprepared.drain(..) {
                 obs.statements.forget(id);
             }
@@ -124,6 +195,7 @@ impl ServerFlow {
                     self.status = status;
                     self.at_ready = true;
                     self.copy_in = false;
+                    self.retry_armed = false;
                     // Replies to what pgmux itself sent are not the client's.
                     if verdict != Verdict::Drop {
                         batch.ready += 1;
@@ -146,12 +218,22 @@ impl ServerFlow {
                         batch.errors.push(class);
                     }
                 }
-                b'C' if whole_end <= input.len()
-                    && forgets_statements(&input[body_start..whole_end]) =>
-                {
-                    obs.statements.clear()
+                b'C' => {
+                    let command_tag = &input[body_start..whole_end];
+                    self.state_hint |= tag_hint(command_tag);
+                    if forgets_statements(command_tag) {
+                        obs.statements.clear();
+                        if let Some(client) = obs.client_statements.as_deref_mut() {
+                            client.clear();
+                        }
+                    }
                 }
                 _ => {}
+            }
+            if let Some(msg) = rewritten_error {
+                splice.replace(input, pos, whole_end, &msg);
+                pos = whole_end;
+                continue;
             }
             self.dropping = verdict == Verdict::Drop;
             if self.dropping {
@@ -170,9 +252,30 @@ impl ServerFlow {
     }
 
     /// Replies pgmux owes that are due with no server message to wait for.
-    pub fn due_synths(expect: &mut Expect, out: &mut BytesMut) {
-        while let Some(tag) = expect.take_synth() {
-            write_message(out, tag, |_| {});
+    pub fn due_synths(&self, expect: &mut Expect, out: &mut BytesMut) {
+        while let Some(canned) = expect.take_synth() {
+            write_canned(out, canned, self.status);
         }
+    }
+}
+
+fn write_canned(out: &mut BytesMut, canned: Canned, status: u8) {
+    match canned {
+        Canned::Empty(tag) => write_message(out, tag, |_| {}),
+        Canned::Deallocated => {
+            reply::command_complete(out, "DEALLOCATE");
+            reply::ready_for_query(out, status);
+        }
+    }
+}
+
+/// The managed statement an ErrorResponse says is stale, if it says so.
+fn stale_statement(body: &[u8], expect: &mut Expect) -> Option<u64> {
+    let stale = backend::error_field(body, b'C') == Some(b"0A000")
+        && backend::error_field(body, b'M').is_some_and(|m| m.starts_with(STALE_PLAN));
+    if stale {
+        expect.statement_at_front()
+    } else {
+        None
     }
 }

@@ -17,13 +17,21 @@ fn msg(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.extend_from_slice(&b);
 }
 
-/// A client batch: Parse s1, Bind s1, Execute, Sync, twice, then a simple
-/// query with a large body.
+/// A client batch: Parse s1, Bind s1, Execute, Sync, the same again under
+/// the name s2, then a simple query with a large body.
 fn client_stream() -> Vec<u8> {
     let mut v = Vec::new();
-    for _ in 0..2 {
-        msg(&mut v, b'P', b"s1\0select $1::int\0\0\x01\0\0\0\x17");
-        msg(&mut v, b'B', b"\0s1\0\0\0\0\x01\0\0\0\x011\0\0");
+    for name in [b"s1", b"s2"] {
+        msg(
+            &mut v,
+            b'P',
+            &[&name[..], b"\0select $1::int\0\0\x01\0\0\0\x17"].concat(),
+        );
+        msg(
+            &mut v,
+            b'B',
+            &[b"\0", &name[..], b"\0\0\0\0\x01\0\0\0\x011\0\0"].concat(),
+        );
         msg(&mut v, b'E', b"\0\0\0\0\0");
         msg(&mut v, b'S', b"");
     }
@@ -39,7 +47,7 @@ fn run_client(data: &[u8], cuts: &[usize]) -> (Vec<u8>, u32) {
     let cache = StatementCache::default();
     let mut client = ClientStatements::default();
     let mut server = ServerStatements::default();
-    let mut flow = ClientFlow::new(1 << 20);
+    let mut flow = ClientFlow::new(1 << 20, true);
     let mut expect = Expect::default();
     let mut buf = BytesMut::new();
     let mut sent = Vec::new();
@@ -52,6 +60,8 @@ fn run_client(data: &[u8], cuts: &[usize]) -> (Vec<u8>, u32) {
             cache: &cache,
             client: &mut client,
             server: &mut server,
+            capacity: 200,
+            pinned: false,
         };
         let batch = flow.process(&buf, &mut expect, Some(st)).unwrap();
         match batch.edited {
@@ -87,7 +97,7 @@ fn run_server(data: &[u8], cuts: &[usize]) -> (Vec<u8>, u8, Option<String>) {
         swallow: true,
         id: Some(1),
     });
-    expect.push(Pending::Bind);
+    expect.push(Pending::Bind { id: None });
     expect.push(Pending::Execute);
     expect.push(Pending::Synth(b'3'));
     expect.push(Pending::Sync);
@@ -108,6 +118,8 @@ fn run_server(data: &[u8], cuts: &[usize]) -> (Vec<u8>, u8, Option<String>) {
             server_params: &mut sp,
             client_params: Some(&mut cp),
             statements: &mut st,
+            client_statements: None,
+            cache: None,
         };
         let batch = flow.process(&buf, &mut expect, &mut obs).unwrap();
         match batch.edited {
@@ -131,8 +143,8 @@ fn a_repeated_parse_is_answered_by_pgmux_and_names_are_rewritten() {
         "one Parse and two Binds renamed: {text:?}"
     );
     assert!(
-        !text.contains("s1\0"),
-        "the client's name never reaches the server"
+        !text.contains("s1\0") && !text.contains("s2\0"),
+        "the client's names never reach the server"
     );
     assert_eq!(
         text.matches("select $1::int").count(),
@@ -181,12 +193,14 @@ fn big_messages_stream_or_are_refused_without_being_held_whole() {
     // Unnamed: passes through as it arrives.
     let mut unnamed = Vec::new();
     msg(&mut unnamed, b'P', &[b"\0".as_slice(), &big_query].concat());
-    let mut flow = ClientFlow::new(8 << 20);
+    let mut flow = ClientFlow::new(8 << 20, true);
     let mut expect = Expect::default();
     let st = Statements {
         cache: &cache,
         client: &mut client,
         server: &mut server,
+        capacity: 200,
+        pinned: false,
     };
     let first = flow
         .process(&unnamed[..100_000], &mut expect, Some(st))
@@ -200,15 +214,208 @@ fn big_messages_stream_or_are_refused_without_being_held_whole() {
         b'P',
         &[b"big\0".as_slice(), &big_query].concat(),
     );
-    let mut flow = ClientFlow::new(8 << 20);
+    let mut flow = ClientFlow::new(8 << 20, true);
     let st = Statements {
         cache: &cache,
         client: &mut client,
         server: &mut server,
+        capacity: 200,
+        pinned: false,
     };
     let err = flow
         .process(&named[..100_000], &mut Expect::default(), Some(st))
         .err()
         .unwrap();
     assert_eq!(err.sqlstate(), "54000");
+}
+
+/// One pass of the client flow over `data` with fresh maps but `client`.
+struct Rig {
+    cache: StatementCache,
+    client: ClientStatements,
+    server: ServerStatements,
+    expect: Expect,
+    pinned: bool,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        Rig {
+            cache: StatementCache::default(),
+            client: ClientStatements::default(),
+            server: ServerStatements::default(),
+            expect: Expect::default(),
+            pinned: false,
+        }
+    }
+
+    /// The bytes sent to the server, and whether the batch is replayable.
+    fn send(&mut self, data: &[u8]) -> (Vec<u8>, bool) {
+        let st = Statements {
+            cache: &self.cache,
+            client: &mut self.client,
+            server: &mut self.server,
+            capacity: 200,
+            pinned: self.pinned,
+        };
+        let batch = ClientFlow::new(1 << 20, true)
+            .process(data, &mut self.expect, Some(st))
+            .unwrap();
+        assert_eq!(batch.consumed, data.len());
+        let sent = batch.edited.map_or(data.to_vec(), |e| e.to_vec());
+        (sent, batch.replayable)
+    }
+}
+
+fn tags_of(bytes: &[u8]) -> Vec<u8> {
+    let mut b = BytesMut::from(bytes);
+    let mut tags = Vec::new();
+    while let Some(f) = pgmux_wire::frame::take_frame(&mut b, 1 << 20).unwrap() {
+        tags.push(f.tag);
+    }
+    tags
+}
+
+#[test]
+fn a_reused_name_and_an_unknown_one_are_raised_by_the_server_as_postgres_would() {
+    let mut rig = Rig::new();
+    let mut first = Vec::new();
+    msg(&mut first, b'P', b"s1\0select 1\0\0\0");
+    msg(&mut first, b'S', b"");
+    rig.send(&first);
+    rig.expect = Expect::default();
+
+    let mut again = Vec::new();
+    msg(&mut again, b'P', b"s1\0select 2\0\0\0");
+    msg(&mut again, b'B', b"\0nope\0\0\0\0\0\0\0");
+    msg(&mut again, b'S', b"");
+    let (sent, _) = rig.send(&again);
+    let text = String::from_utf8_lossy(&sent);
+    assert!(
+        text.contains("42P05") && text.contains("prepared statement \"s1\" already exists"),
+        "{text}"
+    );
+    assert!(
+        text.contains("26000") && text.contains("prepared statement \"nope\" does not exist"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("select 2"),
+        "the refused Parse is not sent: {text}"
+    );
+    // Each refusal is Parse + Bind + Execute of a DO block, then the Sync.
+    assert_eq!(tags_of(&sent), b"PBEPBES");
+    assert_eq!(
+        rig.client.get(b"s1").map(|s| s.definition.clone()),
+        Some(bytes::Bytes::from_static(b"select 1\0\0\0"))
+    );
+
+    // A pinned client's unknown name may be its own SQL PREPARE: unchanged.
+    rig.pinned = true;
+    let mut bind = Vec::new();
+    msg(&mut bind, b'B', b"\0mine\0\0\0\0\0\0\0");
+    assert_eq!(rig.send(&bind).0, bind);
+}
+
+#[test]
+fn deallocate_of_a_client_name_is_answered_by_pgmux() {
+    let mut rig = Rig::new();
+    let mut parse = Vec::new();
+    msg(&mut parse, b'P', b"_pg3_0\0select 1\0\0\0");
+    msg(&mut parse, b'S', b"");
+    rig.send(&parse);
+    rig.expect = Expect::default();
+    let mut dealloc = Vec::new();
+    msg(&mut dealloc, b'Q', b"DEALLOCATE _pg3_0\0");
+    let (sent, _) = rig.send(&dealloc);
+    assert!(sent.is_empty(), "nothing reaches the server");
+    assert!(rig.client.get(b"_pg3_0").is_none());
+    let mut out = BytesMut::new();
+    ServerFlow::new(1 << 20).due_synths(&mut rig.expect, &mut out);
+    assert_eq!(tags_of(&out), b"CZ");
+    assert!(rig.expect.is_empty());
+    // Not pgmux's: the server answers (26000 for an unknown name).
+    assert_eq!(rig.send(&dealloc).0, dealloc);
+}
+
+#[test]
+fn a_stale_statement_is_closed_reprepared_and_its_request_replayed() {
+    let mut rig = Rig::new();
+    let mut prepare = Vec::new();
+    msg(&mut prepare, b'P', b"s\0select * from t\0\0\0");
+    msg(&mut prepare, b'S', b"");
+    rig.send(&prepare);
+    rig.expect = Expect::default();
+    let id = rig.client.get(b"s").unwrap().id;
+    assert!(rig.server.contains(id));
+
+    // Bind, Describe portal, Execute, Sync: what libpq sends per execution.
+    let mut exec = Vec::new();
+    msg(&mut exec, b'B', b"\0s\0\0\0\0\0\0\0");
+    msg(&mut exec, b'D', b"P\0");
+    msg(&mut exec, b'E', b"\0\0\0\0\0");
+    msg(&mut exec, b'S', b"");
+    let (_, replayable) = rig.send(&exec);
+    assert!(replayable);
+
+    let mut replies = Vec::new();
+    msg(
+        &mut replies,
+        b'E',
+        b"SERROR\0C0A000\0Mcached plan must not change result type\0\0",
+    );
+    msg(&mut replies, b'Z', b"I");
+    let mut flow = ServerFlow::new(1 << 20);
+    flow.retry_armed = true;
+    let (mut sp, mut cp) = (ParamMap::default(), ParamMap::default());
+    let mut obs = Observers {
+        server_params: &mut sp,
+        client_params: Some(&mut cp),
+        statements: &mut rig.server,
+        client_statements: Some(&mut rig.client),
+        cache: Some(&rig.cache),
+    };
+    let batch = flow.process(&replies, &mut rig.expect, &mut obs).unwrap();
+    assert!(batch.retry && batch.stale_retried == 1 && batch.stale_passed == 0);
+    assert_eq!(
+        batch.edited.as_deref(),
+        Some(&b""[..]),
+        "error and ready held back"
+    );
+    assert_eq!(batch.ready, 0);
+    assert!(rig.expect.is_empty());
+
+    // Sent again: the stale copy is closed first, then prepared afresh.
+    let (sent, _) = rig.send(&exec);
+    assert_eq!(tags_of(&sent), b"CPBDES");
+    // And a new Parse of the same text gets a new server name.
+    assert_ne!(rig.cache.intern(b"select * from t\0\0\0").id, id);
+}
+
+#[test]
+fn only_a_lone_prepared_execution_is_replayable() {
+    let mut rig = Rig::new();
+    let mut prepare = Vec::new();
+    msg(&mut prepare, b'P', b"s\0select 1\0\0\0");
+    msg(&mut prepare, b'S', b"");
+    assert!(!rig.send(&prepare).1, "a Parse is not replayed");
+    let mut without_describe = Vec::new();
+    msg(&mut without_describe, b'B', b"\0s\0\0\0\0\0\0\0");
+    msg(&mut without_describe, b'E', b"\0\0\0\0\0");
+    msg(&mut without_describe, b'S', b"");
+    assert!(
+        !rig.send(&without_describe).1,
+        "no Describe: the client could not learn the new shape"
+    );
+    let mut two = Vec::new();
+    for _ in 0..2 {
+        msg(&mut two, b'B', b"\0s\0\0\0\0\0\0\0");
+        msg(&mut two, b'D', b"P\0");
+        msg(&mut two, b'E', b"\0\0\0\0\0");
+    }
+    msg(&mut two, b'S', b"");
+    assert!(
+        !rig.send(&two).1,
+        "two executions: the first may have been answered"
+    );
 }

@@ -157,6 +157,27 @@ pub fn error_sent(pool: &PoolStats, class: [u8; 2]) {
     .increment(1);
 }
 
+/// A client became pinned to its server, for `reason` (a [`Pin`] label).
+///
+/// [`Pin`]: crate::session::pinning::Pin
+pub fn pinned(pool: &PoolStats, reason: &'static str) {
+    counter!(
+        "pgmux_client_pins_total",
+        &pool.labels_with("reason", reason)
+    )
+    .increment(1);
+}
+
+/// A managed statement was stale on a server (0A000) and is prepared
+/// afresh; `retried` when pgmux also sent the request again itself.
+pub fn statement_replanned(pool: &PoolStats, retried: bool) {
+    counter!(
+        "pgmux_statement_replans_total",
+        &pool.labels_with("retried", if retried { "yes" } else { "no" })
+    )
+    .increment(1);
+}
+
 /// A level that goes up and down (clients connected, servers lent...).
 #[derive(Default)]
 pub struct Level(AtomicI64);
@@ -242,6 +263,8 @@ pub struct PoolStats {
     pub servers_active: Level,
     pub servers_login: Level,
     pub servers_tested: Level,
+    /// Clients holding on to their server for session state (transaction mode).
+    pub clients_pinned: Level,
     pub xacts: Total,
     pub queries: Total,
     pub received: Total,
@@ -274,6 +297,7 @@ struct Published {
     servers_used: Gauge,
     servers_login: Gauge,
     servers_tested: Gauge,
+    clients_pinned: Gauge,
     max_wait: Gauge,
     pool_size: Gauge,
     paused: Gauge,
@@ -298,6 +322,15 @@ pub struct PoolLevels {
 }
 
 impl PoolStats {
+    fn labels_with(&self, key: &'static str, value: &'static str) -> [(&'static str, String); 4] {
+        [
+            ("database", self.labels.database.clone()),
+            ("user", self.labels.user.clone()),
+            ("pool_mode", self.labels.mode.to_string()),
+            (key, value.to_string()),
+        ]
+    }
+
     pub fn new(database: &str, user: &str, mode: &'static str) -> PoolStats {
         recorder();
         let l = [
@@ -322,6 +355,7 @@ impl PoolStats {
             servers_active: Level::default(),
             servers_login: Level::default(),
             servers_tested: Level::default(),
+            clients_pinned: Level::default(),
             xacts: Total::default(),
             queries: Total::default(),
             received: Total::default(),
@@ -347,6 +381,7 @@ impl PoolStats {
                 servers_used: gauge!("pgmux_servers_used", &l),
                 servers_login: gauge!("pgmux_servers_login", &l),
                 servers_tested: gauge!("pgmux_servers_tested", &l),
+                clients_pinned: gauge!("pgmux_clients_pinned", &l),
                 max_wait: gauge!("pgmux_max_wait_seconds", &l),
                 pool_size: gauge!("pgmux_pool_size", &l),
                 paused: gauge!("pgmux_paused", &l),
@@ -423,6 +458,7 @@ impl PoolStats {
         p.servers_used.set(levels.servers_used as f64);
         p.servers_login.set(self.servers_login.get() as f64);
         p.servers_tested.set(self.servers_tested.get() as f64);
+        p.clients_pinned.set(self.clients_pinned.get() as f64);
         p.max_wait.set(levels.max_wait.as_secs_f64());
         p.pool_size.set(f64::from(levels.pool_size));
         p.paused.set(if levels.paused { 1.0 } else { 0.0 });

@@ -1,0 +1,114 @@
+//! The relay's side of pinning (see [`super::pinning`] for what pins):
+//! looking at the session after a hinted transaction, keeping the pin
+//! accounting, and passing on what a pinned server says while its client
+//! is idle.
+
+use tokio::net::TcpStream;
+
+use super::pinning::{Inspection, Pins, INSPECT_SQL};
+use super::relay::{forward_server_bytes, Outcome, Replay};
+use super::{ClientError, Session};
+use crate::pool::Checkout;
+use crate::server::ServerError;
+use crate::stats::{self, CloseReason};
+
+/// After a transaction that may have left session state: ask the server
+/// what is there. Settings follow the client; state that cannot move pins it.
+pub(super) async fn inspect_session(
+    s: &mut Session,
+    checkout: &mut Checkout,
+) -> Result<(), ClientError> {
+    let server = checkout.server_mut();
+    let rows = server.query_rows(INSPECT_SQL).await.map_err(|e| {
+        ClientError::fatal(
+            e.sqlstate(),
+            format!("could not check the session state left on the server: {e}"),
+        )
+    })?;
+    let found = Inspection::from_rows(rows.iter().map(|r| &r[..]));
+    let pool = &s.pool;
+    let set_here = |name: &str| {
+        found
+            .settings
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
+    let mut params = s.params.clone();
+    params.retain(|name| pool.reports(name) || set_here(name));
+    for (name, value) in &found.settings {
+        if !pool.reports(name) {
+            params.set(name, value);
+        }
+    }
+    s.params = pool.intern_params(params);
+    server.params = s.params.clone();
+    set_pins(s, found.pins);
+    Ok(())
+}
+
+/// Record the client's pins, keeping the gauge and the pin counters true.
+pub(super) fn set_pins(s: &Session, pins: Pins) {
+    let stats = &s.pool.stats;
+    let before = s.pins();
+    match (before.is_empty(), pins.is_empty()) {
+        (true, false) => stats.clients_pinned.inc(),
+        (false, true) => stats.clients_pinned.dec(),
+        _ => {}
+    }
+    for pin in pins.iter().filter(|p| !before.contains(*p)) {
+        stats::pinned(stats, pin.label());
+    }
+    if pins.is_empty() != before.is_empty() {
+        let span = &s.info.span;
+        if pins.is_empty() {
+            tracing::debug!(parent: span, "client unpinned from its server");
+        } else {
+            let reasons: Vec<&str> = pins.iter().map(|p| p.label()).collect();
+            tracing::debug!(parent: span, ?reasons, "client pinned to its server");
+        }
+    }
+    s.info.set_pin_bits(pins.bits());
+}
+
+/// Pass on what a pinned client's server says while the client is idle
+/// (LISTEN notifications, notices, a FATAL before it goes away).
+pub(super) async fn pass_server_news(
+    stream: &mut TcpStream,
+    s: &mut Session,
+) -> Result<(), ClientError> {
+    let Some(mut pinned) = s.pinned.take() else {
+        return Ok(());
+    };
+    let server = pinned.server_mut();
+    let read = match server.stream.try_read_buf(&mut server.buf) {
+        Ok(0) => Err(ServerError::Closed),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            s.pinned = Some(pinned);
+            return Ok(());
+        }
+        Err(e) => Err(ServerError::io(e)),
+    };
+    let forwarded = match read {
+        Ok(()) => forward_server_bytes(stream, s, server, &mut Replay::default()).await,
+        Err(e) => Err(Outcome::ServerFailed(e)),
+    };
+    match forwarded {
+        Ok(()) => {
+            s.pinned = Some(pinned);
+            Ok(())
+        }
+        Err(Outcome::ServerFailed(e)) => {
+            set_pins(s, Pins::default());
+            pinned.discard(CloseReason::Error);
+            Err(ClientError::fatal(
+                e.sqlstate(),
+                format!("server connection lost while the client was pinned to it: {e}"),
+            ))
+        }
+        Err(_) => {
+            s.pinned = Some(pinned);
+            Err(ClientError::Gone)
+        }
+    }
+}
