@@ -182,18 +182,30 @@ pub fn forgets_statements(command_tag: &[u8]) -> bool {
     command_tag.starts_with(b"DISCARD ALL\0") || command_tag.starts_with(b"DEALLOCATE ALL\0")
 }
 
-/// A client's own statement names.
+/// A client's own statement names. Each binding of a name gets a number,
+/// so a Parse that fails or is skipped undoes exactly its own binding.
+/// (The numbers come from one process-wide counter: a field here would
+/// grow every idle client's task.)
 #[derive(Default)]
 pub struct ClientStatements {
-    names: HashMap<Box<[u8]>, Arc<Statement>>,
+    names: HashMap<Box<[u8]>, (Arc<Statement>, u64)>,
 }
+
+static BINDINGS: AtomicU64 = AtomicU64::new(1);
 
 impl ClientStatements {
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.names.get(name)
+        self.names.get(name).map(|(s, _)| s)
     }
-    pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) {
-        self.names.insert(name.into(), s);
+    /// Bind `name` to `s`; returns the binding's number.
+    pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) -> u64 {
+        let binding = BINDINGS.fetch_add(1, Ordering::Relaxed);
+        self.names.insert(name.into(), (s, binding));
+        binding
+    }
+    /// Undo binding number `binding` (its Parse failed or was skipped).
+    pub fn unbind(&mut self, binding: u64) {
+        self.names.retain(|_, (_, b)| *b != binding);
     }
     pub fn remove(&mut self, name: &[u8]) -> bool {
         self.names.remove(name).is_some()

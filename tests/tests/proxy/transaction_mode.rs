@@ -81,6 +81,31 @@ async fn named_statements_behave_as_on_a_direct_connection() {
     );
     assert_eq!(status(&reply), b'I');
 
+    // A Parse that fails, or that an earlier error made the server skip,
+    // leaves no name behind: the name is free for the next try.
+    let failed = run(
+        &mut raw,
+        &[
+            parse("bad", "selec 1"),
+            parse("skipped", "select 1"),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(error_of(&failed).0, "42601");
+    let retried = run(
+        &mut raw,
+        &[
+            parse("bad", "select 1"),
+            parse("skipped", "select 1"),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(tags(&retried), "11Z");
+
     // An unknown name is 26000, for Bind and for Describe.
     let unknown = run(&mut raw, &[bind("nope"), execute(), sync()].concat()).await;
     assert_eq!(

@@ -420,7 +420,7 @@ fn rewrite(
             }
             let s = st.cache.intern(definition);
             hint = s.state_hint;
-            st.client.insert(name, s.clone());
+            let binding = st.client.insert(name, s.clone());
             if st.server.contains(s.id) {
                 // Already there: answer it ourselves.
                 expect.push(Pending::Synth(b'1'));
@@ -435,6 +435,7 @@ fn rewrite(
                     id: Some(s.id),
                 });
             }
+            expect.push(Pending::NameBound(binding));
         }
         b'B' => {
             let (portal, rest) = cstr(body, tag)?;

@@ -42,6 +42,10 @@ pub enum Pending {
     /// The client ended COPY data here (CopyDone or CopyFail). Draws no
     /// reply; marks how far Syncs sent during COPY reach.
     CopyEnd,
+    /// Follows a client's named Parse: the client's name (by its binding
+    /// number) exists only if that Parse is not failed or skipped. Draws no
+    /// reply.
+    NameBound(u64),
 }
 
 impl Pending {
@@ -60,6 +64,14 @@ pub enum Canned {
     Empty(u8),
     /// CommandComplete `DEALLOCATE`, then ReadyForQuery.
     Deallocated,
+}
+
+/// What an error undid: statements a server did not prepare after all, and
+/// client names whose Parse failed or was skipped.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Undone {
+    pub statements: Vec<u64>,
+    pub names: Vec<u64>,
 }
 
 /// What to do with one server message.
@@ -102,7 +114,10 @@ impl Expect {
     }
 
     fn skip_markers(&mut self) {
-        while self.queue.front() == Some(&Pending::CopyEnd) {
+        while matches!(
+            self.queue.front(),
+            Some(Pending::CopyEnd | Pending::NameBound(_))
+        ) {
             self.queue.pop_front();
         }
     }
@@ -168,8 +183,8 @@ impl Expect {
     }
 
     /// Account for one server message (any due `Synth` taken first).
-    /// Statements whose Parse failed or was skipped are pushed to `unprepared`.
-    pub fn on_reply(&mut self, tag: u8, unprepared: &mut Vec<u64>) -> Result<Verdict, Desync> {
+    /// What a failed or skipped Parse leaves undone goes to `undone`.
+    pub fn on_reply(&mut self, tag: u8, undone: &mut Undone) -> Result<Verdict, Desync> {
         self.skip_markers();
         let front = self.queue.front().copied();
         let desync = || Desync {
@@ -186,8 +201,10 @@ impl Expect {
                         if p.ends_with_ready() {
                             break;
                         }
-                        if let Pending::Parse { id: Some(id), .. } = p {
-                            unprepared.push(id);
+                        match p {
+                            Pending::Parse { id: Some(id), .. } => undone.statements.push(id),
+                            Pending::NameBound(binding) => undone.names.push(binding),
+                            _ => {}
                         }
                         self.queue.pop_front();
                     }
@@ -252,7 +269,7 @@ mod tests {
     use super::*;
 
     fn replay(e: &mut Expect, tags: &[u8]) -> Vec<(u8, Verdict)> {
-        let mut gone = Vec::new();
+        let mut gone = Undone::default();
         tags.iter()
             .map(|&t| (t, e.on_reply(t, &mut gone).unwrap()))
             .collect()
@@ -313,15 +330,43 @@ mod tests {
         });
         e.push(Pending::Sync);
         e.push(Pending::Query);
-        let mut gone = Vec::new();
+        let mut gone = Undone::default();
         assert_eq!(e.on_reply(b'E', &mut gone), Ok(Verdict::Forward));
-        assert_eq!(gone, vec![1, 2]);
+        assert_eq!(gone.statements, vec![1, 2]);
         assert_eq!(
             e.take_synth(),
             None,
             "a skipped Parse gets no ParseComplete"
         );
         assert_eq!(replay(&mut e, b"ZTDCZ").len(), 5);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn a_name_exists_only_if_its_parse_was_not_failed_or_skipped() {
+        let mut e = Expect::default();
+        // Parse a (answered by pgmux), Parse b (sent), Bind, Sync.
+        e.push(Pending::Synth(b'1'));
+        e.push(Pending::NameBound(1));
+        e.push(Pending::Parse {
+            swallow: false,
+            id: Some(5),
+        });
+        e.push(Pending::NameBound(2));
+        e.push(Pending::Bind { id: Some(5) });
+        e.push(Pending::Sync);
+        assert_eq!(e.take_synth(), Some(Canned::Empty(b'1')));
+        let mut undone = Undone::default();
+        // b's Parse fails: b's name goes, a's stays.
+        assert_eq!(e.on_reply(b'E', &mut undone), Ok(Verdict::Forward));
+        assert_eq!(
+            undone,
+            Undone {
+                statements: vec![5],
+                names: vec![2]
+            }
+        );
+        replay(&mut e, b"Z");
         assert!(e.is_empty());
     }
 
@@ -396,7 +441,7 @@ mod tests {
         ] {
             e.push(p);
         }
-        let mut gone = Vec::new();
+        let mut gone = Undone::default();
         assert_eq!(e.on_reply(b'1', &mut gone), Ok(Verdict::Drop));
         assert_eq!(e.on_reply(b'2', &mut gone), Ok(Verdict::Drop));
         assert!(e.raise_at_front());
@@ -412,7 +457,7 @@ mod tests {
         e.push(Pending::Describe { id: None });
         e.push(Pending::Sync);
         assert_eq!(e.statement_at_front(), Some(9));
-        let mut gone = Vec::new();
+        let mut gone = Undone::default();
         e.on_reply(b'E', &mut gone).unwrap();
         assert_eq!(e.statement_at_front(), None);
     }
@@ -421,7 +466,7 @@ mod tests {
     fn a_reply_nobody_asked_for_is_a_desync() {
         let mut e = Expect::default();
         e.push(Pending::Bind { id: None });
-        let mut gone = Vec::new();
+        let mut gone = Undone::default();
         assert!(e.on_reply(b'1', &mut gone).is_err());
         assert!(Expect::default().on_reply(b'Z', &mut gone).is_err());
     }

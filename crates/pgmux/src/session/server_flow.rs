@@ -8,7 +8,7 @@ use pgmux_wire::backend;
 use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
 use pgmux_wire::reply;
 
-use super::expect::{Canned, Desync, Expect, Verdict};
+use super::expect::{Canned, Desync, Expect, Undone, Verdict};
 use super::pinning::tag_hint;
 use super::splice::Splice;
 use crate::params::ParamMap;
@@ -73,7 +73,7 @@ pub struct ServerFlow {
     pub retry_armed: bool,
     /// Dropping the replies of a request that will be sent again.
     retrying: bool,
-    unprepared: Vec<u64>,
+    undone: Undone,
 }
 
 impl ServerFlow {
@@ -88,7 +88,7 @@ impl ServerFlow {
             state_hint: false,
             retry_armed: false,
             retrying: false,
-            unprepared: Vec::new(),
+            undone: Undone::default(),
         }
     }
 
@@ -167,7 +167,7 @@ impl ServerFlow {
                     }
                 }
             }
-            let mut verdict = expect.on_reply(tag, &mut self.unprepared)?;
+            let mut verdict = expect.on_reply(tag, &mut self.undone)?;
             if hold_back {
                 self.retrying = true;
                 verdict = Verdict::Drop;
@@ -182,8 +182,13 @@ impl ServerFlow {
             if verdict == Verdict::Forward && !matches!(tag, b'N' | b'A' | b'S') {
                 self.retry_armed = false;
             }
-            for id in self.unprepared.drain(..) {
+            for id in self.undone.statements.drain(..) {
                 obs.statements.forget(id);
+            }
+            for binding in self.undone.names.drain(..) {
+                if let Some(client) = obs.client_statements.as_deref_mut() {
+                    client.unbind(binding);
+                }
             }
             if !matches!(tag, b'N' | b'A' | b'S') {
                 self.at_ready = false;
