@@ -429,3 +429,60 @@ def test_default_statement_cache_with_more_clients_than_servers(private_pgmux):
         await asyncio.gather(*(client(k) for k in range(clients)))
 
     run(body(), timeout=120)
+
+
+# ---------------------------------------------------------------------------
+# Transaction mode without surprises (issue 4).
+
+
+def test_fifty_tasks_two_hundred_fetches_each_with_the_default_cache(private_pgmux):
+    tasks, fetches = 50, 200
+
+    async def task(k: int) -> None:
+        conn = await asyncpg.connect(**private_pgmux.asyncpg_kwargs())
+        try:
+            for n in range(fetches):
+                if n % 2:
+                    assert await conn.fetchval("select $1::int * 2 + $2::int", n, k) == n * 2 + k
+                else:
+                    row = await conn.fetchrow("select $1::text as t, $2::int as n", f"task {k}", n)
+                    assert (row["t"], row["n"]) == (f"task {k}", n)
+        finally:
+            await conn.close()
+
+    async def body():
+        await asyncio.gather(*(task(k) for k in range(tasks)))
+
+    run(body(), timeout=240)
+
+
+def test_schema_change_between_cached_executions(private_pgmux):
+    async def body():
+        # Every other server is held in a transaction: both executions get
+        # the same server, where the first one's statement is stale.
+        held = []
+        for _ in range((private_pgmux.pool_size or 4) - 1):
+            h = await asyncpg.connect(**private_pgmux.asyncpg_kwargs())
+            tr = h.transaction()
+            await tr.start()
+            await h.fetchval("select 1")
+            held.append((h, tr))
+        conn = await asyncpg.connect(**private_pgmux.asyncpg_kwargs())
+        try:
+            await conn.execute("create table items (id int, name text); insert into items values (1, 'one')")
+            rows = await conn.fetch("select * from items")
+            assert [tuple(r) for r in rows] == [(1, "one")]
+            await conn.execute("alter table items add column price int default 7")
+            # asyncpg gets 0A000 for its cached statement and prepares again
+            # under a new name; pgmux must not map that onto the stale copy.
+            for _ in range(3):
+                rows = await conn.fetch("select * from items")
+                assert [tuple(r) for r in rows] == [(1, "one", 7)]
+                assert list(rows[0].keys()) == ["id", "name", "price"]
+        finally:
+            await conn.close()
+            for h, tr in held:
+                await tr.rollback()
+                await h.close()
+
+    run(body())

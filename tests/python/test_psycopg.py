@@ -555,3 +555,102 @@ def test_drop_database_that_pgmux_pooled(pgmux):
             admin.execute(sql.SQL("drop database {}").format(sql.Identifier(name)))
         finally:
             admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+# ---------------------------------------------------------------------------
+# Transaction mode without surprises (issue 4): prepared statements across
+# many short transactions, psycopg's own DEALLOCATE of evicted statements, a
+# schema change under a prepared statement, and LISTEN pinning its client.
+
+
+def hold_all_servers_but_one(pgmux: Pgmux) -> list[psycopg.Connection]:
+    """Connections each holding a server in an open transaction, so the
+    caller's next transactions all get the one server left."""
+    held = []
+    for _ in range((pgmux.pool_size or 4) - 1):
+        c = connect(pgmux)
+        c.execute("select 1")  # opens a transaction: the server stays lent
+        held.append(c)
+    return held
+
+
+def test_prepared_statements_in_many_short_transactions(private_pgmux, table):
+    with connect(private_pgmux, autocommit=True) as setup:
+        t = fresh_table(setup, table, "client int, n int, note text")
+    clients, rounds = 3 * (private_pgmux.pool_size or 4), 40
+    start = threading.Barrier(clients)
+
+    def client(k: int) -> None:
+        # Half prepare every statement at once (prepare_threshold=0), half
+        # ask for it per call (prepare=True, honoured with the default
+        # threshold); both name them _pg3_N alike.
+        threshold = 0 if k % 2 else 5
+        with psycopg.connect(**private_pgmux.psycopg_kwargs(prepare_threshold=threshold)) as c:
+            start.wait(30)
+            insert = sql.SQL("insert into {} values (%s, %s, %s)").format(t)
+            count = sql.SQL("select count(*) from {} where client = %s").format(t)
+            for n in range(rounds):
+                with c.transaction():
+                    c.execute(insert, [k, n, f"note {n}"], prepare=True)
+                    assert c.execute(count, [k], prepare=True).fetchone() == (n + 1,)
+                c.commit()
+                assert c.execute("select %s::int * %s::int", [k, n], prepare=True).fetchone() == (k * n,)
+                c.commit()
+
+    run_clients(client, clients)
+    with connect(private_pgmux, autocommit=True) as check:
+        assert check.execute(sql.SQL("select count(*) from {}").format(t)).fetchone() == (clients * rounds,)
+
+
+def test_psycopg_deallocates_what_it_evicts(private_pgmux):
+    # With prepared_max = 2 psycopg sends DEALLOCATE _pg3_N for each
+    # statement it evicts: pgmux answers it for the name only it knows.
+    with connect(private_pgmux, autocommit=True, prepare_threshold=0) as c:
+        c.prepared_max = 2
+        for round_ in range(5):
+            for i in range(6):
+                assert c.execute(f"select %s::int + {i}", [round_]).fetchone() == (round_ + i,)
+        # After DISCARD ALL psycopg forgets its statements and sends
+        # DEALLOCATE ALL; both reach the server, and preparing starts over.
+        c.execute("discard all")
+        for i in range(6):
+            assert c.execute(f"select %s::int + {i}", [10]).fetchone() == (10 + i,)
+
+
+def test_schema_change_between_prepared_executions(private_pgmux, table):
+    held = hold_all_servers_but_one(private_pgmux)
+    try:
+        # (prepare=True is honoured unless prepare_threshold is None.)
+        with connect(private_pgmux, autocommit=True, prepare_threshold=5) as c:
+            t = fresh_table(c, table, "id int, name text")
+            c.execute(sql.SQL("insert into {} values (1, 'one')").format(t))
+            select_all = sql.SQL("select * from {} order by id").format(t)
+            cur = c.execute(select_all, prepare=True)
+            assert [d.name for d in cur.description] == ["id", "name"]
+            assert cur.fetchall() == [(1, "one")]
+            # Altered behind psycopg's back (its own ALTER would make it drop
+            # its prepared statements first).
+            alter = sql.SQL("alter table {} add column price numeric default 9.5").format(t)
+            assert c.pgconn.exec_(alter.as_bytes(c)).status == psycopg.pq.ExecStatus.COMMAND_OK
+            # The same prepared statement, on the same server: PostgreSQL
+            # answers 0A000, pgmux prepares afresh and sends it again.
+            assert c.execute("select count(*) from pg_prepared_statements").fetchone() == (1,)
+            for _ in range(3):
+                cur = c.execute(select_all, prepare=True)
+                assert [d.name for d in cur.description] == ["id", "name", "price"]
+                assert cur.fetchall() == [(1, "one", Decimal("9.5"))]
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_listen_pins_its_client_and_notifications_arrive(pgmux):
+    with connect(pgmux, autocommit=True) as listener, connect(pgmux, autocommit=True) as sender:
+        listener.execute("listen pgmux_jobs")
+        pid = listener.execute("select pg_backend_pid()").fetchone()[0]
+        for i in range(5):
+            sender.execute("select pg_notify('pgmux_jobs', %s)", [f"job {i}"])
+            got = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+            assert got == [f"job {i}"]
+            assert listener.execute("select pg_backend_pid()").fetchone()[0] == pid
+        listener.execute("unlisten *")

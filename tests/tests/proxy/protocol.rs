@@ -282,6 +282,25 @@ async fn psql_pg_isready_and_pgbench_through_pgmux() {
             "{mode}: {out}"
         );
     }
+    // Named prepared statements in transaction mode, 20 clients over the
+    // pool's 4 servers: every client prepares the same names, on whatever
+    // server each transaction gets.
+    let prepared = tokio::task::spawn_blocking({
+        let mut cmd = tool("pgbench");
+        cmd.args([
+            "-S", "-M", "prepared", "-c", "20", "-j", "2", "-t", "200", "-n",
+        ]);
+        move || run_tool(&mut cmd)
+    });
+    let out = prepared.await.unwrap();
+    assert!(
+        out.contains("number of transactions actually processed: 4000/4000"),
+        "prepared: {out}"
+    );
+    assert!(
+        out.contains("number of failed transactions: 0"),
+        "prepared: {out}"
+    );
     let tpcb = tokio::task::spawn_blocking({
         let mut cmd = tool("pgbench");
         cmd.args(["-c", "8", "-j", "2", "-t", "100", "-n"]);
