@@ -19,7 +19,7 @@
 #                           (scram-sha-256 | md5): pgbench to PostgreSQL
 #                           direct, pgbench to both proxies, and the proxies
 #                           to PostgreSQL
-#   BENCH_SCENARIOS="select-c16 select-c200 extended-c50 tpcb-c50 connect-c16"
+#   BENCH_SCENARIOS="select-c16 select-c200 extended-c50 prepared-c50 tpcb-c50 connect-c16"
 #   BENCH_PGB_SECRET=verifier  what PgBouncer's userlist holds when BENCH_AUTH
 #                           is scram-sha-256: "verifier" (the SCRAM verifier
 #                           copied from pg_authid, PgBouncer's recommended
@@ -49,7 +49,7 @@ BENCH_WARMUP=${BENCH_WARMUP:-3}
 BENCH_SCALE=${BENCH_SCALE:-10}
 BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20}
 BENCH_AUTH=${BENCH_AUTH:-scram-sha-256}
-BENCH_SCENARIOS=${BENCH_SCENARIOS:-select-c16 select-c200 extended-c50 tpcb-c50 connect-c16}
+BENCH_SCENARIOS=${BENCH_SCENARIOS:-select-c16 select-c200 extended-c50 prepared-c50 tpcb-c50 connect-c16}
 BENCH_IDLE_COUNTS=${BENCH_IDLE_COUNTS-2000 10000}
 BENCH_IDLE_AUTH=${BENCH_IDLE_AUTH:-md5}
 BENCH_PGB_SECRET=${BENCH_PGB_SECRET:-verifier}
@@ -87,6 +87,7 @@ scenario_args() {
         select-c16)   echo "-S -c 16" ;;
         select-c200)  echo "-S -c 200" ;;
         extended-c50) echo "-M extended -S -c 50" ;;
+        prepared-c50) echo "-M prepared -S -c 50" ;;
         tpcb-c50)     echo "-c 50" ;;
         connect-c16)  echo "-C -S -c 16" ;;
         *) return 1 ;;
@@ -669,6 +670,7 @@ DESC = {
     "select-c16": "select-only, simple, -c 16",
     "select-c200": "select-only, simple, -c 200",
     "extended-c50": "select-only, extended (-M extended -S), -c 50",
+    "prepared-c50": "select-only, prepared (-M prepared -S), -c 50",
     "tpcb-c50": "TPC-B (default script), -c 50",
     "connect-c16": "select-only, new connection per transaction (-C -S), -c 16",
 }
@@ -760,6 +762,24 @@ p("| Scenario | pgmux TPS ÷ PgBouncer (target ≥ 1.10×) | | pgmux CPU/tx ÷ P
 p("|---|--:|---|--:|---|--:|")
 for scen, tr, tok, cr, cok, bad, n in goals:
     p(f"| {DESC.get(scen, scen)} | {rx(tr)} | {mark(tok)} | {rx(cr)} | {mark(cok)} | {bad}/{n} |")
+
+scens = E["R_SCENARIOS"].split()
+if "prepared-c50" in scens and "extended-c50" in scens:
+    pm = {t: summary("prepared-c50", t) for t in TARGETS}
+    ex = {t: summary("extended-c50", t) for t in TARGETS}
+    own = ratio(pm["pgmux"]["tps"], ex["pgmux"]["tps"])
+    vs_pgb = ratio(pm["pgmux"]["tps"], ex["pgbouncer"]["tps"])
+    direct = ratio(pm["direct"]["tps"], ex["direct"]["tps"])
+    p("")
+    p("### Prepared statements in transaction mode (-S, -c 50)")
+    p("")
+    p("| Measure | Ratio | Target | |")
+    p("|---|--:|---|---|")
+    p(f"| PostgreSQL direct: -M prepared ÷ -M extended | {rx(direct)} | (what preparing is worth) | |")
+    p(f"| pgmux: -M prepared ÷ its own -M extended | {rx(own)} | > 1.00× | {mark(None if own is None else own > 1.0)} |")
+    p(f"| pgmux -M prepared ÷ PgBouncer -M extended | {rx(vs_pgb)} | ≥ 1.10× | {mark(None if vs_pgb is None else vs_pgb >= 1.1)} |")
+    pb = pm["pgbouncer"]
+    p(f"| PgBouncer -M prepared: runs failed | {pb['bad']}/{pb['n']} {('(' + ', '.join(pb['bad_status']) + ')') if pb['bad'] else ''} | | |")
 
 idle = []
 if os.path.exists(idle_path):
