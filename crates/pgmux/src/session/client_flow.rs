@@ -170,13 +170,12 @@ impl ClientFlow {
         };
         let mut shape = Shape::default();
         if let Some(st) = stmts.as_mut() {
-            if self.remaining == 0 && st.server.has_closing() {
-                // Stale statements go first, before anything can use them.
+            // Stale statements are closed as soon as the server is idle (a
+            // COPY may be under way otherwise), and in any case before a
+            // Parse that would recreate one (see `close_stale`).
+            if self.remaining == 0 && expect.is_empty() && st.server.has_closing() {
                 let mut out = BytesMut::new();
-                for name in st.server.take_closing() {
-                    Statement::close_message(&name, &mut out);
-                    expect.push(Pending::Close { swallow: true });
-                }
+                close_stale(st, expect, &mut out);
                 splice.replace(input, 0, 0, &out);
             }
         }
@@ -204,8 +203,11 @@ impl ClientFlow {
                 if let Some(name) = dropped_database(sql) {
                     batch.dropped_database = Some(name);
                 }
-                let named_parse = tag == b'P' && body.first().is_some_and(|&b| b != 0);
-                if self.watch_state && !named_parse {
+                // A named statement's text is searched once, when pgmux
+                // first sees it (`Statement::state_hint`); otherwise here.
+                let managed_parse =
+                    tag == b'P' && stmts.is_some() && body.first().is_some_and(|&b| b != 0);
+                if self.watch_state && !managed_parse {
                     batch.state_hint |= text_hint(&sql[..sql.len().min(HINT_SCAN_LIMIT)]);
                 }
                 if let (b'Q', true, Some(st)) = (tag, have_whole, stmts.as_mut()) {
@@ -335,6 +337,7 @@ fn ensure_prepared(
     if st.server.contains(s.id) {
         return;
     }
+    close_stale(st, expect, out);
     if let Some(victim) = st.server.add(s, st.capacity) {
         Statement::close_message(&victim, out);
         expect.push(Pending::Close { swallow: true });
@@ -344,6 +347,15 @@ fn ensure_prepared(
         swallow: true,
         id: Some(s.id),
     });
+}
+
+/// Close the server's stale statements (a schema change broke them) into
+/// `out`: a Parse of the same server name would otherwise be refused.
+fn close_stale(st: &mut Statements<'_>, expect: &mut Expect, out: &mut BytesMut) {
+    for name in st.server.take_closing() {
+        Statement::close_message(&name, out);
+        expect.push(Pending::Close { swallow: true });
+    }
 }
 
 /// Make the server raise `code`/`message` in place of a client message: an
@@ -425,6 +437,7 @@ fn rewrite(
                 // Already there: answer it ourselves.
                 expect.push(Pending::Synth(b'1'));
             } else {
+                close_stale(st, expect, &mut out);
                 if let Some(victim) = st.server.add(&s, st.capacity) {
                     Statement::close_message(&victim, &mut out);
                     expect.push(Pending::Close { swallow: true });

@@ -9,6 +9,7 @@ mod login;
 mod pinned;
 pub mod pinning;
 mod relay;
+mod release;
 mod server_flow;
 mod splice;
 #[cfg(test)]

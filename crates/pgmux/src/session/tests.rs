@@ -419,3 +419,27 @@ fn only_a_lone_prepared_execution_is_replayable() {
         "two executions: the first may have been answered"
     );
 }
+
+#[test]
+fn a_stale_copy_is_closed_before_its_name_is_prepared_again_even_mid_pipeline() {
+    let mut rig = Rig::new();
+    let mut prepare = Vec::new();
+    msg(&mut prepare, b'P', b"s\0select * from t\0\0\0");
+    msg(&mut prepare, b'S', b"");
+    rig.send(&prepare);
+    rig.expect = Expect::default();
+    let id = rig.client.get(b"s").unwrap().id;
+    rig.server.invalidate(id);
+    // Something is still in flight (a COPY could be): no Close at the start.
+    rig.expect.push(Pending::Query);
+    let mut query = Vec::new();
+    msg(&mut query, b'Q', b"select 1\0");
+    assert_eq!(tags_of(&rig.send(&query).0), b"Q");
+    // A Bind of the stale statement re-prepares it: the Close goes first.
+    let mut exec = Vec::new();
+    msg(&mut exec, b'B', b"\0s\0\0\0\0\0\0\0");
+    msg(&mut exec, b'E', b"\0\0\0\0\0");
+    msg(&mut exec, b'S', b"");
+    assert_eq!(tags_of(&rig.send(&exec).0), b"CPBES");
+    assert!(!rig.server.has_closing());
+}

@@ -1,0 +1,126 @@
+//! Giving a server back after its client is gone (or done, in session
+//! mode): finish or cancel what is in flight, roll back, reset what the
+//! client left, and return the server only if it is clean.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::expect::Pending;
+use super::pinned::set_pins;
+use super::pinning::Pins;
+use super::server_flow::Observers;
+use super::Session;
+use crate::cancel::send_cancel;
+use crate::config::PoolMode;
+use crate::conninfo::State;
+use crate::pool::Checkout;
+use crate::server::{Server, ServerError};
+use crate::stats::CloseReason;
+
+/// How long cleaning a server after a vanished client may take.
+const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The client is gone (or done, in session mode): make the server clean
+/// enough for someone else, or close it.
+pub(super) async fn release_after_client(mut checkout: Checkout, s: &mut Session) {
+    let server = checkout.server_mut();
+    let dirty = !server.expect.is_empty()
+        || !server.flow.at_ready
+        || server.flow.status != b'I'
+        || server.flow.copy_in;
+    let session_mode = s.pool.mode == PoolMode::Session;
+    // A hinted transaction that was never inspected may have left state.
+    let state_left = !s.pins().is_empty() || server.flow.state_hint;
+    set_pins(s, Pins::default());
+    if !dirty && !session_mode && !state_left {
+        checkout.checkin();
+        return;
+    }
+    let mut reset = s.pool.settings().reset_query;
+    if state_left && reset.is_empty() {
+        // Session state must never reach the next client.
+        reset = "DISCARD ALL".to_string();
+    }
+    server.flow.state_hint = false;
+    s.pool.stats.servers_tested.inc();
+    server.info.set_state(State::Tested);
+    let clean = async {
+        if server.flow.copy_in {
+            let mut out = BytesMut::new();
+            pgmux_wire::frame::write_message(&mut out, b'f', |b| {
+                b.extend_from_slice(b"client disconnected\0")
+            });
+            server
+                .stream
+                .write_all(&out)
+                .await
+                .map_err(|_| ServerError::Closed)?;
+        }
+        if !server.expect.is_empty() {
+            if server.expect.ready_owed() == 0 {
+                // Extended-protocol messages without a Sync: close them off.
+                server
+                    .stream
+                    .write_all(b"S\0\0\0\x04")
+                    .await
+                    .map_err(|_| ServerError::Closed)?;
+                server.expect.push(Pending::Sync);
+            } else {
+                send_cancel(server.cancel_target()).await;
+            }
+            drain(server).await?;
+        }
+        let mut status = server.flow.status;
+        if status != b'I' {
+            status = server.run("ROLLBACK").await?;
+        }
+        if !reset.is_empty() {
+            status = server.run(&reset).await?;
+            // The reset may have undone settings the server never reports;
+            // forget them (reported ones come back as ParameterStatus).
+            server.params.retain(|name| s.pool.reports(name));
+        }
+        Ok::<u8, ServerError>(status)
+    };
+    let cleaned = tokio::time::timeout(CLEANUP_TIMEOUT, clean).await;
+    s.pool.stats.servers_tested.dec();
+    match cleaned {
+        Ok(Ok(b'I')) => checkout.checkin(),
+        _ => checkout.discard(CloseReason::Dirty),
+    }
+}
+
+/// Read and drop what the server still owes (the flow may stand mid-message).
+async fn drain(server: &mut Server) -> Result<(), ServerError> {
+    while server.expect.ready_owed() > 0 {
+        if server
+            .stream
+            .read_buf(&mut server.buf)
+            .await
+            .map_err(|_| ServerError::Closed)?
+            == 0
+        {
+            return Err(ServerError::Closed);
+        }
+        let mut observers = Observers {
+            server_params: &mut server.params,
+            client_params: None,
+            statements: &mut server.prepared,
+            client_statements: None,
+            cache: None,
+        };
+        let batch = server
+            .flow
+            .process(&server.buf, &mut server.expect, &mut observers)
+            .map_err(|e| ServerError::Protocol(e.to_string()))?;
+        server.buf.advance(batch.consumed);
+    }
+    let mut ignored = BytesMut::new();
+    server.flow.due_synths(&mut server.expect, &mut ignored);
+    if !server.expect.is_empty() || !server.buf.is_empty() || !server.flow.at_boundary() {
+        return Err(ServerError::Protocol(
+            "server still owes replies after ReadyForQuery".into(),
+        ));
+    }
+    Ok(())
+}
