@@ -241,8 +241,10 @@ async fn so_reuseport_lets_a_new_pgmux_take_over_without_refusals() {
         failures.is_empty(),
         "refused or failed after the handover: {failures:?}"
     );
+    // Each phase runs until its instances served their share (10 + 10,
+    // then 30 on the new one), so exactly those counts are a pass.
     assert!(
-        served + served_after > 50,
+        served >= 20 && served_after >= 30,
         "{served} + {served_after} clients served"
     );
     assert_eq!(old.wait_exit().await.code(), Some(0));
