@@ -253,7 +253,18 @@ async fn a_server_killed_while_idle_is_never_handed_out() {
     let db = fresh_database("pool_killed").await;
     let app = start_pgmux(|c| c.pool_size = 1).await;
     let c = connect(app.addr, &db).await;
-    let pid = scalar_i32(&c, "select pg_backend_pid()").await;
+    // A simple query: it returns only after ReadyForQuery and leaves no
+    // statement for tokio-postgres to close afterwards, so the server is
+    // truly idle when it is killed (query_one returns earlier, and its
+    // Close + Sync could still be using the server at the kill).
+    let replies = c.simple_query("select pg_backend_pid()").await.unwrap();
+    let pid: i32 = replies
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .expect("a row with the backend pid");
     let admin = cluster().admin().await;
     admin
         .execute("select pg_terminate_backend($1)", &[&pid])
