@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, Bytes, BytesMut};
 use pgmux_wire::frame::write_message;
 
+use crate::session::pinning::TextHints;
+
 /// Distinct statements a pool remembers before starting its map afresh.
 const MAX_PER_POOL: usize = 50_000;
 
@@ -32,9 +34,11 @@ pub struct Statement {
     pub server_name: String,
     /// The Parse body after the statement name: query, parameter types.
     pub definition: Bytes,
-    /// Its text hints at session state pgmux must look for after the
-    /// transaction (see [`crate::session::pinning`]).
-    pub state_hint: bool,
+    /// What its text hints at about session state (searched once, here;
+    /// see [`crate::session::pinning`]).
+    pub hints: TextHints,
+    /// Custom settings (dotted names) its text sets, if it hints at that.
+    pub custom_settings: Box<[String]>,
 }
 
 impl Statement {
@@ -77,12 +81,18 @@ impl StatementCache {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let definition = Bytes::copy_from_slice(definition);
-        let state_hint = crate::session::pinning::text_hint(&definition);
+        let hints = TextHints::of(&definition);
+        let custom_settings = if hints.look || hints.session_set {
+            crate::session::pinning::custom_settings(&definition).into()
+        } else {
+            Box::default()
+        };
         let s = Arc::new(Statement {
             id,
             server_name: format!("pgmux_{id}"),
             definition: definition.clone(),
-            state_hint,
+            hints,
+            custom_settings,
         });
         map.insert(definition, s.clone());
         s
@@ -273,12 +283,11 @@ mod tests {
         assert!(
             cache
                 .intern(b"select pg_advisory_lock($1)\0\0\0")
-                .state_hint
+                .hints
+                .look
         );
-        assert!(
-            !cache
-                .intern(b"select abalance from a where aid = $1\0\0\0")
-                .state_hint
-        );
+        assert!(cache.intern(b"set search_path = a\0\0\0").hints.session_set);
+        let plain = cache.intern(b"select abalance from a where aid = $1\0\0\0");
+        assert_eq!(plain.hints, TextHints::default());
     }
 }

@@ -518,3 +518,77 @@ async fn search_path_and_session_settings_follow_their_client() {
         "\"$user\", public"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_local_costs_no_session_check_and_a_session_set_costs_one() {
+    let db = fresh_database("tx_set_local").await;
+    let app = start_pgmux(|c| c.pool_size = 2).await;
+    let metrics = app.metrics_addr.unwrap();
+    let checks = || async {
+        let (_, text) = http_get(metrics, "/metrics").await;
+        metric_value(&text, "pgmux_session_checks_total", &[("database", &db)])
+    };
+    let a = connect(app.addr, &db).await;
+    let b = connect(app.addr, &db).await;
+    let before = checks().await;
+    // What row-level-security apps do in every transaction.
+    for i in 0..20 {
+        a.batch_execute(&format!(
+            "begin; set local app.user_id = '{i}'; set transaction read only; select 1; commit"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            scalar_text(
+                &b,
+                "select coalesce(current_setting('app.user_id', true), '')"
+            )
+            .await,
+            ""
+        );
+    }
+    pid(&a).await;
+    assert_eq!(checks().await, before, "SET LOCAL needs no look");
+    // A session-level SET is looked at once, and then follows its client.
+    a.batch_execute("set app.user_id = 'a'").await.unwrap();
+    pid(&a).await;
+    assert_eq!(checks().await, before + 1.0);
+    for _ in 0..4 {
+        assert_eq!(
+            scalar_text(&a, "select current_setting('app.user_id')").await,
+            "a"
+        );
+        assert_eq!(
+            scalar_text(
+                &b,
+                "select coalesce(current_setting('app.user_id', true), '')"
+            )
+            .await,
+            ""
+        );
+    }
+    // Custom settings are in no catalog view: pgmux follows them by name,
+    // set with set_config() too, and keeps the earlier ones when a later
+    // SET names another.
+    a.query_one("select set_config('app.role', 'auditor', false)", &[])
+        .await
+        .unwrap();
+    a.batch_execute("set statement_timeout = '1h'")
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        assert_eq!(
+            scalar_text(
+                &a,
+                "select current_setting('app.user_id') || '/' || current_setting('app.role')"
+            )
+            .await,
+            "a/auditor"
+        );
+        assert_eq!(scalar_text(&a, "show statement_timeout").await, "1h");
+        assert_eq!(
+            scalar_text(&b, "select coalesce(current_setting('app.role', true), '')").await,
+            ""
+        );
+    }
+}

@@ -9,7 +9,7 @@ use pgmux_wire::reply::quote_literal;
 
 use super::ddl::{deallocated_statement, dropped_database};
 use super::expect::{Expect, Pending};
-use super::pinning::text_hint;
+use super::pinning::{custom_settings, TextHints};
 use super::splice::Splice;
 use crate::prepared::{ClientStatements, ServerStatements, Statement, StatementCache};
 
@@ -66,8 +66,10 @@ pub struct ClientBatch {
     pub copy_ended: bool,
     /// A `DROP DATABASE` of this database is among the messages.
     pub dropped_database: Option<String>,
-    /// A statement here may leave session state (see `pinning`).
-    pub state_hint: bool,
+    /// What the statements' texts hint at about session state (`pinning`).
+    pub hints: TextHints,
+    /// Custom settings (dotted names) the statements may set.
+    pub custom_settings: Vec<String>,
     /// The batch is one request that can be sent again as it is if its
     /// statement turns out stale: Bind, Describe, Execute, Sync of a
     /// prepared statement, nothing else (what libpq sends per execution).
@@ -165,7 +167,8 @@ impl ClientFlow {
             terminate: false,
             copy_ended: false,
             dropped_database: None,
-            state_hint: false,
+            hints: TextHints::default(),
+            custom_settings: Vec::new(),
             replayable: false,
         };
         let mut shape = Shape::default();
@@ -204,11 +207,16 @@ impl ClientFlow {
                     batch.dropped_database = Some(name);
                 }
                 // A named statement's text is searched once, when pgmux
-                // first sees it (`Statement::state_hint`); otherwise here.
+                // first sees it (`Statement::hints`); otherwise here.
                 let managed_parse =
                     tag == b'P' && stmts.is_some() && body.first().is_some_and(|&b| b != 0);
                 if self.watch_state && !managed_parse {
-                    batch.state_hint |= text_hint(&sql[..sql.len().min(HINT_SCAN_LIMIT)]);
+                    let text = &sql[..sql.len().min(HINT_SCAN_LIMIT)];
+                    let hints = TextHints::of(text);
+                    if hints.look || hints.session_set {
+                        batch.custom_settings.extend(custom_settings(text));
+                    }
+                    batch.hints.merge(hints);
                 }
                 if let (b'Q', true, Some(st)) = (tag, have_whole, stmts.as_mut()) {
                     if let Some(name) = deallocated_statement(sql) {
@@ -260,7 +268,7 @@ impl ClientFlow {
                         _ => break,
                     }
                 }
-                batch.state_hint |= rewrite(
+                let (hints, custom) = rewrite(
                     tag,
                     &input[body_start..whole_end],
                     input,
@@ -270,6 +278,12 @@ impl ClientFlow {
                     st,
                     &mut splice,
                 )?;
+                batch.hints.merge(hints);
+                if let Some(s) = custom {
+                    batch
+                        .custom_settings
+                        .extend(s.custom_settings.iter().cloned());
+                }
                 pos = whole_end;
                 continue;
             }
@@ -397,7 +411,7 @@ fn statement_name(name: &[u8]) -> String {
 }
 
 /// Handle a whole Parse, Bind, Describe or Close when names are rewritten.
-/// Returns whether the statement involved hints at session state.
+/// Returns what the statement involved hints at about session state.
 #[allow(clippy::too_many_arguments)]
 fn rewrite(
     tag: u8,
@@ -408,9 +422,9 @@ fn rewrite(
     expect: &mut Expect,
     st: &mut Statements<'_>,
     splice: &mut Splice,
-) -> Result<bool, ClientFlowError> {
+) -> Result<(TextHints, Option<std::sync::Arc<Statement>>), ClientFlowError> {
     let mut out = BytesMut::new();
-    let mut hint = false;
+    let mut used = None;
     match tag {
         b'P' => {
             let (name, definition) = cstr(body, tag)?;
@@ -419,7 +433,7 @@ fn rewrite(
                     swallow: false,
                     id: None,
                 });
-                return Ok(false);
+                return Ok((TextHints::default(), None));
             }
             if st.client.get(name).is_some() {
                 let message = format!(
@@ -428,10 +442,10 @@ fn rewrite(
                 );
                 raise("42P05", &message, expect, &mut out);
                 splice.replace(input, start, end, &out);
-                return Ok(false);
+                return Ok((TextHints::default(), None));
             }
             let s = st.cache.intern(definition);
-            hint = s.state_hint;
+            used = Some(s.clone());
             let binding = st.client.insert(name, s.clone());
             if st.server.contains(s.id) {
                 // Already there: answer it ourselves.
@@ -455,16 +469,16 @@ fn rewrite(
             let (name, params) = cstr(rest, tag)?;
             if name.is_empty() {
                 expect.push(Pending::Bind { id: None });
-                return Ok(false);
+                return Ok((TextHints::default(), None));
             }
             let Some(s) = st.client.get(name).cloned() else {
                 unknown_name(name, Pending::Bind { id: None }, st, expect, &mut out);
                 if !out.is_empty() {
                     splice.replace(input, start, end, &out);
                 }
-                return Ok(false);
+                return Ok((TextHints::default(), None));
             };
-            hint = s.state_hint;
+            used = Some(s.clone());
             ensure_prepared(&s, st, expect, &mut out);
             write_message(&mut out, b'B', |b| {
                 b.put_slice(portal);
@@ -487,13 +501,13 @@ fn rewrite(
                 } else {
                     Pending::Close { swallow: false }
                 });
-                return Ok(false);
+                return Ok((TextHints::default(), None));
             }
             if tag == b'C' {
                 if !st.client.remove(name) && st.pinned {
                     // Perhaps the client's own SQL PREPARE: the server closes it.
                     expect.push(Pending::Close { swallow: false });
-                    return Ok(false);
+                    return Ok((TextHints::default(), None));
                 }
                 // The server copy stays for other clients; only the
                 // client's name goes (closing an unknown name is no error).
@@ -504,7 +518,7 @@ fn rewrite(
                     if !out.is_empty() {
                         splice.replace(input, start, end, &out);
                     }
-                    return Ok(false);
+                    return Ok((TextHints::default(), None));
                 };
                 ensure_prepared(&s, st, expect, &mut out);
                 write_message(&mut out, b'D', |b| {
@@ -515,10 +529,11 @@ fn rewrite(
                 expect.push(Pending::Describe { id: Some(s.id) });
             }
         }
-        _ => return Ok(false),
+        _ => return Ok((TextHints::default(), None)),
     }
     splice.replace(input, start, end, &out);
-    Ok(hint)
+    let hints = used.as_ref().map(|s| s.hints).unwrap_or_default();
+    Ok((hints, used.filter(|s| !s.custom_settings.is_empty())))
 }
 
 /// A Bind or Describe of a statement name pgmux does not know. Unpinned,

@@ -5,7 +5,7 @@
 
 use tokio::net::TcpStream;
 
-use super::pinning::{Inspection, Pins, INSPECT_SQL};
+use super::pinning::{inspect_sql, Inspection, Pins};
 use super::relay::{forward_server_bytes, Outcome, Replay};
 use super::{ClientError, Session};
 use crate::pool::Checkout;
@@ -18,13 +18,25 @@ pub(super) async fn inspect_session(
     s: &mut Session,
     checkout: &mut Checkout,
 ) -> Result<(), ClientError> {
+    s.pool.stats.session_checks.add(1);
     let server = checkout.server_mut();
-    let rows = server.query_rows(INSPECT_SQL).await.map_err(|e| {
-        ClientError::fatal(
-            e.sqlstate(),
-            format!("could not check the session state left on the server: {e}"),
-        )
-    })?;
+    // Custom settings show in no catalog view: ask for the ones the client
+    // named now, and for those it already carries (or they would be lost).
+    let mut custom = std::mem::take(&mut server.flow.custom_settings);
+    for (name, _) in s.params.iter() {
+        if name.contains('.') && !custom.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+            custom.push(name.to_string());
+        }
+    }
+    let rows = server
+        .query_rows(&inspect_sql(&custom))
+        .await
+        .map_err(|e| {
+            ClientError::fatal(
+                e.sqlstate(),
+                format!("could not check the session state left on the server: {e}"),
+            )
+        })?;
     let found = Inspection::from_rows(rows.iter().map(|r| &r[..]));
     let pool = &s.pool;
     let set_here = |name: &str| {

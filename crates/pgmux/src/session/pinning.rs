@@ -11,16 +11,43 @@
 //!
 //! Looking at the server after every transaction would cost a round trip
 //! each, so pgmux looks only when a transaction gave a reason to: a command
-//! tag (`SET`, `LISTEN`, `DECLARE CURSOR`, ...) or a statement text naming
+//! tag (`LISTEN`, `DECLARE CURSOR`, ...) or a statement text naming
 //! something tags do not reveal (`pg_advisory_lock` answers `SELECT 1`).
-//! False alarms cost one query; the check itself is the server's truth.
+//! The `SET` tag counts only when the client's text had a `SET` that may be
+//! session-level: `SET LOCAL`, which row-level-security apps run in every
+//! transaction, leaves nothing behind. False alarms cost one query; the
+//! check itself is the server's truth.
 
 use pgmux_wire::backend;
+use pgmux_wire::reply::quote_literal;
 
 /// Words in a statement's text that call for a look at the session after
 /// the transaction: advisory locks and set_config() hide behind `SELECT`,
 /// and `CREATE TEMP TABLE ... AS` / `SELECT ... INTO TEMP` answer `SELECT n`.
 const TEXT_HINTS: &[&[u8]] = &[b"advisory", b"temp", b"set_config"];
+
+/// What a statement's text says about the session state it may leave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextHints {
+    /// Look after the transaction whatever the tags say.
+    pub look: bool,
+    /// A `SET` here may be session-level: a `SET` tag then calls for a look.
+    pub session_set: bool,
+}
+
+impl TextHints {
+    pub fn of(sql: &[u8]) -> TextHints {
+        TextHints {
+            look: text_hint(sql),
+            session_set: sets_session(sql),
+        }
+    }
+
+    pub fn merge(&mut self, other: TextHints) {
+        self.look |= other.look;
+        self.session_set |= other.session_set;
+    }
+}
 
 /// Whether `sql` may leave session state behind (ASCII case-insensitive).
 pub fn text_hint(sql: &[u8]) -> bool {
@@ -36,10 +63,156 @@ fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
     s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
+/// Whether a statement of `sql` may be a session-level `SET`: one that
+/// starts with `SET` but not `SET LOCAL`, `SET TRANSACTION`, `SET
+/// CONSTRAINTS` or `SET SESSION CHARACTERISTICS`. Statements are taken to
+/// start at the beginning and after each `;` (a `;` inside a string only
+/// adds starts, so it can only make the answer more cautious); a start
+/// behind a comment counts as a possible `SET`.
+pub fn sets_session(sql: &[u8]) -> bool {
+    sql.split(|&b| b == b';').any(|statement| {
+        let start = statement
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(statement.len());
+        let rest = &statement[start..];
+        if rest.starts_with(b"--") || rest.starts_with(b"/*") {
+            return true;
+        }
+        let Some(after_set) = word(rest, b"set") else {
+            return false;
+        };
+        let next = after_set.trim_ascii_start();
+        let transaction_scoped = [&b"local"[..], b"transaction", b"constraints"]
+            .iter()
+            .any(|w| word(next, w).is_some())
+            || word(next, b"session")
+                .is_some_and(|r| word(r.trim_ascii_start(), b"characteristics").is_some());
+        !transaction_scoped
+    })
+}
+
+/// Custom settings (`app.user_id`: dotted names) a session-level `SET` or a
+/// `set_config('…')` in `sql` names. PostgreSQL lists such placeholders in
+/// no catalog view, so the inspection asks for each by name.
+pub fn custom_settings(sql: &[u8]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut keep = |name: String| {
+        if name.contains('.') && !names.contains(&name) {
+            names.push(name);
+        }
+    };
+    for statement in sql.split(|&b| b == b';') {
+        let Some(after_set) = word(statement.trim_ascii_start(), b"set") else {
+            continue;
+        };
+        let mut next = after_set.trim_ascii_start();
+        if let Some(rest) = word(next, b"session") {
+            next = rest.trim_ascii_start();
+        }
+        if [
+            &b"local"[..],
+            b"transaction",
+            b"constraints",
+            b"characteristics",
+        ]
+        .iter()
+        .any(|w| word(next, w).is_some())
+        {
+            continue;
+        }
+        if let Some(name) = setting_name(next) {
+            keep(name);
+        }
+    }
+    let mut rest = sql;
+    while let Some(at) = find_ignore_case(rest, b"set_config") {
+        rest = &rest[at + b"set_config".len()..];
+        let args = rest.trim_ascii_start();
+        if let Some(literal) = args.strip_prefix(b"(").map(<[u8]>::trim_ascii_start) {
+            if let Some(name) = string_literal(literal) {
+                keep(name.to_ascii_lowercase());
+            }
+        }
+    }
+    names
+}
+
+/// A setting name as `SET` takes it: dot-separated parts, each an unquoted
+/// identifier (folded to lower case) or a quoted one.
+fn setting_name(s: &[u8]) -> Option<String> {
+    let mut name = String::new();
+    let mut rest = s;
+    loop {
+        if let Some(quoted) = rest.strip_prefix(b"\"") {
+            let end = quoted.iter().position(|&b| b == b'"')?;
+            if end == 0 || quoted.get(end + 1) == Some(&b'"') {
+                return None; // empty, or with "" escapes: not worth following
+            }
+            name.push_str(std::str::from_utf8(&quoted[..end]).ok()?);
+            rest = &quoted[end + 1..];
+        } else {
+            let n = rest
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_' || **b == b'$')
+                .count();
+            if n == 0 {
+                return None;
+            }
+            name.push_str(&String::from_utf8_lossy(&rest[..n]).to_ascii_lowercase());
+            rest = &rest[n..];
+        }
+        match rest.strip_prefix(b".") {
+            Some(more) => {
+                name.push('.');
+                rest = more;
+            }
+            None => return Some(name),
+        }
+    }
+}
+
+/// A plain `'…'` literal (with `''` escapes) at the start of `s`.
+fn string_literal(s: &[u8]) -> Option<String> {
+    let mut body = s.strip_prefix(b"'")?;
+    let mut out = Vec::new();
+    loop {
+        let end = body.iter().position(|&b| b == b'\'')?;
+        out.extend_from_slice(&body[..end]);
+        if body.get(end + 1) == Some(&b'\'') {
+            out.push(b'\'');
+            body = &body[end + 2..];
+        } else {
+            return String::from_utf8(out).ok().filter(|n| !n.is_empty());
+        }
+    }
+}
+
+fn find_ignore_case(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// `s` without its leading keyword `w` (any case, then a space or the end).
+fn word<'a>(s: &'a [u8], w: &[u8]) -> Option<&'a [u8]> {
+    let head = s.get(..w.len())?;
+    let rest = &s[w.len()..];
+    let ends = rest
+        .first()
+        .is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
+    (head.eq_ignore_ascii_case(w) && ends).then_some(rest)
+}
+
+/// The `SET` command tag: a look only if the text had a session-level SET.
+pub fn is_set_tag(tag: &[u8]) -> bool {
+    tag.starts_with(b"SET\0")
+}
+
 /// Command tags (CommandComplete bodies) after which the session is looked
-/// at: they set or drop state pgmux follows or pins on.
+/// at: they set or drop state pgmux follows or pins on (`SET`: see
+/// [`is_set_tag`]).
 const TAG_HINTS: &[&[u8]] = &[
-    b"SET\0",
     b"RESET\0",
     b"DISCARD",
     b"LISTEN\0",
@@ -136,6 +309,22 @@ UNION ALL SELECT 'pin', 'session_authorization', NULL WHERE EXISTS (SELECT FROM 
 UNION ALL SELECT 'set', name, setting FROM pg_catalog.pg_settings \
  WHERE source = 'session' AND name <> 'session_authorization'";
 
+/// [`INSPECT_SQL`], plus a row for each custom setting in `custom` that is
+/// set (names quoted as literals).
+pub fn inspect_sql(custom: &[String]) -> String {
+    let mut sql = String::from(INSPECT_SQL);
+    if !custom.is_empty() {
+        let names: Vec<String> = custom.iter().map(|n| quote_literal(n)).collect();
+        sql.push_str(&format!(
+            " UNION ALL SELECT 'set', n, pg_catalog.current_setting(n, true) \
+             FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS n \
+             WHERE pg_catalog.current_setting(n, true) IS NOT NULL",
+            names.join(", ")
+        ));
+    }
+    sql
+}
+
 /// The answer to [`INSPECT_SQL`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Inspection {
@@ -198,8 +387,7 @@ mod tests {
     #[test]
     fn tags_that_call_for_a_look() {
         for tag in [
-            &b"SET\0"[..],
-            b"RESET\0",
+            &b"RESET\0"[..],
             b"DISCARD ALL\0",
             b"LISTEN\0",
             b"UNLISTEN\0",
@@ -220,6 +408,57 @@ mod tests {
         ] {
             assert!(!tag_hint(tag), "{:?}", String::from_utf8_lossy(tag));
         }
+    }
+
+    #[test]
+    fn only_a_set_that_may_outlive_the_transaction_counts() {
+        for session in [
+            &b"SET search_path = app"[..],
+            b"set work_mem to '8MB'",
+            b"BEGIN; SET LOCAL a.b = 1; SET statement_timeout = 5",
+            b"  SET\nrole app",
+            b"SET SESSION work_mem = 1",
+            b"/* why */ SET LOCAL x = 1",
+            b"-- note\nselect 1",
+            b"select 'a;set x = 1'",
+        ] {
+            assert!(
+                sets_session(session),
+                "{:?}",
+                String::from_utf8_lossy(session)
+            );
+        }
+        for local in [
+            &b"SET LOCAL app.user_id = '42'"[..],
+            b"begin; set local role app; select 1; commit",
+            b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            b"set constraints all deferred",
+            b"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            b"select settings from t",
+            b"UPDATE t SET v = 1",
+            b"",
+        ] {
+            assert!(!sets_session(local), "{:?}", String::from_utf8_lossy(local));
+        }
+    }
+
+    #[test]
+    fn custom_settings_are_found_by_name() {
+        assert_eq!(
+            custom_settings(b"SET app.user_id = '42'; set session My.\"Tenant\" to 'x'"),
+            vec!["app.user_id".to_string(), "my.Tenant".to_string()]
+        );
+        assert_eq!(
+            custom_settings(
+                b"select set_config( 'App.Role', $1, false), set_config('plain', 'x', false)"
+            ),
+            vec!["app.role".to_string()]
+        );
+        assert!(custom_settings(b"SET LOCAL app.user_id = 1; SET work_mem = 1").is_empty());
+        assert!(custom_settings(b"select 1").is_empty());
+        let sql = inspect_sql(&["app.o'x".to_string()]);
+        assert!(sql.contains("ARRAY['app.o''x']"), "{sql}");
+        assert_eq!(inspect_sql(&[]), INSPECT_SQL);
     }
 
     fn row(values: &[Option<&str>]) -> Vec<u8> {

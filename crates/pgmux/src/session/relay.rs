@@ -264,8 +264,7 @@ async fn serve_request(
     s.info.link(0);
     match outcome {
         Outcome::Done if transaction_mode && !terminating => {
-            if checkout.server().flow.state_hint {
-                checkout.server_mut().flow.state_hint = false;
+            if checkout.server_mut().flow.take_state_hint() {
                 if let Err(e) = Box::pin(inspect_session(s, &mut checkout)).await {
                     set_pins(s, Pins::default());
                     checkout.discard(CloseReason::Error);
@@ -389,7 +388,16 @@ async fn forward_client_bytes(
     if idle_before && !server.expect.is_empty() {
         server.timing.request_sent(server.flow.status);
     }
-    server.flow.state_hint |= batch.state_hint;
+    server.flow.state_hint |= batch.hints.look;
+    server.flow.session_set_text |= batch.hints.session_set;
+    for name in batch.custom_settings {
+        // Bounded: a client naming thousands only loses the excess.
+        if server.flow.custom_settings.len() < MAX_CUSTOM_SETTINGS
+            && !server.flow.custom_settings.contains(&name)
+        {
+            server.flow.custom_settings.push(name);
+        }
+    }
     // A lone prepared execution outside a transaction can be sent again if
     // a schema change made its statement stale: keep its bytes until the
     // reply (split off, not copied).
@@ -492,6 +500,9 @@ pub(super) struct Replay {
     /// This request was sent again already: a second failure passes through.
     used: bool,
 }
+
+/// Custom setting names remembered between two looks at a session.
+const MAX_CUSTOM_SETTINGS: usize = 64;
 
 /// Requests bigger than this are not kept for a replay.
 const REPLAY_LIMIT: usize = 64 * 1024;

@@ -30,7 +30,8 @@ pub(super) async fn release_after_client(mut checkout: Checkout, s: &mut Session
         || server.flow.copy_in;
     let session_mode = s.pool.mode == PoolMode::Session;
     // A hinted transaction that was never inspected may have left state.
-    let state_left = !s.pins().is_empty() || server.flow.state_hint;
+    let state_left = !s.pins().is_empty() || server.flow.take_state_hint();
+    server.flow.custom_settings.clear();
     set_pins(s, Pins::default());
     if !dirty && !session_mode && !state_left {
         checkout.checkin();
@@ -41,7 +42,6 @@ pub(super) async fn release_after_client(mut checkout: Checkout, s: &mut Session
         // Session state must never reach the next client.
         reset = "DISCARD ALL".to_string();
     }
-    server.flow.state_hint = false;
     s.pool.stats.servers_tested.inc();
     server.info.set_state(State::Tested);
     let clean = async {

@@ -9,7 +9,7 @@ use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
 use pgmux_wire::reply;
 
 use super::expect::{Canned, Desync, Expect, Undone, Verdict};
-use super::pinning::tag_hint;
+use super::pinning::{is_set_tag, tag_hint};
 use super::splice::Splice;
 use crate::params::ParamMap;
 use crate::prepared::{forgets_statements, ClientStatements, ServerStatements, StatementCache};
@@ -66,8 +66,14 @@ pub struct ServerFlow {
     pub at_ready: bool,
     /// The server waits for COPY data from the client.
     pub copy_in: bool,
-    /// A command tag since the last look suggests session state to check.
+    /// Since the last look, a command tag or a statement text calls for
+    /// a look at the session after the transaction.
     pub state_hint: bool,
+    /// Since the last look, the client sent a `SET` that may be
+    /// session-level: a `SET` tag then calls for a look.
+    pub session_set_text: bool,
+    /// Custom settings the client's statements named since the last look.
+    pub custom_settings: Vec<String>,
     /// The request in flight may be sent again if its statement is stale
     /// (set by the relay for a replayable request; cleared by any reply).
     pub retry_armed: bool,
@@ -86,6 +92,8 @@ impl ServerFlow {
             at_ready: true,
             copy_in: false,
             state_hint: false,
+            session_set_text: false,
+            custom_settings: Vec::new(),
             retry_armed: false,
             retrying: false,
             undone: Undone::default(),
@@ -225,7 +233,8 @@ impl ServerFlow {
                 }
                 b'C' => {
                     let command_tag = &input[body_start..whole_end];
-                    self.state_hint |= tag_hint(command_tag);
+                    self.state_hint |=
+                        tag_hint(command_tag) || (is_set_tag(command_tag) && self.session_set_text);
                     if forgets_statements(command_tag) {
                         obs.statements.clear();
                         if let Some(client) = obs.client_statements.as_deref_mut() {
@@ -254,6 +263,12 @@ impl ServerFlow {
         batch.consumed = pos;
         batch.edited = splice.finish(input, pos);
         Ok(batch)
+    }
+
+    /// Take the call for a look at the session (and forget the texts seen).
+    pub fn take_state_hint(&mut self) -> bool {
+        self.session_set_text = false;
+        std::mem::take(&mut self.state_hint)
     }
 
     /// Replies pgmux owes that are due with no server message to wait for.

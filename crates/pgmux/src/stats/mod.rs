@@ -265,6 +265,8 @@ pub struct PoolStats {
     pub servers_tested: Level,
     /// Clients holding on to their server for session state (transaction mode).
     pub clients_pinned: Level,
+    /// Session state read back from a server after a hinted transaction.
+    pub session_checks: Total,
     pub xacts: Total,
     pub queries: Total,
     pub received: Total,
@@ -309,6 +311,7 @@ struct Published {
     logins: Counter,
     connects: Counter,
     connect_failures: Counter,
+    session_checks: Counter,
     closed: [Counter; 5],
 }
 
@@ -356,6 +359,7 @@ impl PoolStats {
             servers_login: Level::default(),
             servers_tested: Level::default(),
             clients_pinned: Level::default(),
+            session_checks: Total::default(),
             xacts: Total::default(),
             queries: Total::default(),
             received: Total::default(),
@@ -393,6 +397,7 @@ impl PoolStats {
                 logins: counter!("pgmux_client_logins_total", &l),
                 connects: counter!("pgmux_server_connects_total", &l),
                 connect_failures: counter!("pgmux_server_connect_failures_total", &l),
+                session_checks: counter!("pgmux_session_checks_total", &l),
                 closed: CloseReason::ALL.map(closed),
             },
             period: Mutex::new(Period::default()),
@@ -470,6 +475,7 @@ impl PoolStats {
         p.logins.absolute(self.logins.get());
         p.connects.absolute(self.connects.get());
         p.connect_failures.absolute(self.connect_failures.get());
+        p.session_checks.absolute(self.session_checks.get());
         for (counter, total) in p.closed.iter().zip(&self.closed) {
             counter.absolute(total.get());
         }
