@@ -21,10 +21,15 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, Bytes, BytesMut};
 use pgmux_wire::frame::write_message;
 
-use crate::session::pinning::TextHints;
+use crate::session::pinning::{CustomSettings, TextHints};
 
 /// Distinct statements a pool remembers before starting its map afresh.
 const MAX_PER_POOL: usize = 50_000;
+
+/// The name statement `id` has on every server.
+pub fn server_name(id: u64) -> String {
+    format!("pgmux_{id}")
+}
 
 /// One distinct statement.
 #[derive(Debug)]
@@ -37,8 +42,8 @@ pub struct Statement {
     /// What its text hints at about session state (searched once, here;
     /// see [`crate::session::pinning`]).
     pub hints: TextHints,
-    /// Custom settings (dotted names) its text sets, if it hints at that.
-    pub custom_settings: Box<[String]>,
+    /// Custom settings its text names, if it hints at that.
+    pub custom_settings: CustomSettings,
 }
 
 impl Statement {
@@ -83,13 +88,13 @@ impl StatementCache {
         let definition = Bytes::copy_from_slice(definition);
         let hints = TextHints::of(&definition);
         let custom_settings = if hints.look || hints.session_set {
-            crate::session::pinning::custom_settings(&definition).into()
+            crate::session::pinning::custom_settings(&definition)
         } else {
-            Box::default()
+            CustomSettings::default()
         };
         let s = Arc::new(Statement {
             id,
-            server_name: format!("pgmux_{id}"),
+            server_name: server_name(id),
             definition: definition.clone(),
             hints,
             custom_settings,
@@ -111,41 +116,40 @@ impl StatementCache {
 /// The statements one server has prepared, with a use stamp for LRU.
 #[derive(Default)]
 pub struct ServerStatements {
-    have: HashMap<u64, (u64, String)>,
+    have: HashMap<u64, u64>,
     clock: u64,
-    /// Server names to Close before anything else is sent (stale ones).
-    to_close: Vec<String>,
+    /// Statements to Close before they are prepared again (stale ones, or
+    /// ones whose Close an error made the server skip).
+    to_close: Vec<u64>,
 }
 
 impl ServerStatements {
     pub fn contains(&mut self, id: u64) -> bool {
         self.clock += 1;
         match self.have.get_mut(&id) {
-            Some(entry) => {
-                entry.0 = self.clock;
+            Some(stamp) => {
+                *stamp = self.clock;
                 true
             }
             None => false,
         }
     }
 
-    /// Record `s` as prepared; returns the server name of a statement to
-    /// close first when the server is full.
-    pub fn add(&mut self, s: &Statement, capacity: usize) -> Option<String> {
+    /// Record `s` as prepared; returns the id of a statement to close first
+    /// when the server is full.
+    pub fn add(&mut self, s: &Statement, capacity: usize) -> Option<u64> {
         self.clock += 1;
         let evict = if self.have.len() >= capacity.max(1) {
             let victim = self
                 .have
                 .iter()
-                .min_by_key(|(_, (stamp, _))| *stamp)
+                .min_by_key(|(_, stamp)| **stamp)
                 .map(|(id, _)| *id);
-            victim
-                .and_then(|id| self.have.remove(&id))
-                .map(|(_, name)| name)
+            victim.filter(|id| self.have.remove(id).is_some())
         } else {
             None
         };
-        self.have.insert(s.id, (self.clock, s.server_name.clone()));
+        self.have.insert(s.id, self.clock);
         evict
     }
 
@@ -155,15 +159,23 @@ impl ServerStatements {
         self.have.remove(&id);
     }
 
-    /// The server's copy of `id` is stale: close it before the next send.
+    /// The server's copy of `id` is stale: close it before it is used again.
     pub fn invalidate(&mut self, id: u64) {
-        if let Some((_, name)) = self.have.remove(&id) {
-            self.to_close.push(name);
+        if self.have.remove(&id).is_some() {
+            self.to_close.push(id);
         }
     }
 
-    /// Names to Close on the server first (stale statements).
-    pub fn take_closing(&mut self) -> Vec<String> {
+    /// A Close of `id` was skipped (an error came first): the server still
+    /// has it, and pgmux no longer counts it; close it again later.
+    pub fn close_later(&mut self, id: u64) {
+        if !self.have.contains_key(&id) && !self.to_close.contains(&id) {
+            self.to_close.push(id);
+        }
+    }
+
+    /// Statements to Close on the server first.
+    pub fn take_closing(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.to_close)
     }
 
@@ -253,7 +265,7 @@ mod tests {
         }
         assert_eq!(server.len(), cap);
         assert!(server.contains(all[0].id)); // used again: not the victim
-        assert_eq!(server.add(&all[cap], cap), Some(all[1].server_name.clone()));
+        assert_eq!(server.add(&all[cap], cap), Some(all[1].id));
         assert!(!server.contains(all[1].id));
         assert!(server.contains(all[0].id));
         assert_eq!(server.len(), cap);
@@ -268,7 +280,7 @@ mod tests {
         server.invalidate(old.id);
         cache.retire(old.id);
         assert!(!server.contains(old.id));
-        assert_eq!(server.take_closing(), vec![old.server_name.clone()]);
+        assert_eq!(server.take_closing(), vec![old.id]);
         assert!(server.take_closing().is_empty());
         let new = cache.intern(b"select * from t\0\0\0");
         assert_ne!(new.server_name, old.server_name);

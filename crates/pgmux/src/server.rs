@@ -330,20 +330,27 @@ impl Server {
         self.read_replies(count, None).await
     }
 
-    /// Run one query of pgmux's own and return its DataRow bodies.
-    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<bytes::Bytes>, ServerError> {
+    /// Run one query of pgmux's own and return its DataRow bodies. The
+    /// notifications and notices the server sends meanwhile (a LISTENing
+    /// client's, queued during its transaction) are appended to `passed`,
+    /// whole, for the client.
+    pub async fn query_rows(
+        &mut self,
+        sql: &str,
+        passed: &mut BytesMut,
+    ) -> Result<Vec<bytes::Bytes>, ServerError> {
         let mut out = BytesMut::new();
         reply::query(&mut out, sql);
         self.stream.write_all(&out).await.map_err(ServerError::io)?;
         let mut rows = Vec::new();
-        self.read_replies(1, Some(&mut rows)).await?;
+        self.read_replies(1, Some((&mut rows, passed))).await?;
         Ok(rows)
     }
 
     async fn read_replies(
         &mut self,
         mut count: usize,
-        mut rows: Option<&mut Vec<bytes::Bytes>>,
+        mut collect: Option<(&mut Vec<bytes::Bytes>, &mut BytesMut)>,
     ) -> Result<u8, ServerError> {
         let mut first_error = None;
         loop {
@@ -354,8 +361,13 @@ impl Server {
                     first_error = Some(ErrorFields::parse(&frame.body))
                 }
                 b'D' => {
-                    if let Some(rows) = rows.as_deref_mut() {
+                    if let Some((rows, _)) = collect.as_mut() {
                         rows.push(frame.body);
+                    }
+                }
+                b'A' | b'N' => {
+                    if let Some((_, passed)) = collect.as_mut() {
+                        write_message(passed, frame.tag, |b| b.put_slice(&frame.body));
                     }
                 }
                 b'C' if forgets_statements(&frame.body) => self.prepared.clear(),

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use pgmux::config::AuthType;
-use pgmux_tests::raw::{message, query, sync, Msg, Raw};
+use pgmux_tests::raw::{flush as raw_flush, message, query, sync, Msg, Raw};
 use pgmux_tests::*;
 use tokio_postgres::AsyncMessage;
 
@@ -591,4 +591,101 @@ async fn set_local_costs_no_session_check_and_a_session_set_costs_one() {
             ""
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_pgmux_owes_and_errors_before_a_sync_keep_the_stream_in_step() {
+    let db = fresh_database("tx_owed_replies").await;
+    let app = start_pgmux(|c| {
+        c.auth_type = AuthType::Trust;
+        c.pool_size = 1;
+    })
+    .await;
+    let mut raw = Raw::login(app.addr, APP_USER, &db).await;
+    run(&mut raw, &[parse("s1", "select 1"), sync()].concat()).await;
+    // A Close pgmux answers itself, behind server replies and a Flush: it
+    // is due after the server's last message, and must not wait for more.
+    raw.send(&[bind("s1"), execute(), close_statement("s1"), raw_flush()].concat())
+        .await;
+    let mut got = String::new();
+    for _ in 0..4 {
+        got.push(raw.next().await.unwrap().tag as char);
+    }
+    assert_eq!(got, "2DC3");
+    assert_eq!(tags(&run(&mut raw, &sync()).await), "Z");
+    // An error before a Sync makes the server ignore a Query sent before
+    // that Sync too: one ReadyForQuery, and the stream stays in step.
+    let failing = [
+        message(b'P', b"\0select 1/0\0\0\0"),
+        message(b'B', b"\0\0\0\0\0\0\0\0"),
+        execute(),
+        query("select 'ignored'"),
+        sync(),
+    ]
+    .concat();
+    let reply = run(&mut raw, &failing).await;
+    // (1/0 is folded when the statement is planned, at Bind.)
+    assert_eq!(tags(&reply), "1EZ");
+    let after = run(&mut raw, &query("select 'in step'")).await;
+    assert_eq!(tags(&after), "TDCZ");
+    assert!(String::from_utf8_lossy(&after[1].body).contains("in step"));
+    // pgmux's own statement names are not a client's to drop.
+    let refused = run(&mut raw, &query("DEALLOCATE pgmux_0")).await;
+    assert_eq!(refused[0].sqlstate().as_deref(), Some("26000"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_queries_are_searched_whole_and_unreadable_settings_pin() {
+    let db = fresh_database("tx_big_and_untracked").await;
+    let app = start_pgmux(|c| c.pool_size = 2).await;
+    let metrics = app.metrics_addr.unwrap();
+    let setup = connect(app.addr, &db).await;
+    setup
+        .batch_execute("create schema shop; create table shop.items (name text); insert into shop.items values ('shop')")
+        .await
+        .unwrap();
+    let a = connect(app.addr, &db).await;
+    let b = connect(app.addr, &db).await;
+    // A 200 kB script whose last statement is a session-level SET: held
+    // whole, searched whole, and the setting follows a.
+    let padding = "x".repeat(200_000);
+    a.batch_execute(&format!("select '{padding}'; set search_path = shop"))
+        .await
+        .unwrap();
+    // A 200 kB named statement is gathered whole too (and served).
+    let big = a
+        .prepare(&format!("select length('{padding}')"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(scalar_text(&a, "select name from items").await, "shop");
+        assert_eq!(
+            sqlstate(b.query_one("select name from items", &[]).await),
+            "42P01"
+        );
+        let n: i32 = a.query_one(&big, &[]).await.unwrap().get(0);
+        assert_eq!(n, 200_000);
+    }
+    // A custom setting behind a comment cannot be read by name: a is
+    // pinned, and b never sees it; DISCARD ALL lets go.
+    a.batch_execute("/* tenant */ SET app.tenant = 'a'")
+        .await
+        .unwrap();
+    let a_pid = pid(&a).await;
+    assert_eq!(pins_total(metrics, &db, "untracked_setting").await, 1.0);
+    for _ in 0..4 {
+        assert_ne!(pid(&b).await, a_pid);
+        assert_eq!(
+            scalar_text(
+                &b,
+                "select coalesce(current_setting('app.tenant', true), '')"
+            )
+            .await,
+            ""
+        );
+        assert_eq!(pid(&a).await, a_pid);
+    }
+    a.batch_execute("discard all").await.unwrap();
+    pid(&a).await;
+    assert_eq!(pinned_gauge(metrics, &db).await, 0.0);
 }

@@ -3,15 +3,17 @@
 //! header of most messages is looked at; Parse, Bind, Describe and Close are
 //! read whole so their statement names can be mapped.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, BytesMut};
 use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
 use pgmux_wire::reply::quote_literal;
 
 use super::ddl::{deallocated_statement, dropped_database};
 use super::expect::{Expect, Pending};
-use super::pinning::{custom_settings, TextHints};
+use super::pinning::{custom_settings, CustomSettings, TextHints};
 use super::splice::Splice;
-use crate::prepared::{ClientStatements, ServerStatements, Statement, StatementCache};
+use crate::prepared::{server_name, ClientStatements, ServerStatements, Statement, StatementCache};
 
 /// Parse and Bind messages up to this size are held whole to be rewritten;
 /// a bigger Bind streams with only its head rewritten, a bigger unnamed
@@ -19,8 +21,9 @@ use crate::prepared::{ClientStatements, ServerStatements, Statement, StatementCa
 const WHOLE_MESSAGE_LIMIT: usize = 1 << 20;
 /// Names at the head of a message (and whole Describe/Close) must fit in this.
 const HEAD_LIMIT: usize = 64 * 1024;
-/// How much of a statement's text is searched for session-state hints.
-const HINT_SCAN_LIMIT: usize = 64 * 1024;
+/// How much of a statement's text is searched for session-state hints in
+/// one piece (simple queries up to this size are held whole for it).
+const HINT_SCAN_LIMIT: usize = WHOLE_MESSAGE_LIMIT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientFlowError {
@@ -68,8 +71,8 @@ pub struct ClientBatch {
     pub dropped_database: Option<String>,
     /// What the statements' texts hint at about session state (`pinning`).
     pub hints: TextHints,
-    /// Custom settings (dotted names) the statements may set.
-    pub custom_settings: Vec<String>,
+    /// Custom settings the statements may set.
+    pub custom_settings: CustomSettings,
     /// The batch is one request that can be sent again as it is if its
     /// statement turns out stale: Bind, Describe, Execute, Sync of a
     /// prepared statement, nothing else (what libpq sends per execution).
@@ -114,6 +117,8 @@ pub struct ClientFlow {
     remaining: usize,
     /// Transaction mode: look for statements that leave session state.
     watch_state: bool,
+    /// The message passing through is a simple Query too big to hold.
+    streaming_query: bool,
 }
 
 /// Where the client's buffered bytes stand before a server is borrowed.
@@ -129,6 +134,7 @@ impl ClientFlow {
             max: max_message,
             remaining: 0,
             watch_state,
+            streaming_query: false,
         }
     }
 
@@ -168,7 +174,7 @@ impl ClientFlow {
             copy_ended: false,
             dropped_database: None,
             hints: TextHints::default(),
-            custom_settings: Vec::new(),
+            custom_settings: CustomSettings::default(),
             replayable: false,
         };
         let mut shape = Shape::default();
@@ -185,7 +191,18 @@ impl ClientFlow {
         while pos < input.len() {
             if self.remaining > 0 {
                 let take = self.remaining.min(input.len() - pos);
+                if self.streaming_query {
+                    // Over the whole-message limit: scanned piece by piece
+                    // (a word cut by a piece boundary can be missed).
+                    let piece = &input[pos..pos + take];
+                    let hints = TextHints::of(piece);
+                    if hints.look || hints.session_set {
+                        batch.custom_settings.merge(custom_settings(piece));
+                    }
+                    batch.hints.merge(hints);
+                }
                 self.remaining -= take;
+                self.streaming_query &= self.remaining > 0;
                 pos += take;
                 continue;
             }
@@ -195,6 +212,11 @@ impl ClientFlow {
             let body_start = pos + HEADER_LEN;
             let whole_end = body_start + len;
             let have_whole = whole_end <= input.len();
+            if tag == b'Q' && self.watch_state && !have_whole && len <= WHOLE_MESSAGE_LIMIT {
+                // Held whole, so its text is searched for session state
+                // (and a DEALLOCATE recognised) in one piece.
+                break;
+            }
             if matches!(tag, b'Q' | b'P') {
                 let body = &input[body_start..whole_end.min(input.len())];
                 // A Parse starts with the statement name.
@@ -214,7 +236,7 @@ impl ClientFlow {
                     let text = &sql[..sql.len().min(HINT_SCAN_LIMIT)];
                     let hints = TextHints::of(text);
                     if hints.look || hints.session_set {
-                        batch.custom_settings.extend(custom_settings(text));
+                        batch.custom_settings.merge(custom_settings(text));
                     }
                     batch.hints.merge(hints);
                 }
@@ -225,6 +247,23 @@ impl ClientFlow {
                             expect.push(Pending::Deallocated);
                             shape.note(tag);
                             splice.replace(input, pos, whole_end, b"");
+                            pos = whole_end;
+                            continue;
+                        }
+                        if name.starts_with("pgmux_") && !st.pinned {
+                            // pgmux's own statement, shared by every client of
+                            // the server: not the client's to drop. It gets
+                            // what a direct connection would say of a name it
+                            // never prepared.
+                            let message = format!("prepared statement \"{name}\" does not exist");
+                            let mut out = BytesMut::new();
+                            write_message(&mut out, b'Q', |b| {
+                                b.put_slice(raise_sql("26000", &message).as_bytes());
+                                b.put_u8(0);
+                            });
+                            expect.push(Pending::Query);
+                            shape.note(tag);
+                            splice.replace(input, pos, whole_end, &out);
                             pos = whole_end;
                             continue;
                         }
@@ -280,9 +319,7 @@ impl ClientFlow {
                 )?;
                 batch.hints.merge(hints);
                 if let Some(s) = custom {
-                    batch
-                        .custom_settings
-                        .extend(s.custom_settings.iter().cloned());
+                    batch.custom_settings.merge_from(&s.custom_settings);
                 }
                 pos = whole_end;
                 continue;
@@ -305,6 +342,7 @@ impl ClientFlow {
             }
             let available = (input.len() - body_start).min(len);
             self.remaining = len - available;
+            self.streaming_query = tag == b'Q' && self.watch_state && self.remaining > 0;
             pos = body_start + available;
         }
         batch.consumed = pos;
@@ -324,7 +362,10 @@ fn pending_for(tag: u8) -> Option<Pending> {
         b'B' => Pending::Bind { id: None },
         b'D' => Pending::Describe { id: None },
         b'E' => Pending::Execute,
-        b'C' => Pending::Close { swallow: false },
+        b'C' => Pending::Close {
+            swallow: false,
+            injected: None,
+        },
         b'S' => Pending::Sync,
         b'Q' => Pending::Query,
         b'F' => Pending::FunctionCall,
@@ -353,8 +394,7 @@ fn ensure_prepared(
     }
     close_stale(st, expect, out);
     if let Some(victim) = st.server.add(s, st.capacity) {
-        Statement::close_message(&victim, out);
-        expect.push(Pending::Close { swallow: true });
+        close_injected(victim, expect, out);
     }
     s.parse_message(out);
     expect.push(Pending::Parse {
@@ -366,10 +406,18 @@ fn ensure_prepared(
 /// Close the server's stale statements (a schema change broke them) into
 /// `out`: a Parse of the same server name would otherwise be refused.
 fn close_stale(st: &mut Statements<'_>, expect: &mut Expect, out: &mut BytesMut) {
-    for name in st.server.take_closing() {
-        Statement::close_message(&name, out);
-        expect.push(Pending::Close { swallow: true });
+    for id in st.server.take_closing() {
+        close_injected(id, expect, out);
     }
+}
+
+/// A Close of statement `id` that pgmux sends itself; its reply is dropped.
+fn close_injected(id: u64, expect: &mut Expect, out: &mut BytesMut) {
+    Statement::close_message(&server_name(id), out);
+    expect.push(Pending::Close {
+        swallow: true,
+        injected: Some(id),
+    });
 }
 
 /// Make the server raise `code`/`message` in place of a client message: an
@@ -377,12 +425,7 @@ fn close_stale(st: &mut Statements<'_>, expect: &mut Expect, out: &mut BytesMut)
 /// dropped. The server then aborts the transaction and skips to Sync just as
 /// for an error of its own, so the client sees what PostgreSQL would show.
 fn raise(code: &str, message: &str, expect: &mut Expect, out: &mut BytesMut) {
-    let block = format!(
-        "BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}; END",
-        quote_literal(code),
-        quote_literal(message)
-    );
-    let sql = format!("DO {}", quote_literal(&block));
+    let sql = raise_sql(code, message);
     write_message(out, b'P', |b| {
         b.put_u8(0);
         b.put_slice(sql.as_bytes());
@@ -406,6 +449,16 @@ fn raise(code: &str, message: &str, expect: &mut Expect, out: &mut BytesMut) {
     expect.push(Pending::Raise);
 }
 
+/// A `DO` block that raises `code` with `message`, every part quoted.
+fn raise_sql(code: &str, message: &str) -> String {
+    let block = format!(
+        "BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}; END",
+        quote_literal(code),
+        quote_literal(message)
+    );
+    format!("DO {}", quote_literal(&block))
+}
+
 fn statement_name(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
@@ -422,7 +475,7 @@ fn rewrite(
     expect: &mut Expect,
     st: &mut Statements<'_>,
     splice: &mut Splice,
-) -> Result<(TextHints, Option<std::sync::Arc<Statement>>), ClientFlowError> {
+) -> Result<(TextHints, Option<Arc<Statement>>), ClientFlowError> {
     let mut out = BytesMut::new();
     let mut used = None;
     match tag {
@@ -453,8 +506,7 @@ fn rewrite(
             } else {
                 close_stale(st, expect, &mut out);
                 if let Some(victim) = st.server.add(&s, st.capacity) {
-                    Statement::close_message(&victim, &mut out);
-                    expect.push(Pending::Close { swallow: true });
+                    close_injected(victim, expect, &mut out);
                 }
                 s.parse_message(&mut out);
                 expect.push(Pending::Parse {
@@ -499,14 +551,20 @@ fn rewrite(
                 expect.push(if tag == b'D' {
                     Pending::Describe { id: None }
                 } else {
-                    Pending::Close { swallow: false }
+                    Pending::Close {
+                        swallow: false,
+                        injected: None,
+                    }
                 });
                 return Ok((TextHints::default(), None));
             }
             if tag == b'C' {
                 if !st.client.remove(name) && st.pinned {
                     // Perhaps the client's own SQL PREPARE: the server closes it.
-                    expect.push(Pending::Close { swallow: false });
+                    expect.push(Pending::Close {
+                        swallow: false,
+                        injected: None,
+                    });
                     return Ok((TextHints::default(), None));
                 }
                 // The server copy stays for other clients; only the
@@ -533,7 +591,9 @@ fn rewrite(
     }
     splice.replace(input, start, end, &out);
     let hints = used.as_ref().map(|s| s.hints).unwrap_or_default();
-    Ok((hints, used.filter(|s| !s.custom_settings.is_empty())))
+    let names_settings =
+        |s: &Arc<Statement>| !s.custom_settings.names.is_empty() || s.custom_settings.unresolved;
+    Ok((hints, used.filter(names_settings)))
 }
 
 /// A Bind or Describe of a statement name pgmux does not know. Unpinned,

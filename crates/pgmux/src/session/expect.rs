@@ -22,8 +22,10 @@ pub enum Pending {
         id: Option<u64>,
     },
     Execute,
+    /// `injected`: the statement pgmux closes itself (eviction, stale).
     Close {
         swallow: bool,
+        injected: Option<u64>,
     },
     Sync,
     Query,
@@ -66,12 +68,14 @@ pub enum Canned {
     Deallocated,
 }
 
-/// What an error undid: statements a server did not prepare after all, and
-/// client names whose Parse failed or was skipped.
+/// What an error undid: statements a server did not prepare after all,
+/// client names whose Parse failed or was skipped, and statements whose
+/// injected Close was skipped.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Undone {
     pub statements: Vec<u64>,
     pub names: Vec<u64>,
+    pub closes: Vec<u64>,
 }
 
 /// What to do with one server message.
@@ -196,15 +200,22 @@ impl Expect {
             b'N' | b'S' | b'A' => Verdict::Forward,
             b'E' => {
                 if !front.is_some_and(|p| matches!(p, Pending::Query | Pending::FunctionCall)) {
-                    // The server skips everything up to the next Sync.
+                    // The server skips everything up to the next Sync, a
+                    // Query or FunctionCall sent before it included.
                     while let Some(p) = self.queue.front().copied() {
-                        if p.ends_with_ready() {
+                        if p == Pending::Sync {
                             break;
                         }
                         match p {
                             Pending::Parse { id: Some(id), .. } => undone.statements.push(id),
                             Pending::NameBound(binding) => undone.names.push(binding),
+                            Pending::Close {
+                                injected: Some(id), ..
+                            } => undone.closes.push(id),
                             _ => {}
+                        }
+                        if p.ends_with_ready() {
+                            self.ready_owed -= 1;
                         }
                         self.queue.pop_front();
                     }
@@ -215,6 +226,8 @@ impl Expect {
                 Some(p) if p.ends_with_ready() => {
                     self.queue.pop_front();
                     self.ready_owed -= 1;
+                    // Whatever COPY there was is over.
+                    self.in_copy = false;
                     Verdict::Forward
                 }
                 _ => return Err(desync()),
@@ -225,7 +238,7 @@ impl Expect {
             b'1' | b'2' | b'3' => {
                 let swallow = match (tag, front) {
                     (b'1', Some(Pending::Parse { swallow, .. }))
-                    | (b'3', Some(Pending::Close { swallow })) => swallow,
+                    | (b'3', Some(Pending::Close { swallow, .. })) => swallow,
                     (b'2', Some(Pending::Bind { .. })) => false,
                     _ => return Err(desync()),
                 };
@@ -363,9 +376,37 @@ mod tests {
             undone,
             Undone {
                 statements: vec![5],
-                names: vec![2]
+                names: vec![2],
+                closes: vec![],
             }
         );
+        replay(&mut e, b"Z");
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn an_error_skips_queries_before_the_sync_and_restores_skipped_closes() {
+        // Bind, Execute (fails), an injected Close, a Query sent without a
+        // Sync first, then Sync: PostgreSQL ignores everything to the Sync.
+        let mut e = Expect::default();
+        for p in [
+            Pending::Bind { id: None },
+            Pending::Execute,
+            Pending::Close {
+                swallow: true,
+                injected: Some(4),
+            },
+            Pending::Query,
+            Pending::Sync,
+        ] {
+            e.push(p);
+        }
+        assert_eq!(e.ready_owed(), 2);
+        let mut undone = Undone::default();
+        e.on_reply(b'2', &mut undone).unwrap();
+        e.on_reply(b'E', &mut undone).unwrap();
+        assert_eq!(undone.closes, vec![4]);
+        assert_eq!(e.ready_owed(), 1);
         replay(&mut e, b"Z");
         assert!(e.is_empty());
     }

@@ -3,9 +3,11 @@
 //! accounting, and passing on what a pinned server says while its client
 //! is idle.
 
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::pinning::{inspect_sql, Inspection, Pins};
+use super::pinning::{inspect_sql, Inspection, Pin, Pins};
 use super::relay::{forward_server_bytes, Outcome, Replay};
 use super::{ClientError, Session};
 use crate::pool::Checkout;
@@ -15,6 +17,7 @@ use crate::stats::{self, CloseReason};
 /// After a transaction that may have left session state: ask the server
 /// what is there. Settings follow the client; state that cannot move pins it.
 pub(super) async fn inspect_session(
+    stream: &mut TcpStream,
     s: &mut Session,
     checkout: &mut Checkout,
 ) -> Result<(), ClientError> {
@@ -28,8 +31,9 @@ pub(super) async fn inspect_session(
             custom.push(name.to_string());
         }
     }
+    let mut passed = BytesMut::new();
     let rows = server
-        .query_rows(&inspect_sql(&custom))
+        .query_rows(&inspect_sql(&custom), &mut passed)
         .await
         .map_err(|e| {
             ClientError::fatal(
@@ -37,6 +41,20 @@ pub(super) async fn inspect_session(
                 format!("could not check the session state left on the server: {e}"),
             )
         })?;
+    // Notifications that arrived meanwhile are the client's; so is what
+    // the server sent after the inspection's reply (already read, so the
+    // socket will not say so again).
+    if !passed.is_empty() {
+        stream
+            .write_all(&passed)
+            .await
+            .map_err(|_| ClientError::Gone)?;
+    }
+    if !server.buf.is_empty() {
+        forward_server_bytes(stream, s, server, &mut Replay::default())
+            .await
+            .map_err(|_| ClientError::Gone)?;
+    }
     let found = Inspection::from_rows(rows.iter().map(|r| &r[..]));
     let pool = &s.pool;
     let set_here = |name: &str| {
@@ -54,7 +72,17 @@ pub(super) async fn inspect_session(
     }
     s.params = pool.intern_params(params);
     server.params = s.params.clone();
-    set_pins(s, found.pins);
+    // A custom setting pgmux could not name may be on this server; only
+    // DISCARD ALL is known to clear it.
+    let mut pins = found.pins;
+    let untracked_before = s.pins().contains(Pin::UntrackedSetting);
+    if std::mem::take(&mut server.flow.untracked_setting)
+        || (untracked_before && !server.flow.discarded_all)
+    {
+        pins.insert(Pin::UntrackedSetting);
+    }
+    server.flow.discarded_all = false;
+    set_pins(s, pins);
     Ok(())
 }
 

@@ -92,18 +92,52 @@ pub fn sets_session(sql: &[u8]) -> bool {
     })
 }
 
-/// Custom settings (`app.user_id`: dotted names) a session-level `SET` or a
-/// `set_config('…')` in `sql` names. PostgreSQL lists such placeholders in
-/// no catalog view, so the inspection asks for each by name.
-pub fn custom_settings(sql: &[u8]) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    let mut keep = |name: String| {
-        if name.contains('.') && !names.contains(&name) {
-            names.push(name);
+/// Custom settings (`app.user_id`: dotted names) that statements name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CustomSettings {
+    pub names: Vec<String>,
+    /// A statement may set one whose name pgmux could not read (a `SET`
+    /// behind a comment, `set_config($1, …)`): such a client is pinned.
+    pub unresolved: bool,
+}
+
+impl CustomSettings {
+    pub fn merge(&mut self, other: CustomSettings) {
+        self.unresolved |= other.unresolved;
+        for name in other.names {
+            if !self.names.contains(&name) {
+                self.names.push(name);
+            }
+        }
+    }
+
+    pub fn merge_from(&mut self, other: &CustomSettings) {
+        self.unresolved |= other.unresolved;
+        for name in &other.names {
+            if !self.names.contains(name) {
+                self.names.push(name.clone());
+            }
+        }
+    }
+}
+
+/// The custom settings a session-level `SET` or a `set_config('…')` in
+/// `sql` names. PostgreSQL lists such placeholders in no catalog view, so
+/// the inspection asks for each by name.
+pub fn custom_settings(sql: &[u8]) -> CustomSettings {
+    let mut out = CustomSettings::default();
+    let keep = |name: String, out: &mut CustomSettings| {
+        if name.contains('.') && !out.names.contains(&name) {
+            out.names.push(name);
         }
     };
     for statement in sql.split(|&b| b == b';') {
-        let Some(after_set) = word(statement.trim_ascii_start(), b"set") else {
+        let statement = statement.trim_ascii_start();
+        if statement.starts_with(b"--") || statement.starts_with(b"/*") {
+            out.unresolved = true;
+            continue;
+        }
+        let Some(after_set) = word(statement, b"set") else {
             continue;
         };
         let mut next = after_set.trim_ascii_start();
@@ -121,21 +155,25 @@ pub fn custom_settings(sql: &[u8]) -> Vec<String> {
         {
             continue;
         }
-        if let Some(name) = setting_name(next) {
-            keep(name);
+        match setting_name(next) {
+            Some(name) => keep(name, &mut out),
+            None => out.unresolved = true,
         }
     }
     let mut rest = sql;
     while let Some(at) = find_ignore_case(rest, b"set_config") {
         rest = &rest[at + b"set_config".len()..];
-        let args = rest.trim_ascii_start();
-        if let Some(literal) = args.strip_prefix(b"(").map(<[u8]>::trim_ascii_start) {
-            if let Some(name) = string_literal(literal) {
-                keep(name.to_ascii_lowercase());
-            }
+        let literal = rest
+            .trim_ascii_start()
+            .strip_prefix(b"(")
+            .map(<[u8]>::trim_ascii_start)
+            .and_then(string_literal);
+        match literal {
+            Some(name) => keep(name.to_ascii_lowercase(), &mut out),
+            None => out.unresolved = true,
         }
     }
-    names
+    out
 }
 
 /// A setting name as `SET` takes it: dot-separated parts, each an unquoted
@@ -172,7 +210,8 @@ fn setting_name(s: &[u8]) -> Option<String> {
     }
 }
 
-/// A plain `'…'` literal (with `''` escapes) at the start of `s`.
+/// A plain `'…'` literal (with `''` escapes) at the start of `s` that is a
+/// whole argument (a `,` follows it, not `||`).
 fn string_literal(s: &[u8]) -> Option<String> {
     let mut body = s.strip_prefix(b"'")?;
     let mut out = Vec::new();
@@ -183,7 +222,10 @@ fn string_literal(s: &[u8]) -> Option<String> {
             out.push(b'\'');
             body = &body[end + 2..];
         } else {
-            return String::from_utf8(out).ok().filter(|n| !n.is_empty());
+            let whole_argument = body[end + 1..].trim_ascii_start().starts_with(b",");
+            return String::from_utf8(out)
+                .ok()
+                .filter(|n| !n.is_empty() && whole_argument);
         }
     }
 }
@@ -238,16 +280,20 @@ pub enum Pin {
     HoldCursor,
     SqlPrepare,
     SessionAuthorization,
+    /// A custom setting may have been set under a name pgmux could not
+    /// read; kept until `DISCARD ALL` or the client leaves.
+    UntrackedSetting,
 }
 
 impl Pin {
-    pub const ALL: [Pin; 6] = [
+    pub const ALL: [Pin; 7] = [
         Pin::AdvisoryLock,
         Pin::Listen,
         Pin::TempTable,
         Pin::HoldCursor,
         Pin::SqlPrepare,
         Pin::SessionAuthorization,
+        Pin::UntrackedSetting,
     ];
 
     /// The metric label, and the word the inspection query answers with.
@@ -259,6 +305,7 @@ impl Pin {
             Pin::HoldCursor => "with_hold_cursor",
             Pin::SqlPrepare => "sql_prepare",
             Pin::SessionAuthorization => "session_authorization",
+            Pin::UntrackedSetting => "untracked_setting",
         }
     }
 
@@ -444,18 +491,34 @@ mod tests {
 
     #[test]
     fn custom_settings_are_found_by_name() {
-        assert_eq!(
-            custom_settings(b"SET app.user_id = '42'; set session My.\"Tenant\" to 'x'"),
-            vec!["app.user_id".to_string(), "my.Tenant".to_string()]
+        let found = custom_settings(b"SET app.user_id = '42'; set session My.\"Tenant\" to 'x'");
+        assert_eq!(found.names, ["app.user_id", "my.Tenant"]);
+        assert!(!found.unresolved);
+        let found = custom_settings(
+            b"select set_config( 'App.Role', $1, false), set_config('plain', 'x', false)",
         );
         assert_eq!(
-            custom_settings(
-                b"select set_config( 'App.Role', $1, false), set_config('plain', 'x', false)"
-            ),
-            vec!["app.role".to_string()]
+            (found.names, found.unresolved),
+            (vec!["app.role".to_string()], false)
         );
-        assert!(custom_settings(b"SET LOCAL app.user_id = 1; SET work_mem = 1").is_empty());
-        assert!(custom_settings(b"select 1").is_empty());
+        assert_eq!(
+            custom_settings(b"SET LOCAL app.user_id = 1; SET work_mem = 1"),
+            CustomSettings::default()
+        );
+        assert_eq!(custom_settings(b"select 1"), CustomSettings::default());
+        // What pgmux cannot read it does not guess: the client gets pinned.
+        for unreadable in [
+            &b"/* svc */ SET app.user_id = 42"[..],
+            b"select set_config($1, $2, false)",
+            b"select set_config('app.' || $1, 'x', false)",
+        ] {
+            let found = custom_settings(unreadable);
+            assert!(
+                found.unresolved,
+                "{:?}",
+                String::from_utf8_lossy(unreadable)
+            );
+        }
         let sql = inspect_sql(&["app.o'x".to_string()]);
         assert!(sql.contains("ARRAY['app.o''x']"), "{sql}");
         assert_eq!(inspect_sql(&[]), INSPECT_SQL);

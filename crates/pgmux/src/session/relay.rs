@@ -265,7 +265,7 @@ async fn serve_request(
     match outcome {
         Outcome::Done if transaction_mode && !terminating => {
             if checkout.server_mut().flow.take_state_hint() {
-                if let Err(e) = Box::pin(inspect_session(s, &mut checkout)).await {
+                if let Err(e) = Box::pin(inspect_session(stream, s, &mut checkout)).await {
                     set_pins(s, Pins::default());
                     checkout.discard(CloseReason::Error);
                     return Err(e);
@@ -329,7 +329,14 @@ async fn relay_linked(
             && server.flow.at_ready
             && server.flow.at_boundary()
             && flow.at_boundary();
-        if answered && (*terminating || (transaction_mode && server.flow.status == b'I')) {
+        // A big message the client flow holds whole (a named Parse, a
+        // simple Query) is still arriving: stay linked and read it, or the
+        // idle loop would hand it straight back here without reading.
+        let gathering = !*terminating && cbuf.len() >= STREAM_AFTER;
+        if answered
+            && !gathering
+            && (*terminating || (transaction_mode && server.flow.status == b'I'))
+        {
             return Outcome::Done;
         }
         tokio::select! {
@@ -390,7 +397,8 @@ async fn forward_client_bytes(
     }
     server.flow.state_hint |= batch.hints.look;
     server.flow.session_set_text |= batch.hints.session_set;
-    for name in batch.custom_settings {
+    server.flow.untracked_setting |= batch.custom_settings.unresolved;
+    for name in batch.custom_settings.names {
         // Bounded: a client naming thousands only loses the excess.
         if server.flow.custom_settings.len() < MAX_CUSTOM_SETTINGS
             && !server.flow.custom_settings.contains(&name)

@@ -32,6 +32,8 @@ pub(super) async fn release_after_client(mut checkout: Checkout, s: &mut Session
     // A hinted transaction that was never inspected may have left state.
     let state_left = !s.pins().is_empty() || server.flow.take_state_hint();
     server.flow.custom_settings.clear();
+    server.flow.untracked_setting = false;
+    server.flow.discarded_all = false;
     set_pins(s, Pins::default());
     if !dirty && !session_mode && !state_left {
         checkout.checkin();
@@ -92,7 +94,13 @@ pub(super) async fn release_after_client(mut checkout: Checkout, s: &mut Session
 
 /// Read and drop what the server still owes (the flow may stand mid-message).
 async fn drain(server: &mut Server) -> Result<(), ServerError> {
-    while server.expect.ready_owed() > 0 {
+    let mut ignored = BytesMut::new();
+    loop {
+        // Replies pgmux owes itself count too (a canned DEALLOCATE).
+        server.flow.due_synths(&mut server.expect, &mut ignored);
+        if server.expect.ready_owed() == 0 {
+            break;
+        }
         if server
             .stream
             .read_buf(&mut server.buf)
@@ -115,8 +123,6 @@ async fn drain(server: &mut Server) -> Result<(), ServerError> {
             .map_err(|e| ServerError::Protocol(e.to_string()))?;
         server.buf.advance(batch.consumed);
     }
-    let mut ignored = BytesMut::new();
-    server.flow.due_synths(&mut server.expect, &mut ignored);
     if !server.expect.is_empty() || !server.buf.is_empty() || !server.flow.at_boundary() {
         return Err(ServerError::Protocol(
             "server still owes replies after ReadyForQuery".into(),

@@ -74,6 +74,10 @@ pub struct ServerFlow {
     pub session_set_text: bool,
     /// Custom settings the client's statements named since the last look.
     pub custom_settings: Vec<String>,
+    /// A statement may have set a custom setting pgmux cannot name.
+    pub untracked_setting: bool,
+    /// `DISCARD ALL` ran since the last look.
+    pub discarded_all: bool,
     /// The request in flight may be sent again if its statement is stale
     /// (set by the relay for a replayable request; cleared by any reply).
     pub retry_armed: bool,
@@ -94,6 +98,8 @@ impl ServerFlow {
             state_hint: false,
             session_set_text: false,
             custom_settings: Vec::new(),
+            untracked_setting: false,
+            discarded_all: false,
             retry_armed: false,
             retrying: false,
             undone: Undone::default(),
@@ -193,6 +199,9 @@ impl ServerFlow {
             for id in self.undone.statements.drain(..) {
                 obs.statements.forget(id);
             }
+            for id in self.undone.closes.drain(..) {
+                obs.statements.close_later(id);
+            }
             for binding in self.undone.names.drain(..) {
                 if let Some(client) = obs.client_statements.as_deref_mut() {
                     client.unbind(binding);
@@ -235,6 +244,7 @@ impl ServerFlow {
                     let command_tag = &input[body_start..whole_end];
                     self.state_hint |=
                         tag_hint(command_tag) || (is_set_tag(command_tag) && self.session_set_text);
+                    self.discarded_all |= command_tag.starts_with(b"DISCARD ALL\0");
                     if forgets_statements(command_tag) {
                         obs.statements.clear();
                         if let Some(client) = obs.client_statements.as_deref_mut() {
@@ -259,6 +269,16 @@ impl ServerFlow {
             }
             self.remaining = len - available;
             pos = body_start + available;
+        }
+        if self.remaining == 0 {
+            // Replies pgmux owes after the server's last message (a Close
+            // or DEALLOCATE answered here, behind a Flush): due now, not
+            // when the server next speaks.
+            while let Some(canned) = expect.take_synth() {
+                let mut msg = BytesMut::with_capacity(32);
+                write_canned(&mut msg, canned, self.status);
+                splice.replace(input, pos, pos, &msg);
+            }
         }
         batch.consumed = pos;
         batch.edited = splice.finish(input, pos);
