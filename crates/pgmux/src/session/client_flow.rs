@@ -184,7 +184,7 @@ impl ClientFlow {
             // Parse that would recreate one (see `close_stale`).
             if self.remaining == 0 && expect.is_empty() && st.server.has_closing() {
                 let mut out = BytesMut::new();
-                close_stale(st, expect, &mut out);
+                close_stale(st.server, expect, &mut out);
                 splice.replace(input, 0, 0, &out);
             }
         }
@@ -385,15 +385,16 @@ fn cstr(body: &[u8], tag: u8) -> Result<(&[u8], &[u8]), ClientFlowError> {
 /// into `out` if not.
 fn ensure_prepared(
     s: &Statement,
-    st: &mut Statements<'_>,
+    server: &mut ServerStatements,
+    capacity: usize,
     expect: &mut Expect,
     out: &mut BytesMut,
 ) {
-    if st.server.contains(s.id) {
+    if server.contains(s.id) {
         return;
     }
-    close_stale(st, expect, out);
-    if let Some(victim) = st.server.add(s, st.capacity) {
+    close_stale(server, expect, out);
+    if let Some(victim) = server.add(s, capacity) {
         close_injected(victim, expect, out);
     }
     s.parse_message(out);
@@ -405,8 +406,8 @@ fn ensure_prepared(
 
 /// Close the server's stale statements (a schema change broke them) into
 /// `out`: a Parse of the same server name would otherwise be refused.
-fn close_stale(st: &mut Statements<'_>, expect: &mut Expect, out: &mut BytesMut) {
-    for id in st.server.take_closing() {
+fn close_stale(server: &mut ServerStatements, expect: &mut Expect, out: &mut BytesMut) {
+    for id in server.take_closing() {
         close_injected(id, expect, out);
     }
 }
@@ -477,7 +478,8 @@ fn rewrite(
     splice: &mut Splice,
 ) -> Result<(TextHints, Option<Arc<Statement>>), ClientFlowError> {
     let mut out = BytesMut::new();
-    let mut used = None;
+    let mut hints = TextHints::default();
+    let mut custom = None;
     match tag {
         b'P' => {
             let (name, definition) = cstr(body, tag)?;
@@ -498,13 +500,13 @@ fn rewrite(
                 return Ok((TextHints::default(), None));
             }
             let s = st.cache.intern(definition);
-            used = Some(s.clone());
+            (hints, custom) = statement_hints(&s);
             let binding = st.client.insert(name, s.clone());
             if st.server.contains(s.id) {
                 // Already there: answer it ourselves.
                 expect.push(Pending::Synth(b'1'));
             } else {
-                close_stale(st, expect, &mut out);
+                close_stale(st.server, expect, &mut out);
                 if let Some(victim) = st.server.add(&s, st.capacity) {
                     close_injected(victim, expect, &mut out);
                 }
@@ -523,15 +525,16 @@ fn rewrite(
                 expect.push(Pending::Bind { id: None });
                 return Ok((TextHints::default(), None));
             }
-            let Some(s) = st.client.get(name).cloned() else {
+            // Borrowed, not cloned: this is every prepared execution.
+            let Some(s) = st.client.get(name) else {
                 unknown_name(name, Pending::Bind { id: None }, st, expect, &mut out);
                 if !out.is_empty() {
                     splice.replace(input, start, end, &out);
                 }
                 return Ok((TextHints::default(), None));
             };
-            used = Some(s.clone());
-            ensure_prepared(&s, st, expect, &mut out);
+            (hints, custom) = statement_hints(s);
+            ensure_prepared(s, st.server, st.capacity, expect, &mut out);
             write_message(&mut out, b'B', |b| {
                 b.put_slice(portal);
                 b.put_u8(0);
@@ -571,14 +574,14 @@ fn rewrite(
                 // client's name goes (closing an unknown name is no error).
                 expect.push(Pending::Synth(b'3'));
             } else {
-                let Some(s) = st.client.get(name).cloned() else {
+                let Some(s) = st.client.get(name) else {
                     unknown_name(name, Pending::Describe { id: None }, st, expect, &mut out);
                     if !out.is_empty() {
                         splice.replace(input, start, end, &out);
                     }
                     return Ok((TextHints::default(), None));
                 };
-                ensure_prepared(&s, st, expect, &mut out);
+                ensure_prepared(s, st.server, st.capacity, expect, &mut out);
                 write_message(&mut out, b'D', |b| {
                     b.put_u8(b'S');
                     b.put_slice(s.server_name.as_bytes());
@@ -590,10 +593,14 @@ fn rewrite(
         _ => return Ok((TextHints::default(), None)),
     }
     splice.replace(input, start, end, &out);
-    let hints = used.as_ref().map(|s| s.hints).unwrap_or_default();
-    let names_settings =
-        |s: &Arc<Statement>| !s.custom_settings.names.is_empty() || s.custom_settings.unresolved;
-    Ok((hints, used.filter(names_settings)))
+    Ok((hints, custom))
+}
+
+/// A statement's hints, and the statement itself when it names custom
+/// settings (rare: only then is its Arc cloned).
+fn statement_hints(s: &Arc<Statement>) -> (TextHints, Option<Arc<Statement>>) {
+    let names_settings = !s.custom_settings.names.is_empty() || s.custom_settings.unresolved;
+    (s.hints, names_settings.then(|| s.clone()))
 }
 
 /// A Bind or Describe of a statement name pgmux does not know. Unpinned,
@@ -652,7 +659,7 @@ fn stream_big_bind(
     let id = statement.as_ref().map(|s| s.id);
     if let Some(s) = statement {
         let mut out = BytesMut::new();
-        ensure_prepared(&s, st, expect, &mut out);
+        ensure_prepared(&s, st.server, st.capacity, expect, &mut out);
         let new_len = len - name_len + s.server_name.len() + 4;
         out.put_u8(b'B');
         out.put_i32(new_len as i32);

@@ -54,8 +54,11 @@ pub fn run(
     async move {
         session.pool.stats.clients.inc();
         let result = relay(&mut stream, &mut session).await;
-        if let Some(pinned) = session.pinned.take() {
-            Box::pin(release_after_client(*pinned, &mut session)).await;
+        match session.pinned.take() {
+            Some(pinned) => Box::pin(release_after_client(*pinned, &mut session)).await,
+            // A pinned server that failed was discarded on the way out:
+            // the pin gauge still counts this client.
+            None => set_pins(&session, Pins::default()),
         }
         session.pool.stats.clients.dec();
         session.pool.forget_client(session.info.id);
