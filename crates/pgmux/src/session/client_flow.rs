@@ -79,6 +79,17 @@ pub struct ClientBatch {
     pub replayable: bool,
 }
 
+impl ClientBatch {
+    /// Search statement text for what it may leave in the session.
+    fn search(&mut self, text: &[u8]) {
+        let hints = TextHints::of(text);
+        if hints.look || hints.session_set {
+            self.custom_settings.merge_from(&custom_settings(text));
+        }
+        self.hints.merge(hints);
+    }
+}
+
 /// Counts the message kinds of a batch to tell whether it is replayable.
 #[derive(Default)]
 struct Shape {
@@ -194,12 +205,7 @@ impl ClientFlow {
                 if self.streaming_query {
                     // Over the whole-message limit: scanned piece by piece
                     // (a word cut by a piece boundary can be missed).
-                    let piece = &input[pos..pos + take];
-                    let hints = TextHints::of(piece);
-                    if hints.look || hints.session_set {
-                        batch.custom_settings.merge(custom_settings(piece));
-                    }
-                    batch.hints.merge(hints);
+                    batch.search(&input[pos..pos + take]);
                 }
                 self.remaining -= take;
                 self.streaming_query &= self.remaining > 0;
@@ -233,12 +239,7 @@ impl ClientFlow {
                 let managed_parse =
                     tag == b'P' && stmts.is_some() && body.first().is_some_and(|&b| b != 0);
                 if self.watch_state && !managed_parse {
-                    let text = &sql[..sql.len().min(HINT_SCAN_LIMIT)];
-                    let hints = TextHints::of(text);
-                    if hints.look || hints.session_set {
-                        batch.custom_settings.merge(custom_settings(text));
-                    }
-                    batch.hints.merge(hints);
+                    batch.search(&sql[..sql.len().min(HINT_SCAN_LIMIT)]);
                 }
                 if let (b'Q', true, Some(st)) = (tag, have_whole, stmts.as_mut()) {
                     if let Some(name) = deallocated_statement(sql) {

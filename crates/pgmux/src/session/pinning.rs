@@ -102,21 +102,17 @@ pub struct CustomSettings {
 }
 
 impl CustomSettings {
-    pub fn merge(&mut self, other: CustomSettings) {
-        self.unresolved |= other.unresolved;
-        for name in other.names {
-            if !self.names.contains(&name) {
-                self.names.push(name);
-            }
+    /// Note a custom setting (only dotted names are custom).
+    fn add(&mut self, name: String) {
+        if name.contains('.') && !self.names.contains(&name) {
+            self.names.push(name);
         }
     }
 
     pub fn merge_from(&mut self, other: &CustomSettings) {
         self.unresolved |= other.unresolved;
         for name in &other.names {
-            if !self.names.contains(name) {
-                self.names.push(name.clone());
-            }
+            self.add(name.clone());
         }
     }
 }
@@ -126,11 +122,6 @@ impl CustomSettings {
 /// the inspection asks for each by name.
 pub fn custom_settings(sql: &[u8]) -> CustomSettings {
     let mut out = CustomSettings::default();
-    let keep = |name: String, out: &mut CustomSettings| {
-        if name.contains('.') && !out.names.contains(&name) {
-            out.names.push(name);
-        }
-    };
     for statement in sql.split(|&b| b == b';') {
         let statement = statement.trim_ascii_start();
         if statement.starts_with(b"--") || statement.starts_with(b"/*") {
@@ -156,7 +147,7 @@ pub fn custom_settings(sql: &[u8]) -> CustomSettings {
             continue;
         }
         match setting_name(next) {
-            Some(name) => keep(name, &mut out),
+            Some(name) => out.add(name),
             None => out.unresolved = true,
         }
     }
@@ -169,7 +160,7 @@ pub fn custom_settings(sql: &[u8]) -> CustomSettings {
             .map(<[u8]>::trim_ascii_start)
             .and_then(string_literal);
         match literal {
-            Some(name) => keep(name.to_ascii_lowercase(), &mut out),
+            Some(name) => out.add(name.to_ascii_lowercase()),
             None => out.unresolved = true,
         }
     }

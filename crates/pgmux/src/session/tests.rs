@@ -249,6 +249,16 @@ impl Rig {
         }
     }
 
+    /// The client prepares `name` as `sql` (Parse, Sync); what it drew
+    /// from the server is taken as answered.
+    fn prepare(&mut self, name: &str, sql: &str) {
+        let mut parse = Vec::new();
+        msg(&mut parse, b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+        msg(&mut parse, b'S', b"");
+        self.send(&parse);
+        self.expect = Expect::default();
+    }
+
     /// The bytes sent to the server, and whether the batch is replayable.
     fn send(&mut self, data: &[u8]) -> (Vec<u8>, bool) {
         let st = Statements {
@@ -279,11 +289,7 @@ fn tags_of(bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn a_reused_name_and_an_unknown_one_are_raised_by_the_server_as_postgres_would() {
     let mut rig = Rig::new();
-    let mut first = Vec::new();
-    msg(&mut first, b'P', b"s1\0select 1\0\0\0");
-    msg(&mut first, b'S', b"");
-    rig.send(&first);
-    rig.expect = Expect::default();
+    rig.prepare("s1", "select 1");
 
     let mut again = Vec::new();
     msg(&mut again, b'P', b"s1\0select 2\0\0\0");
@@ -320,11 +326,7 @@ fn a_reused_name_and_an_unknown_one_are_raised_by_the_server_as_postgres_would()
 #[test]
 fn deallocate_of_a_client_name_is_answered_by_pgmux() {
     let mut rig = Rig::new();
-    let mut parse = Vec::new();
-    msg(&mut parse, b'P', b"_pg3_0\0select 1\0\0\0");
-    msg(&mut parse, b'S', b"");
-    rig.send(&parse);
-    rig.expect = Expect::default();
+    rig.prepare("_pg3_0", "select 1");
     let mut dealloc = Vec::new();
     msg(&mut dealloc, b'Q', b"DEALLOCATE _pg3_0\0");
     let (sent, _) = rig.send(&dealloc);
@@ -341,11 +343,7 @@ fn deallocate_of_a_client_name_is_answered_by_pgmux() {
 #[test]
 fn a_stale_statement_is_closed_reprepared_and_its_request_replayed() {
     let mut rig = Rig::new();
-    let mut prepare = Vec::new();
-    msg(&mut prepare, b'P', b"s\0select * from t\0\0\0");
-    msg(&mut prepare, b'S', b"");
-    rig.send(&prepare);
-    rig.expect = Expect::default();
+    rig.prepare("s", "select * from t");
     let id = rig.client.get(b"s").unwrap().id;
     assert!(rig.server.contains(id));
 
@@ -423,11 +421,7 @@ fn only_a_lone_prepared_execution_is_replayable() {
 #[test]
 fn a_stale_copy_is_closed_before_its_name_is_prepared_again_even_mid_pipeline() {
     let mut rig = Rig::new();
-    let mut prepare = Vec::new();
-    msg(&mut prepare, b'P', b"s\0select * from t\0\0\0");
-    msg(&mut prepare, b'S', b"");
-    rig.send(&prepare);
-    rig.expect = Expect::default();
+    rig.prepare("s", "select * from t");
     let id = rig.client.get(b"s").unwrap().id;
     rig.server.invalidate(id);
     // Something is still in flight (a COPY could be): no Close at the start.
