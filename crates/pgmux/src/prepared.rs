@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, Bytes, BytesMut};
 use pgmux_wire::frame::write_message;
 
-use crate::session::pinning::{CustomSettings, TextHints};
+use crate::session::pinning::Watch;
 
 /// Distinct statements a pool remembers before starting its map afresh.
 const MAX_PER_POOL: usize = 50_000;
@@ -39,11 +39,9 @@ pub struct Statement {
     pub server_name: String,
     /// The Parse body after the statement name: query, parameter types.
     pub definition: Bytes,
-    /// What its text hints at about session state (searched once, here;
-    /// see [`crate::session::pinning`]).
-    pub hints: TextHints,
-    /// Custom settings its text names, if it hints at that.
-    pub custom_settings: CustomSettings,
+    /// What its text may leave in the session (searched once, here; see
+    /// [`crate::session::pinning`]).
+    pub watch: Watch,
 }
 
 impl Statement {
@@ -86,18 +84,12 @@ impl StatementCache {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let definition = Bytes::copy_from_slice(definition);
-        let hints = TextHints::of(&definition);
-        let custom_settings = if hints.look || hints.session_set {
-            crate::session::pinning::custom_settings(&definition)
-        } else {
-            CustomSettings::default()
-        };
+        let watch = Watch::of_text(&definition);
         let s = Arc::new(Statement {
             id,
             server_name: server_name(id),
             definition: definition.clone(),
-            hints,
-            custom_settings,
+            watch,
         });
         map.insert(definition, s.clone());
         s
@@ -292,14 +284,12 @@ mod tests {
     #[test]
     fn text_hints_mark_statements() {
         let cache = StatementCache::default();
-        assert!(
-            cache
-                .intern(b"select pg_advisory_lock($1)\0\0\0")
-                .hints
-                .look
-        );
-        assert!(cache.intern(b"set search_path = a\0\0\0").hints.session_set);
+        let lock = cache.intern(b"select pg_advisory_lock($1)\0\0\0");
+        assert!(lock.watch.calls_for_look());
+        let mut set = cache.intern(b"set search_path = a\0\0\0").watch.clone();
+        set.note_tag(b"SET\0");
+        assert!(set.calls_for_look(), "a session-level SET, once confirmed");
         let plain = cache.intern(b"select abalance from a where aid = $1\0\0\0");
-        assert_eq!(plain.hints, TextHints::default());
+        assert_eq!(plain.watch, Watch::default());
     }
 }

@@ -1,26 +1,27 @@
 //! Client to server: pass bytes on, note what each message will draw from
-//! the server, and (transaction mode) rewrite statement names. Only the
+//! the server, watch statement texts for session state, and (transaction
+//! mode) have statement names rewritten ([`super::rewrite`]). Only the
 //! header of most messages is looked at; Parse, Bind, Describe and Close are
-//! read whole so their statement names can be mapped.
+//! read whole so their statement names can be mapped, and simple queries so
+//! their text can be searched.
 
-use std::sync::Arc;
+use bytes::BytesMut;
+use pgmux_wire::frame::{peek_header, FrameError, HEADER_LEN};
 
-use bytes::{BufMut, BytesMut};
-use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
-use pgmux_wire::reply::quote_literal;
-
-use super::ddl::{deallocated_statement, dropped_database};
+use super::ddl::dropped_database;
 use super::expect::{Expect, Pending};
-use super::pinning::{custom_settings, CustomSettings, TextHints};
+use super::pinning::Watch;
+use super::rewrite::{
+    close_stale, rewrite, rewrite_deallocate, stream_big_bind, Message, HEAD_LIMIT,
+};
 use super::splice::Splice;
-use crate::prepared::{server_name, ClientStatements, ServerStatements, Statement, StatementCache};
+
+pub use super::rewrite::Statements;
 
 /// Parse and Bind messages up to this size are held whole to be rewritten;
 /// a bigger Bind streams with only its head rewritten, a bigger unnamed
 /// Parse streams untouched, and a bigger named Parse is refused.
 const WHOLE_MESSAGE_LIMIT: usize = 1 << 20;
-/// Names at the head of a message (and whole Describe/Close) must fit in this.
-const HEAD_LIMIT: usize = 64 * 1024;
 /// How much of a statement's text is searched for session-state hints in
 /// one piece (simple queries up to this size are held whole for it).
 const HINT_SCAN_LIMIT: usize = WHOLE_MESSAGE_LIMIT;
@@ -46,18 +47,6 @@ impl ClientFlowError {
     }
 }
 
-/// The statement maps in play when names are rewritten.
-pub struct Statements<'a> {
-    pub cache: &'a StatementCache,
-    pub client: &'a mut ClientStatements,
-    pub server: &'a mut ServerStatements,
-    /// `max_prepared_statements`: the server's LRU capacity.
-    pub capacity: usize,
-    /// The client keeps this server (pinned): a name pgmux does not know
-    /// may be one the client made with SQL `PREPARE`, so it passes through.
-    pub pinned: bool,
-}
-
 /// Result of one pass over the client's buffered bytes.
 pub struct ClientBatch {
     /// Input bytes handled (the rest is an incomplete message, kept).
@@ -69,25 +58,12 @@ pub struct ClientBatch {
     pub copy_ended: bool,
     /// A `DROP DATABASE` of this database is among the messages.
     pub dropped_database: Option<String>,
-    /// What the statements' texts hint at about session state (`pinning`).
-    pub hints: TextHints,
-    /// Custom settings the statements may set.
-    pub custom_settings: CustomSettings,
+    /// What the statements may leave in the session (see `pinning`).
+    pub watch: Watch,
     /// The batch is one request that can be sent again as it is if its
     /// statement turns out stale: Bind, Describe, Execute, Sync of a
     /// prepared statement, nothing else (what libpq sends per execution).
     pub replayable: bool,
-}
-
-impl ClientBatch {
-    /// Search statement text for what it may leave in the session.
-    fn search(&mut self, text: &[u8]) {
-        let hints = TextHints::of(text);
-        if hints.look || hints.session_set {
-            self.custom_settings.merge_from(&custom_settings(text));
-        }
-        self.hints.merge(hints);
-    }
 }
 
 /// Counts the message kinds of a batch to tell whether it is replayable.
@@ -184,8 +160,7 @@ impl ClientFlow {
             terminate: false,
             copy_ended: false,
             dropped_database: None,
-            hints: TextHints::default(),
-            custom_settings: CustomSettings::default(),
+            watch: Watch::default(),
             replayable: false,
         };
         let mut shape = Shape::default();
@@ -205,7 +180,7 @@ impl ClientFlow {
                 if self.streaming_query {
                     // Over the whole-message limit: scanned piece by piece
                     // (a word cut by a piece boundary can be missed).
-                    batch.search(&input[pos..pos + take]);
+                    batch.watch.note_text(&input[pos..pos + take]);
                 }
                 self.remaining -= take;
                 self.streaming_query &= self.remaining > 0;
@@ -239,35 +214,20 @@ impl ClientFlow {
                 let managed_parse =
                     tag == b'P' && stmts.is_some() && body.first().is_some_and(|&b| b != 0);
                 if self.watch_state && !managed_parse {
-                    batch.search(&sql[..sql.len().min(HINT_SCAN_LIMIT)]);
+                    batch
+                        .watch
+                        .note_text(&sql[..sql.len().min(HINT_SCAN_LIMIT)]);
                 }
                 if let (b'Q', true, Some(st)) = (tag, have_whole, stmts.as_mut()) {
-                    if let Some(name) = deallocated_statement(sql) {
-                        if st.client.remove(name.as_bytes()) {
-                            // Known only to pgmux: answered here, nothing sent.
-                            expect.push(Pending::Deallocated);
-                            shape.note(tag);
-                            splice.replace(input, pos, whole_end, b"");
-                            pos = whole_end;
-                            continue;
-                        }
-                        if name.starts_with("pgmux_") && !st.pinned {
-                            // pgmux's own statement, shared by every client of
-                            // the server: not the client's to drop. It gets
-                            // what a direct connection would say of a name it
-                            // never prepared.
-                            let message = format!("prepared statement \"{name}\" does not exist");
-                            let mut out = BytesMut::new();
-                            write_message(&mut out, b'Q', |b| {
-                                b.put_slice(raise_sql("26000", &message).as_bytes());
-                                b.put_u8(0);
-                            });
-                            expect.push(Pending::Query);
-                            shape.note(tag);
-                            splice.replace(input, pos, whole_end, &out);
-                            pos = whole_end;
-                            continue;
-                        }
+                    let message = Message {
+                        input,
+                        start: pos,
+                        end: whole_end,
+                    };
+                    if rewrite_deallocate(sql, message, expect, st, &mut splice) {
+                        shape.note(tag);
+                        pos = whole_end;
+                        continue;
                     }
                 }
             }
@@ -308,20 +268,12 @@ impl ClientFlow {
                         _ => break,
                     }
                 }
-                let (hints, custom) = rewrite(
-                    tag,
-                    &input[body_start..whole_end],
+                let message = Message {
                     input,
-                    pos,
-                    whole_end,
-                    expect,
-                    st,
-                    &mut splice,
-                )?;
-                batch.hints.merge(hints);
-                if let Some(s) = custom {
-                    batch.custom_settings.merge_from(&s.custom_settings);
-                }
+                    start: pos,
+                    end: whole_end,
+                };
+                rewrite(tag, message, expect, st, &mut splice, &mut batch.watch)?;
                 pos = whole_end;
                 continue;
             }
@@ -372,303 +324,4 @@ fn pending_for(tag: u8) -> Option<Pending> {
         b'F' => Pending::FunctionCall,
         _ => return None,
     })
-}
-
-fn cstr(body: &[u8], tag: u8) -> Result<(&[u8], &[u8]), ClientFlowError> {
-    let end = body
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(ClientFlowError::Malformed(tag as char))?;
-    Ok((&body[..end], &body[end + 1..]))
-}
-
-/// Make sure the server has `s`, injecting a Parse (and an eviction Close)
-/// into `out` if not.
-fn ensure_prepared(
-    s: &Statement,
-    server: &mut ServerStatements,
-    capacity: usize,
-    expect: &mut Expect,
-    out: &mut BytesMut,
-) {
-    if server.contains(s.id) {
-        return;
-    }
-    close_stale(server, expect, out);
-    if let Some(victim) = server.add(s, capacity) {
-        close_injected(victim, expect, out);
-    }
-    s.parse_message(out);
-    expect.push(Pending::Parse {
-        swallow: true,
-        id: Some(s.id),
-    });
-}
-
-/// Close the server's stale statements (a schema change broke them) into
-/// `out`: a Parse of the same server name would otherwise be refused.
-fn close_stale(server: &mut ServerStatements, expect: &mut Expect, out: &mut BytesMut) {
-    for id in server.take_closing() {
-        close_injected(id, expect, out);
-    }
-}
-
-/// A Close of statement `id` that pgmux sends itself; its reply is dropped.
-fn close_injected(id: u64, expect: &mut Expect, out: &mut BytesMut) {
-    Statement::close_message(&server_name(id), out);
-    expect.push(Pending::Close {
-        swallow: true,
-        injected: Some(id),
-    });
-}
-
-/// Make the server raise `code`/`message` in place of a client message: an
-/// injected `DO` block that raises, whose ParseComplete and BindComplete are
-/// dropped. The server then aborts the transaction and skips to Sync just as
-/// for an error of its own, so the client sees what PostgreSQL would show.
-fn raise(code: &str, message: &str, expect: &mut Expect, out: &mut BytesMut) {
-    let sql = raise_sql(code, message);
-    write_message(out, b'P', |b| {
-        b.put_u8(0);
-        b.put_slice(sql.as_bytes());
-        b.put_u8(0);
-        b.put_i16(0);
-    });
-    write_message(out, b'B', |b| {
-        b.put_slice(b"\0\0");
-        b.put_i16(0);
-        b.put_i16(0);
-        b.put_i16(0);
-    });
-    write_message(out, b'E', |b| {
-        b.put_u8(0);
-        b.put_i32(0);
-    });
-    expect.push(Pending::Parse {
-        swallow: true,
-        id: None,
-    });
-    expect.push(Pending::Raise);
-}
-
-/// A `DO` block that raises `code` with `message`, every part quoted.
-fn raise_sql(code: &str, message: &str) -> String {
-    let block = format!(
-        "BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}; END",
-        quote_literal(code),
-        quote_literal(message)
-    );
-    format!("DO {}", quote_literal(&block))
-}
-
-fn statement_name(name: &[u8]) -> String {
-    String::from_utf8_lossy(name).into_owned()
-}
-
-/// Handle a whole Parse, Bind, Describe or Close when names are rewritten.
-/// Returns what the statement involved hints at about session state.
-#[allow(clippy::too_many_arguments)]
-fn rewrite(
-    tag: u8,
-    body: &[u8],
-    input: &[u8],
-    start: usize,
-    end: usize,
-    expect: &mut Expect,
-    st: &mut Statements<'_>,
-    splice: &mut Splice,
-) -> Result<(TextHints, Option<Arc<Statement>>), ClientFlowError> {
-    let mut out = BytesMut::new();
-    let mut hints = TextHints::default();
-    let mut custom = None;
-    match tag {
-        b'P' => {
-            let (name, definition) = cstr(body, tag)?;
-            if name.is_empty() {
-                expect.push(Pending::Parse {
-                    swallow: false,
-                    id: None,
-                });
-                return Ok((TextHints::default(), None));
-            }
-            if st.client.get(name).is_some() {
-                let message = format!(
-                    "prepared statement \"{}\" already exists",
-                    statement_name(name)
-                );
-                raise("42P05", &message, expect, &mut out);
-                splice.replace(input, start, end, &out);
-                return Ok((TextHints::default(), None));
-            }
-            let s = st.cache.intern(definition);
-            (hints, custom) = statement_hints(&s);
-            let binding = st.client.insert(name, s.clone());
-            if st.server.contains(s.id) {
-                // Already there: answer it ourselves.
-                expect.push(Pending::Synth(b'1'));
-            } else {
-                close_stale(st.server, expect, &mut out);
-                if let Some(victim) = st.server.add(&s, st.capacity) {
-                    close_injected(victim, expect, &mut out);
-                }
-                s.parse_message(&mut out);
-                expect.push(Pending::Parse {
-                    swallow: false,
-                    id: Some(s.id),
-                });
-            }
-            expect.push(Pending::NameBound(binding));
-        }
-        b'B' => {
-            let (portal, rest) = cstr(body, tag)?;
-            let (name, params) = cstr(rest, tag)?;
-            if name.is_empty() {
-                expect.push(Pending::Bind { id: None });
-                return Ok((TextHints::default(), None));
-            }
-            // Borrowed, not cloned: this is every prepared execution.
-            let Some(s) = st.client.get(name) else {
-                unknown_name(name, Pending::Bind { id: None }, st, expect, &mut out);
-                if !out.is_empty() {
-                    splice.replace(input, start, end, &out);
-                }
-                return Ok((TextHints::default(), None));
-            };
-            (hints, custom) = statement_hints(s);
-            ensure_prepared(s, st.server, st.capacity, expect, &mut out);
-            write_message(&mut out, b'B', |b| {
-                b.put_slice(portal);
-                b.put_u8(0);
-                b.put_slice(s.server_name.as_bytes());
-                b.put_u8(0);
-                b.put_slice(params);
-            });
-            expect.push(Pending::Bind { id: Some(s.id) });
-        }
-        b'D' | b'C' => {
-            let (&kind, rest) = body
-                .split_first()
-                .ok_or(ClientFlowError::Malformed(tag as char))?;
-            let (name, _) = cstr(rest, tag)?;
-            let named_statement = kind == b'S' && !name.is_empty();
-            if !named_statement {
-                expect.push(if tag == b'D' {
-                    Pending::Describe { id: None }
-                } else {
-                    Pending::Close {
-                        swallow: false,
-                        injected: None,
-                    }
-                });
-                return Ok((TextHints::default(), None));
-            }
-            if tag == b'C' {
-                if !st.client.remove(name) && st.pinned {
-                    // Perhaps the client's own SQL PREPARE: the server closes it.
-                    expect.push(Pending::Close {
-                        swallow: false,
-                        injected: None,
-                    });
-                    return Ok((TextHints::default(), None));
-                }
-                // The server copy stays for other clients; only the
-                // client's name goes (closing an unknown name is no error).
-                expect.push(Pending::Synth(b'3'));
-            } else {
-                let Some(s) = st.client.get(name) else {
-                    unknown_name(name, Pending::Describe { id: None }, st, expect, &mut out);
-                    if !out.is_empty() {
-                        splice.replace(input, start, end, &out);
-                    }
-                    return Ok((TextHints::default(), None));
-                };
-                ensure_prepared(s, st.server, st.capacity, expect, &mut out);
-                write_message(&mut out, b'D', |b| {
-                    b.put_u8(b'S');
-                    b.put_slice(s.server_name.as_bytes());
-                    b.put_u8(0);
-                });
-                expect.push(Pending::Describe { id: Some(s.id) });
-            }
-        }
-        _ => return Ok((TextHints::default(), None)),
-    }
-    splice.replace(input, start, end, &out);
-    Ok((hints, custom))
-}
-
-/// A statement's hints, and the statement itself when it names custom
-/// settings (rare: only then is its Arc cloned).
-fn statement_hints(s: &Arc<Statement>) -> (TextHints, Option<Arc<Statement>>) {
-    let names_settings = !s.custom_settings.names.is_empty() || s.custom_settings.unresolved;
-    (s.hints, names_settings.then(|| s.clone()))
-}
-
-/// A Bind or Describe of a statement name pgmux does not know. Unpinned,
-/// `out` gets an injected 26000 error standing in for the message. Pinned,
-/// the name may be the client's own SQL-level PREPARE on its server: the
-/// message passes unchanged (`out` stays empty) and draws `as_is`.
-fn unknown_name(
-    name: &[u8],
-    as_is: Pending,
-    st: &Statements<'_>,
-    expect: &mut Expect,
-    out: &mut BytesMut,
-) {
-    if st.pinned {
-        expect.push(as_is);
-        return;
-    }
-    let message = format!(
-        "prepared statement \"{}\" does not exist",
-        statement_name(name)
-    );
-    raise("26000", &message, expect, out);
-}
-
-/// A Bind too big to hold whole: rewrite its head once the two names are in,
-/// then let the rest stream. Returns where streaming continues, or `None`
-/// to wait for more bytes.
-fn stream_big_bind(
-    input: &[u8],
-    start: usize,
-    len: usize,
-    expect: &mut Expect,
-    st: &mut Statements<'_>,
-    splice: &mut Splice,
-) -> Result<Option<usize>, ClientFlowError> {
-    let body = &input[start + HEADER_LEN..];
-    let Some(portal_end) = body.iter().position(|&b| b == 0) else {
-        return if body.len() > HEAD_LIMIT {
-            Err(ClientFlowError::Malformed('B'))
-        } else {
-            Ok(None)
-        };
-    };
-    let Some(name_len) = body[portal_end + 1..].iter().position(|&b| b == 0) else {
-        return if body.len() > HEAD_LIMIT {
-            Err(ClientFlowError::Malformed('B'))
-        } else {
-            Ok(None)
-        };
-    };
-    let name = &body[portal_end + 1..portal_end + 1 + name_len];
-    let head_end = start + HEADER_LEN + portal_end + 1 + name_len + 1;
-    let statement = (!name.is_empty())
-        .then(|| st.client.get(name).cloned())
-        .flatten();
-    let id = statement.as_ref().map(|s| s.id);
-    if let Some(s) = statement {
-        let mut out = BytesMut::new();
-        ensure_prepared(&s, st.server, st.capacity, expect, &mut out);
-        let new_len = len - name_len + s.server_name.len() + 4;
-        out.put_u8(b'B');
-        out.put_i32(new_len as i32);
-        out.put_slice(&body[..=portal_end]);
-        out.put_slice(s.server_name.as_bytes());
-        out.put_u8(0);
-        splice.replace(input, start, head_end, &out);
-    }
-    expect.push(Pending::Bind { id });
-    Ok(Some(head_end))
 }

@@ -10,6 +10,7 @@ mod pinned;
 pub mod pinning;
 mod relay;
 mod release;
+mod rewrite;
 mod server_flow;
 mod splice;
 #[cfg(test)]

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::pinning::{inspect_sql, Inspection, Pin, Pins};
+use super::pinning::{inspect_sql, Inspection, Pin, Pins, Watch};
 use super::relay::{forward_server_bytes, Outcome, Replay};
 use super::{ClientError, Session};
 use crate::pool::Checkout;
@@ -20,12 +20,13 @@ pub(super) async fn inspect_session(
     stream: &mut TcpStream,
     s: &mut Session,
     checkout: &mut Checkout,
+    watch: &Watch,
 ) -> Result<(), ClientError> {
     s.pool.stats.session_checks.add(1);
     let server = checkout.server_mut();
     // Custom settings show in no catalog view: ask for the ones the client
     // named now, and for those it already carries (or they would be lost).
-    let mut custom = std::mem::take(&mut server.flow.custom_settings);
+    let mut custom = watch.custom_names().to_vec();
     for (name, _) in s.params.iter() {
         if name.contains('.') && !custom.iter().any(|c| c.eq_ignore_ascii_case(name)) {
             custom.push(name.to_string());
@@ -76,12 +77,9 @@ pub(super) async fn inspect_session(
     // DISCARD ALL is known to clear it.
     let mut pins = found.pins;
     let untracked_before = s.pins().contains(Pin::UntrackedSetting);
-    if std::mem::take(&mut server.flow.untracked_setting)
-        || (untracked_before && !server.flow.discarded_all)
-    {
+    if watch.untracked_setting() || (untracked_before && !watch.discarded_all()) {
         pins.insert(Pin::UntrackedSetting);
     }
-    server.flow.discarded_all = false;
     set_pins(s, pins);
     Ok(())
 }

@@ -26,31 +26,85 @@ use pgmux_wire::reply::quote_literal;
 /// and `CREATE TEMP TABLE ... AS` / `SELECT ... INTO TEMP` answer `SELECT n`.
 const TEXT_HINTS: &[&[u8]] = &[b"advisory", b"temp", b"set_config"];
 
-/// What a statement's text says about the session state it may leave.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TextHints {
-    /// Look after the transaction whatever the tags say.
-    pub look: bool,
-    /// A `SET` here may be session-level: a `SET` tag then calls for a look.
-    pub session_set: bool,
+/// Custom setting names remembered between two looks at a session.
+const MAX_CUSTOM_SETTINGS: usize = 64;
+
+/// What a client's transactions may have left in the session since the
+/// last look, gathered as messages pass: from statement texts on the way
+/// in, from command tags on the way back. Taken when a transaction ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watch {
+    /// A tag or a text calls for a look at the session.
+    look: bool,
+    /// A text had a `SET` that may be session-level: a `SET` tag then
+    /// calls for a look (a `SET LOCAL` alone does not).
+    session_set: bool,
+    /// Custom settings named, and whether one may hide behind a name pgmux
+    /// could not read.
+    custom: CustomSettings,
+    /// `DISCARD ALL` ran.
+    discarded_all: bool,
 }
 
-impl TextHints {
-    pub fn of(sql: &[u8]) -> TextHints {
-        TextHints {
+impl Watch {
+    /// What `sql` may leave behind (custom names are read only when the
+    /// text gives a reason to).
+    pub fn of_text(sql: &[u8]) -> Watch {
+        let mut watch = Watch {
             look: text_hint(sql),
             session_set: sets_session(sql),
+            ..Watch::default()
+        };
+        if watch.look || watch.session_set {
+            watch.custom = custom_settings(sql);
+        }
+        watch
+    }
+
+    pub fn note_text(&mut self, sql: &[u8]) {
+        self.merge(&Watch::of_text(sql));
+    }
+
+    /// A command tag the server sent.
+    pub fn note_tag(&mut self, tag: &[u8]) {
+        self.look |= tag_hint(tag) || (is_set_tag(tag) && self.session_set);
+        self.discarded_all |= tag.starts_with(b"DISCARD ALL\0");
+    }
+
+    pub fn merge(&mut self, other: &Watch) {
+        self.look |= other.look;
+        self.session_set |= other.session_set;
+        self.discarded_all |= other.discarded_all;
+        self.custom.unresolved |= other.custom.unresolved;
+        for name in &other.custom.names {
+            // Bounded: a client naming thousands only loses the excess.
+            if self.custom.names.len() < MAX_CUSTOM_SETTINGS {
+                self.custom.add(name.clone());
+            }
         }
     }
 
-    pub fn merge(&mut self, other: TextHints) {
-        self.look |= other.look;
-        self.session_set |= other.session_set;
+    /// Whether the session must be looked at now.
+    pub fn calls_for_look(&self) -> bool {
+        self.look
+    }
+
+    pub fn custom_names(&self) -> &[String] {
+        &self.custom.names
+    }
+
+    /// A custom setting may have been set under a name pgmux cannot read.
+    pub fn untracked_setting(&self) -> bool {
+        self.custom.unresolved
+    }
+
+    pub fn discarded_all(&self) -> bool {
+        self.discarded_all
     }
 }
 
 /// Whether `sql` may leave session state behind (ASCII case-insensitive).
-pub fn text_hint(sql: &[u8]) -> bool {
+fn text_hint(sql: &[u8]) -> bool {
     sql.windows(4).enumerate().any(|(i, w)| {
         let head = [w[0] | 0x20, w[1] | 0x20];
         TEXT_HINTS
@@ -69,7 +123,7 @@ fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
 /// start at the beginning and after each `;` (a `;` inside a string only
 /// adds starts, so it can only make the answer more cautious); a start
 /// behind a comment counts as a possible `SET`.
-pub fn sets_session(sql: &[u8]) -> bool {
+fn sets_session(sql: &[u8]) -> bool {
     sql.split(|&b| b == b';').any(|statement| {
         let start = statement
             .iter()
@@ -93,7 +147,7 @@ pub fn sets_session(sql: &[u8]) -> bool {
 }
 
 /// Custom settings (`app.user_id`: dotted names) that statements name.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CustomSettings {
     pub names: Vec<String>,
     /// A statement may set one whose name pgmux could not read (a `SET`
@@ -108,19 +162,12 @@ impl CustomSettings {
             self.names.push(name);
         }
     }
-
-    pub fn merge_from(&mut self, other: &CustomSettings) {
-        self.unresolved |= other.unresolved;
-        for name in &other.names {
-            self.add(name.clone());
-        }
-    }
 }
 
 /// The custom settings a session-level `SET` or a `set_config('…')` in
 /// `sql` names. PostgreSQL lists such placeholders in no catalog view, so
 /// the inspection asks for each by name.
-pub fn custom_settings(sql: &[u8]) -> CustomSettings {
+fn custom_settings(sql: &[u8]) -> CustomSettings {
     let mut out = CustomSettings::default();
     for statement in sql.split(|&b| b == b';') {
         let statement = statement.trim_ascii_start();
@@ -238,7 +285,7 @@ fn word<'a>(s: &'a [u8], w: &[u8]) -> Option<&'a [u8]> {
 }
 
 /// The `SET` command tag: a look only if the text had a session-level SET.
-pub fn is_set_tag(tag: &[u8]) -> bool {
+fn is_set_tag(tag: &[u8]) -> bool {
     tag.starts_with(b"SET\0")
 }
 
@@ -258,7 +305,7 @@ const TAG_HINTS: &[&[u8]] = &[
     b"DROP TABLE\0",
 ];
 
-pub fn tag_hint(tag: &[u8]) -> bool {
+fn tag_hint(tag: &[u8]) -> bool {
     TAG_HINTS.iter().any(|hint| tag.starts_with(hint))
 }
 
@@ -478,6 +525,30 @@ mod tests {
         ] {
             assert!(!sets_session(local), "{:?}", String::from_utf8_lossy(local));
         }
+    }
+
+    #[test]
+    fn a_watch_looks_after_a_session_set_but_not_after_set_local() {
+        let mut local = Watch::of_text(b"SET LOCAL app.user_id = '1'");
+        local.note_tag(b"SET\0");
+        assert!(!local.calls_for_look());
+        let mut session = Watch::default();
+        session.merge(&Watch::of_text(b"SET app.user_id = '1'"));
+        assert!(
+            !session.calls_for_look(),
+            "not before the server confirms it"
+        );
+        session.note_tag(b"SET\0");
+        assert!(session.calls_for_look());
+        assert_eq!(session.custom_names(), ["app.user_id"]);
+        let mut discard = Watch::default();
+        discard.note_tag(b"DISCARD ALL\0");
+        assert!(discard.calls_for_look() && discard.discarded_all());
+        assert!(Watch::of_text(b"select set_config($1, $2, false)").untracked_setting());
+        assert_eq!(
+            Watch::of_text(b"select abalance from a where aid = $1"),
+            Watch::default()
+        );
     }
 
     #[test]

@@ -267,8 +267,9 @@ async fn serve_request(
     s.info.link(0);
     match outcome {
         Outcome::Done if transaction_mode && !terminating => {
-            if checkout.server_mut().flow.take_state_hint() {
-                if let Err(e) = Box::pin(inspect_session(stream, s, &mut checkout)).await {
+            let watch = std::mem::take(&mut checkout.server_mut().flow.watch);
+            if watch.calls_for_look() {
+                if let Err(e) = Box::pin(inspect_session(stream, s, &mut checkout, &watch)).await {
                     set_pins(s, Pins::default());
                     checkout.discard(CloseReason::Error);
                     return Err(e);
@@ -398,17 +399,7 @@ async fn forward_client_bytes(
     if idle_before && !server.expect.is_empty() {
         server.timing.request_sent(server.flow.status);
     }
-    server.flow.state_hint |= batch.hints.look;
-    server.flow.session_set_text |= batch.hints.session_set;
-    server.flow.untracked_setting |= batch.custom_settings.unresolved;
-    for name in batch.custom_settings.names {
-        // Bounded: a client naming thousands only loses the excess.
-        if server.flow.custom_settings.len() < MAX_CUSTOM_SETTINGS
-            && !server.flow.custom_settings.contains(&name)
-        {
-            server.flow.custom_settings.push(name);
-        }
-    }
+    server.flow.watch.merge(&batch.watch);
     // A lone prepared execution outside a transaction can be sent again if
     // a schema change made its statement stale: keep its bytes until the
     // reply (split off, not copied).
@@ -511,9 +502,6 @@ pub(super) struct Replay {
     /// This request was sent again already: a second failure passes through.
     used: bool,
 }
-
-/// Custom setting names remembered between two looks at a session.
-const MAX_CUSTOM_SETTINGS: usize = 64;
 
 /// Requests bigger than this are not kept for a replay.
 const REPLAY_LIMIT: usize = 64 * 1024;

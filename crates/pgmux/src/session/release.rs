@@ -30,10 +30,8 @@ pub(super) async fn release_after_client(mut checkout: Checkout, s: &mut Session
         || server.flow.copy_in;
     let session_mode = s.pool.mode == PoolMode::Session;
     // A hinted transaction that was never inspected may have left state.
-    let state_left = !s.pins().is_empty() || server.flow.take_state_hint();
-    server.flow.custom_settings.clear();
-    server.flow.untracked_setting = false;
-    server.flow.discarded_all = false;
+    let watch = std::mem::take(&mut server.flow.watch);
+    let state_left = !s.pins().is_empty() || watch.calls_for_look();
     set_pins(s, Pins::default());
     if !dirty && !session_mode && !state_left {
         checkout.checkin();

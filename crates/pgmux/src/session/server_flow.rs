@@ -9,7 +9,7 @@ use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
 use pgmux_wire::reply;
 
 use super::expect::{Canned, Desync, Expect, Undone, Verdict};
-use super::pinning::{is_set_tag, tag_hint};
+use super::pinning::Watch;
 use super::splice::Splice;
 use crate::params::ParamMap;
 use crate::prepared::{forgets_statements, ClientStatements, ServerStatements, StatementCache};
@@ -66,18 +66,9 @@ pub struct ServerFlow {
     pub at_ready: bool,
     /// The server waits for COPY data from the client.
     pub copy_in: bool,
-    /// Since the last look, a command tag or a statement text calls for
-    /// a look at the session after the transaction.
-    pub state_hint: bool,
-    /// Since the last look, the client sent a `SET` that may be
-    /// session-level: a `SET` tag then calls for a look.
-    pub session_set_text: bool,
-    /// Custom settings the client's statements named since the last look.
-    pub custom_settings: Vec<String>,
-    /// A statement may have set a custom setting pgmux cannot name.
-    pub untracked_setting: bool,
-    /// `DISCARD ALL` ran since the last look.
-    pub discarded_all: bool,
+    /// What the client's transactions may have left in the session since
+    /// the last look (statement texts noted by the relay, tags here).
+    pub watch: Watch,
     /// The request in flight may be sent again if its statement is stale
     /// (set by the relay for a replayable request; cleared by any reply).
     pub retry_armed: bool,
@@ -95,11 +86,7 @@ impl ServerFlow {
             status: b'I',
             at_ready: true,
             copy_in: false,
-            state_hint: false,
-            session_set_text: false,
-            custom_settings: Vec::new(),
-            untracked_setting: false,
-            discarded_all: false,
+            watch: Watch::default(),
             retry_armed: false,
             retrying: false,
             undone: Undone::default(),
@@ -242,9 +229,7 @@ impl ServerFlow {
                 }
                 b'C' => {
                     let command_tag = &input[body_start..whole_end];
-                    self.state_hint |=
-                        tag_hint(command_tag) || (is_set_tag(command_tag) && self.session_set_text);
-                    self.discarded_all |= command_tag.starts_with(b"DISCARD ALL\0");
+                    self.watch.note_tag(command_tag);
                     if forgets_statements(command_tag) {
                         obs.statements.clear();
                         if let Some(client) = obs.client_statements.as_deref_mut() {
@@ -283,12 +268,6 @@ impl ServerFlow {
         batch.consumed = pos;
         batch.edited = splice.finish(input, pos);
         Ok(batch)
-    }
-
-    /// Take the call for a look at the session (and forget the texts seen).
-    pub fn take_state_hint(&mut self) -> bool {
-        self.session_set_text = false;
-        std::mem::take(&mut self.state_hint)
     }
 
     /// Replies pgmux owes that are due with no server message to wait for.

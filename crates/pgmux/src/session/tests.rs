@@ -44,11 +44,8 @@ fn client_stream() -> Vec<u8> {
 }
 
 fn run_client(data: &[u8], cuts: &[usize]) -> (Vec<u8>, u32) {
-    let cache = StatementCache::default();
-    let mut client = ClientStatements::default();
-    let mut server = ServerStatements::default();
+    let mut rig = Rig::new();
     let mut flow = ClientFlow::new(1 << 20, true);
-    let mut expect = Expect::default();
     let mut buf = BytesMut::new();
     let mut sent = Vec::new();
     let mut at = 0;
@@ -56,14 +53,8 @@ fn run_client(data: &[u8], cuts: &[usize]) -> (Vec<u8>, u32) {
         let c = c.clamp(at, data.len());
         buf.extend_from_slice(&data[at..c]);
         at = c;
-        let st = Statements {
-            cache: &cache,
-            client: &mut client,
-            server: &mut server,
-            capacity: 200,
-            pinned: false,
-        };
-        let batch = flow.process(&buf, &mut expect, Some(st)).unwrap();
+        let (st, expect) = rig.statements();
+        let batch = flow.process(&buf, expect, Some(st)).unwrap();
         match batch.edited {
             Some(e) => sent.extend_from_slice(&e),
             None => sent.extend_from_slice(&buf[..batch.consumed]),
@@ -71,7 +62,7 @@ fn run_client(data: &[u8], cuts: &[usize]) -> (Vec<u8>, u32) {
         buf.advance(batch.consumed);
     }
     assert!(buf.is_empty() && flow.at_boundary());
-    (sent, expect.ready_owed())
+    (sent, rig.expect.ready_owed())
 }
 
 /// Replies to a batch where the first Parse was swallowed-injected:
@@ -187,24 +178,14 @@ proptest! {
 
 #[test]
 fn big_messages_stream_or_are_refused_without_being_held_whole() {
-    let cache = StatementCache::default();
-    let (mut client, mut server) = (ClientStatements::default(), ServerStatements::default());
+    let mut rig = Rig::new();
     let big_query = [b"select '".as_slice(), &vec![b'q'; 2 << 20], b"'\0\0\0"].concat();
     // Unnamed: passes through as it arrives.
     let mut unnamed = Vec::new();
     msg(&mut unnamed, b'P', &[b"\0".as_slice(), &big_query].concat());
     let mut flow = ClientFlow::new(8 << 20, true);
-    let mut expect = Expect::default();
-    let st = Statements {
-        cache: &cache,
-        client: &mut client,
-        server: &mut server,
-        capacity: 200,
-        pinned: false,
-    };
-    let first = flow
-        .process(&unnamed[..100_000], &mut expect, Some(st))
-        .unwrap();
+    let (st, expect) = rig.statements();
+    let first = flow.process(&unnamed[..100_000], expect, Some(st)).unwrap();
     assert_eq!(first.consumed, 100_000, "streamed, not held");
     assert!(!flow.at_boundary());
     // Named: refused with a clear error instead of buffering it.
@@ -215,21 +196,17 @@ fn big_messages_stream_or_are_refused_without_being_held_whole() {
         &[b"big\0".as_slice(), &big_query].concat(),
     );
     let mut flow = ClientFlow::new(8 << 20, true);
-    let st = Statements {
-        cache: &cache,
-        client: &mut client,
-        server: &mut server,
-        capacity: 200,
-        pinned: false,
-    };
+    rig.expect = Expect::default();
+    let (st, expect) = rig.statements();
     let err = flow
-        .process(&named[..100_000], &mut Expect::default(), Some(st))
+        .process(&named[..100_000], expect, Some(st))
         .err()
         .unwrap();
     assert_eq!(err.sqlstate(), "54000");
 }
 
-/// One pass of the client flow over `data` with fresh maps but `client`.
+/// A client's statement maps, a server's, and the reply queue between them,
+/// for driving the client flow by hand.
 struct Rig {
     cache: StatementCache,
     client: ClientStatements,
@@ -259,8 +236,8 @@ impl Rig {
         self.expect = Expect::default();
     }
 
-    /// The bytes sent to the server, and whether the batch is replayable.
-    fn send(&mut self, data: &[u8]) -> (Vec<u8>, bool) {
+    /// The statement maps as the flow gets them, and the reply queue.
+    fn statements(&mut self) -> (Statements<'_>, &mut Expect) {
         let st = Statements {
             cache: &self.cache,
             client: &mut self.client,
@@ -268,8 +245,14 @@ impl Rig {
             capacity: 200,
             pinned: self.pinned,
         };
+        (st, &mut self.expect)
+    }
+
+    /// The bytes sent to the server, and whether the batch is replayable.
+    fn send(&mut self, data: &[u8]) -> (Vec<u8>, bool) {
+        let (st, expect) = self.statements();
         let batch = ClientFlow::new(1 << 20, true)
-            .process(data, &mut self.expect, Some(st))
+            .process(data, expect, Some(st))
             .unwrap();
         assert_eq!(batch.consumed, data.len());
         let sent = batch.edited.map_or(data.to_vec(), |e| e.to_vec());

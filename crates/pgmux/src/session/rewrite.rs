@@ -1,0 +1,368 @@
+//! Statement names in transaction mode: the client's Parse, Bind, Describe
+//! and Close are rewritten to pgmux's pool-wide names ([`crate::prepared`]),
+//! with a Parse injected where a server lacks the statement, stale or
+//! evicted ones closed first, and the errors PostgreSQL would give (42P05,
+//! 26000) raised by the server itself in the client's name.
+
+use bytes::{BufMut, BytesMut};
+use pgmux_wire::frame::{write_message, HEADER_LEN};
+use pgmux_wire::reply::quote_literal;
+
+use super::client_flow::ClientFlowError;
+use super::ddl::deallocated_statement;
+use super::expect::{Expect, Pending};
+use super::pinning::Watch;
+use super::splice::Splice;
+use crate::prepared::{server_name, ClientStatements, ServerStatements, Statement, StatementCache};
+
+/// Names at the head of a message (and whole Describe/Close) must fit in this.
+pub(super) const HEAD_LIMIT: usize = 64 * 1024;
+
+/// The statement maps in play when names are rewritten.
+pub struct Statements<'a> {
+    pub cache: &'a StatementCache,
+    pub client: &'a mut ClientStatements,
+    pub server: &'a mut ServerStatements,
+    /// `max_prepared_statements`: the server's LRU capacity.
+    pub capacity: usize,
+    /// The client keeps this server (pinned): a name pgmux does not know
+    /// may be one the client made with SQL `PREPARE`, so it passes through.
+    pub pinned: bool,
+}
+
+/// One whole message in the client's input: `input[start..end]`.
+#[derive(Clone, Copy)]
+pub(super) struct Message<'a> {
+    pub input: &'a [u8],
+    pub start: usize,
+    pub end: usize,
+}
+
+impl<'a> Message<'a> {
+    fn body(&self) -> &'a [u8] {
+        &self.input[self.start + HEADER_LEN..self.end]
+    }
+}
+
+/// A simple Query that is exactly `DEALLOCATE name`: a name known only to
+/// pgmux is answered here (nothing is sent), and pgmux's own shared names
+/// are not the client's to drop. Returns whether the Query was handled.
+pub(super) fn rewrite_deallocate(
+    sql: &[u8],
+    message: Message<'_>,
+    expect: &mut Expect,
+    st: &mut Statements<'_>,
+    splice: &mut Splice,
+) -> bool {
+    let Some(name) = deallocated_statement(sql) else {
+        return false;
+    };
+    let Message { input, start, end } = message;
+    if st.client.remove(name.as_bytes()) {
+        expect.push(Pending::Deallocated);
+        splice.replace(input, start, end, b"");
+        return true;
+    }
+    if !name.starts_with("pgmux_") || st.pinned {
+        return false;
+    }
+    // What a direct connection would say of a name it never prepared.
+    let text = format!("prepared statement \"{name}\" does not exist");
+    let mut out = BytesMut::new();
+    write_message(&mut out, b'Q', |b| {
+        b.put_slice(raise_sql("26000", &text).as_bytes());
+        b.put_u8(0);
+    });
+    expect.push(Pending::Query);
+    splice.replace(input, start, end, &out);
+    true
+}
+
+fn cstr(body: &[u8], tag: u8) -> Result<(&[u8], &[u8]), ClientFlowError> {
+    let end = body
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(ClientFlowError::Malformed(tag as char))?;
+    Ok((&body[..end], &body[end + 1..]))
+}
+
+/// Make sure the server has `s`, injecting a Parse (and an eviction Close)
+/// into `out` if not.
+fn ensure_prepared(
+    s: &Statement,
+    server: &mut ServerStatements,
+    capacity: usize,
+    expect: &mut Expect,
+    out: &mut BytesMut,
+) {
+    if server.contains(s.id) {
+        return;
+    }
+    close_stale(server, expect, out);
+    if let Some(victim) = server.add(s, capacity) {
+        close_injected(victim, expect, out);
+    }
+    s.parse_message(out);
+    expect.push(Pending::Parse {
+        swallow: true,
+        id: Some(s.id),
+    });
+}
+
+/// Close the server's stale statements (a schema change broke them) into
+/// `out`: a Parse of the same server name would otherwise be refused.
+pub(super) fn close_stale(server: &mut ServerStatements, expect: &mut Expect, out: &mut BytesMut) {
+    for id in server.take_closing() {
+        close_injected(id, expect, out);
+    }
+}
+
+/// A Close of statement `id` that pgmux sends itself; its reply is dropped.
+fn close_injected(id: u64, expect: &mut Expect, out: &mut BytesMut) {
+    Statement::close_message(&server_name(id), out);
+    expect.push(Pending::Close {
+        swallow: true,
+        injected: Some(id),
+    });
+}
+
+/// Make the server raise `code`/`message` in place of a client message: an
+/// injected `DO` block that raises, whose ParseComplete and BindComplete are
+/// dropped. The server then aborts the transaction and skips to Sync just as
+/// for an error of its own, so the client sees what PostgreSQL would show.
+fn raise(code: &str, message: &str, expect: &mut Expect, out: &mut BytesMut) {
+    let sql = raise_sql(code, message);
+    write_message(out, b'P', |b| {
+        b.put_u8(0);
+        b.put_slice(sql.as_bytes());
+        b.put_u8(0);
+        b.put_i16(0);
+    });
+    write_message(out, b'B', |b| {
+        b.put_slice(b"\0\0");
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
+    });
+    write_message(out, b'E', |b| {
+        b.put_u8(0);
+        b.put_i32(0);
+    });
+    expect.push(Pending::Parse {
+        swallow: true,
+        id: None,
+    });
+    expect.push(Pending::Raise);
+}
+
+/// A `DO` block that raises `code` with `message`, every part quoted.
+fn raise_sql(code: &str, message: &str) -> String {
+    let block = format!(
+        "BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}; END",
+        quote_literal(code),
+        quote_literal(message)
+    );
+    format!("DO {}", quote_literal(&block))
+}
+
+fn statement_name(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// Handle a whole Parse, Bind, Describe or Close when names are rewritten;
+/// what the statement may leave in the session goes to `watch`.
+pub(super) fn rewrite(
+    tag: u8,
+    message: Message<'_>,
+    expect: &mut Expect,
+    st: &mut Statements<'_>,
+    splice: &mut Splice,
+    watch: &mut Watch,
+) -> Result<(), ClientFlowError> {
+    let Message { input, start, end } = message;
+    let body = message.body();
+    let mut out = BytesMut::new();
+    match tag {
+        b'P' => {
+            let (name, definition) = cstr(body, tag)?;
+            if name.is_empty() {
+                expect.push(Pending::Parse {
+                    swallow: false,
+                    id: None,
+                });
+                return Ok(());
+            }
+            if st.client.get(name).is_some() {
+                let message = format!(
+                    "prepared statement \"{}\" already exists",
+                    statement_name(name)
+                );
+                raise("42P05", &message, expect, &mut out);
+                splice.replace(input, start, end, &out);
+                return Ok(());
+            }
+            let s = st.cache.intern(definition);
+            watch.merge(&s.watch);
+            let binding = st.client.insert(name, s.clone());
+            if st.server.contains(s.id) {
+                // Already there: answer it ourselves.
+                expect.push(Pending::Synth(b'1'));
+            } else {
+                close_stale(st.server, expect, &mut out);
+                if let Some(victim) = st.server.add(&s, st.capacity) {
+                    close_injected(victim, expect, &mut out);
+                }
+                s.parse_message(&mut out);
+                expect.push(Pending::Parse {
+                    swallow: false,
+                    id: Some(s.id),
+                });
+            }
+            expect.push(Pending::NameBound(binding));
+        }
+        b'B' => {
+            let (portal, rest) = cstr(body, tag)?;
+            let (name, params) = cstr(rest, tag)?;
+            if name.is_empty() {
+                expect.push(Pending::Bind { id: None });
+                return Ok(());
+            }
+            // Borrowed, not cloned: this is every prepared execution.
+            let Some(s) = st.client.get(name) else {
+                unknown_name(name, Pending::Bind { id: None }, st, expect, &mut out);
+                if !out.is_empty() {
+                    splice.replace(input, start, end, &out);
+                }
+                return Ok(());
+            };
+            watch.merge(&s.watch);
+            ensure_prepared(s, st.server, st.capacity, expect, &mut out);
+            write_message(&mut out, b'B', |b| {
+                b.put_slice(portal);
+                b.put_u8(0);
+                b.put_slice(s.server_name.as_bytes());
+                b.put_u8(0);
+                b.put_slice(params);
+            });
+            expect.push(Pending::Bind { id: Some(s.id) });
+        }
+        b'D' | b'C' => {
+            let (&kind, rest) = body
+                .split_first()
+                .ok_or(ClientFlowError::Malformed(tag as char))?;
+            let (name, _) = cstr(rest, tag)?;
+            let named_statement = kind == b'S' && !name.is_empty();
+            if !named_statement {
+                expect.push(if tag == b'D' {
+                    Pending::Describe { id: None }
+                } else {
+                    Pending::Close {
+                        swallow: false,
+                        injected: None,
+                    }
+                });
+                return Ok(());
+            }
+            if tag == b'C' {
+                if !st.client.remove(name) && st.pinned {
+                    // Perhaps the client's own SQL PREPARE: the server closes it.
+                    expect.push(Pending::Close {
+                        swallow: false,
+                        injected: None,
+                    });
+                    return Ok(());
+                }
+                // The server copy stays for other clients; only the
+                // client's name goes (closing an unknown name is no error).
+                expect.push(Pending::Synth(b'3'));
+            } else {
+                let Some(s) = st.client.get(name) else {
+                    unknown_name(name, Pending::Describe { id: None }, st, expect, &mut out);
+                    if !out.is_empty() {
+                        splice.replace(input, start, end, &out);
+                    }
+                    return Ok(());
+                };
+                ensure_prepared(s, st.server, st.capacity, expect, &mut out);
+                write_message(&mut out, b'D', |b| {
+                    b.put_u8(b'S');
+                    b.put_slice(s.server_name.as_bytes());
+                    b.put_u8(0);
+                });
+                expect.push(Pending::Describe { id: Some(s.id) });
+            }
+        }
+        _ => return Ok(()),
+    }
+    splice.replace(input, start, end, &out);
+    Ok(())
+}
+
+/// A Bind or Describe of a statement name pgmux does not know. Unpinned,
+/// `out` gets an injected 26000 error standing in for the message. Pinned,
+/// the name may be the client's own SQL-level PREPARE on its server: the
+/// message passes unchanged (`out` stays empty) and draws `as_is`.
+fn unknown_name(
+    name: &[u8],
+    as_is: Pending,
+    st: &Statements<'_>,
+    expect: &mut Expect,
+    out: &mut BytesMut,
+) {
+    if st.pinned {
+        expect.push(as_is);
+        return;
+    }
+    let message = format!(
+        "prepared statement \"{}\" does not exist",
+        statement_name(name)
+    );
+    raise("26000", &message, expect, out);
+}
+
+/// A Bind too big to hold whole: rewrite its head once the two names are in,
+/// then let the rest stream. Returns where streaming continues, or `None`
+/// to wait for more bytes.
+pub(super) fn stream_big_bind(
+    input: &[u8],
+    start: usize,
+    len: usize,
+    expect: &mut Expect,
+    st: &mut Statements<'_>,
+    splice: &mut Splice,
+) -> Result<Option<usize>, ClientFlowError> {
+    let body = &input[start + HEADER_LEN..];
+    let Some(portal_end) = body.iter().position(|&b| b == 0) else {
+        return if body.len() > HEAD_LIMIT {
+            Err(ClientFlowError::Malformed('B'))
+        } else {
+            Ok(None)
+        };
+    };
+    let Some(name_len) = body[portal_end + 1..].iter().position(|&b| b == 0) else {
+        return if body.len() > HEAD_LIMIT {
+            Err(ClientFlowError::Malformed('B'))
+        } else {
+            Ok(None)
+        };
+    };
+    let name = &body[portal_end + 1..portal_end + 1 + name_len];
+    let head_end = start + HEADER_LEN + portal_end + 1 + name_len + 1;
+    let statement = (!name.is_empty())
+        .then(|| st.client.get(name).cloned())
+        .flatten();
+    let id = statement.as_ref().map(|s| s.id);
+    if let Some(s) = statement {
+        let mut out = BytesMut::new();
+        ensure_prepared(&s, st.server, st.capacity, expect, &mut out);
+        let new_len = len - name_len + s.server_name.len() + 4;
+        out.put_u8(b'B');
+        out.put_i32(new_len as i32);
+        out.put_slice(&body[..=portal_end]);
+        out.put_slice(s.server_name.as_bytes());
+        out.put_u8(0);
+        splice.replace(input, start, head_end, &out);
+    }
+    expect.push(Pending::Bind { id });
+    Ok(Some(head_end))
+}
