@@ -127,6 +127,18 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Scrape pgmux's /metrics at `metrics` and sum one metric (see
+/// [`metric_value`]).
+pub async fn metric(metrics: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, text) = http_get(metrics, "/metrics").await;
+    metric_value(&text, name, labels)
+}
+
+/// The PostgreSQL backend serving the client's next transaction.
+pub async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    scalar_i32(c, "select pg_backend_pid()").await
+}
+
 /// Connect and also return the connection task, so a test can make the
 /// client vanish abruptly (abort the task: the socket closes without a
 /// Terminate message).

@@ -60,6 +60,50 @@ pub fn extended(sql: &str) -> Vec<u8> {
     out
 }
 
+/// Parse of statement `name` (no parameter types).
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+}
+
+/// Bind of the unnamed portal to `statement`, without parameters.
+pub fn bind(statement: &str) -> Vec<u8> {
+    message(b'B', format!("\0{statement}\0\0\0\0\0\0\0").as_bytes())
+}
+
+/// Execute the unnamed portal, all rows.
+pub fn execute() -> Vec<u8> {
+    message(b'E', b"\0\0\0\0\0")
+}
+
+pub fn describe_portal() -> Vec<u8> {
+    message(b'D', b"P\0")
+}
+
+pub fn close_statement(name: &str) -> Vec<u8> {
+    message(b'C', format!("S{name}\0").as_bytes())
+}
+
+/// The tags of `msgs`, as a string ("2DCZ").
+pub fn tags(msgs: &[Msg]) -> String {
+    msgs.iter().map(|m| m.tag as char).collect()
+}
+
+/// The ErrorResponse among `msgs`: (SQLSTATE, message). It must carry no
+/// context: an error pgmux had the server raise must read as PostgreSQL's own.
+pub fn error_of(msgs: &[Msg]) -> (String, String) {
+    let e = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .unwrap_or_else(|| panic!("no error in {:?}", tags(msgs)));
+    assert_eq!(e.field(b'W'), None, "an error with a context: {e:?}");
+    (e.sqlstate().unwrap(), e.field(b'M').unwrap())
+}
+
+/// The transaction status of the ReadyForQuery that ends `msgs`.
+pub fn status(msgs: &[Msg]) -> u8 {
+    msgs.last().filter(|m| m.tag == b'Z').unwrap().body[0]
+}
+
 pub fn sync() -> Vec<u8> {
     message(b'S', b"")
 }
@@ -130,6 +174,12 @@ impl Raw {
                 return None;
             }
         }
+    }
+
+    /// Send `bytes`, then read up to and including the next ReadyForQuery.
+    pub async fn exchange(&mut self, bytes: &[u8]) -> Vec<Msg> {
+        self.send(bytes).await;
+        self.until_ready().await
     }
 
     /// Messages up to and including the next ReadyForQuery.

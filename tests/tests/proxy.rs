@@ -11,8 +11,9 @@ mod proxy {
     pub mod observability;
     pub mod outage;
     pub mod pooling;
+    pub mod prepared_statements;
     pub mod prometheus;
     pub mod protocol;
     pub mod python;
-    pub mod transaction_mode;
+    pub mod session_state;
 }
