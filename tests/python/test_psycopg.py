@@ -514,30 +514,6 @@ def test_named_prepared_statements_across_transactions(private_pgmux):
         b.rollback()
 
 
-def test_default_prepare_threshold_with_more_clients_than_servers(private_pgmux, table):
-    # psycopg's default: each query is prepared (as _pg3_0, _pg3_1, ... on
-    # every connection alike) from its sixth run on.
-    with connect(private_pgmux, autocommit=True) as setup:
-        t = fresh_table(setup, table, "client int, n int")
-    clients, rounds = 3 * (private_pgmux.pool_size or 4), 20
-    start = threading.Barrier(clients)
-
-    def client(k: int) -> None:
-        with psycopg.connect(**private_pgmux.psycopg_kwargs(autocommit=True)) as c:
-            assert c.prepare_threshold == 5
-            start.wait(30)
-            for n in range(rounds):
-                assert c.execute("select %s::int * 2", [k * 1000 + n]).fetchone() == ((k * 1000 + n) * 2,)
-                with c.transaction():
-                    c.execute(sql.SQL("insert into {} values (%s, %s)").format(t), [k, n])
-                    count = sql.SQL("select count(*) from {} where client = %s").format(t)
-                    assert c.execute(count, [k]).fetchone() == (n + 1,)
-
-    run_clients(client, clients)
-    with connect(private_pgmux, autocommit=True) as check:
-        assert check.execute(sql.SQL("select count(*) from {}").format(t)).fetchone() == (clients * rounds,)
-
-
 # ---------------------------------------------------------------------------
 # DROP DATABASE of a database pgmux holds idle servers to: pgmux closes them
 # first, so the server does not refuse with 55006 (Django's test runner
@@ -581,20 +557,23 @@ def test_prepared_statements_in_many_short_transactions(private_pgmux, table):
     start = threading.Barrier(clients)
 
     def client(k: int) -> None:
-        # Half prepare every statement at once (prepare_threshold=0), half
-        # ask for it per call (prepare=True, honoured with the default
-        # threshold); both name them _pg3_N alike.
-        threshold = 0 if k % 2 else 5
-        with psycopg.connect(**private_pgmux.psycopg_kwargs(prepare_threshold=threshold)) as c:
+        # The three ways psycopg names statements (_pg3_0, _pg3_1, ... alike
+        # on every connection): all at once (prepare_threshold=0), per call
+        # (prepare=True), and its default, from a query's sixth run on.
+        mode = k % 3
+        kwargs = {"prepare_threshold": 0} if mode == 0 else {}
+        prepare = True if mode == 1 else None
+        with psycopg.connect(**private_pgmux.psycopg_kwargs(**kwargs)) as c:
+            assert c.prepare_threshold == (0 if mode == 0 else 5)
             start.wait(30)
             insert = sql.SQL("insert into {} values (%s, %s, %s)").format(t)
             count = sql.SQL("select count(*) from {} where client = %s").format(t)
             for n in range(rounds):
                 with c.transaction():
-                    c.execute(insert, [k, n, f"note {n}"], prepare=True)
-                    assert c.execute(count, [k], prepare=True).fetchone() == (n + 1,)
+                    c.execute(insert, [k, n, f"note {n}"], prepare=prepare)
+                    assert c.execute(count, [k], prepare=prepare).fetchone() == (n + 1,)
                 c.commit()
-                assert c.execute("select %s::int * %s::int", [k, n], prepare=True).fetchone() == (k * n,)
+                assert c.execute("select %s::int * %s::int", [k, n], prepare=prepare).fetchone() == (k * n,)
                 c.commit()
 
     run_clients(client, clients)
