@@ -1,6 +1,9 @@
-//! Query cancellation. Each client gets pgmux's own random (pid, key); a
-//! CancelRequest carrying them is checked in constant time and forwarded, on
-//! a fresh connection, to whichever server that client is linked to.
+//! Query cancellation. Each client gets pgmux's own random secret key, and a
+//! pid: a random one in transaction mode, its server's real one in session
+//! mode (so two clients may share a pid: a session-mode client's server pid
+//! can equal another client's random one). A CancelRequest is checked in
+//! constant time against every client with its pid and forwarded, on a
+//! fresh connection, to whichever server that client is linked to.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +30,8 @@ struct Slot {
 
 #[derive(Default)]
 pub struct Cancels {
-    slots: Mutex<HashMap<u32, Arc<Slot>>>,
+    /// By pid; almost always one slot each.
+    slots: Mutex<HashMap<u32, Vec<Arc<Slot>>>>,
 }
 
 /// A client's registration; unregisters on drop.
@@ -43,12 +47,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Cancels {
+    /// Register a client under a random pid no other client has.
     pub fn register(self: &Arc<Self>) -> CancelKey {
-        let key: u32 = rand::random();
-        let slot = Arc::new(Slot {
-            key,
-            target: Mutex::new(None),
-        });
         let mut slots = lock(&self.slots);
         let pid = loop {
             // Stay in the positive i32 range, as PostgreSQL's pids do.
@@ -57,7 +57,22 @@ impl Cancels {
                 break pid;
             }
         };
-        slots.insert(pid, slot.clone());
+        self.insert(&mut slots, pid)
+    }
+
+    /// Register a client under `pid` (its server's own, in session mode).
+    pub fn register_as(self: &Arc<Self>, pid: u32) -> CancelKey {
+        let mut slots = lock(&self.slots);
+        self.insert(&mut slots, pid)
+    }
+
+    fn insert(self: &Arc<Self>, slots: &mut HashMap<u32, Vec<Arc<Slot>>>, pid: u32) -> CancelKey {
+        let key: u32 = rand::random();
+        let slot = Arc::new(Slot {
+            key,
+            target: Mutex::new(None),
+        });
+        slots.entry(pid).or_default().push(slot.clone());
         CancelKey {
             pid,
             key,
@@ -68,12 +83,23 @@ impl Cancels {
 
     /// Forward a CancelRequest if (pid, key) match a linked client.
     pub async fn cancel(&self, pid: u32, key: u32) {
-        let slot = lock(&self.slots).get(&pid).cloned();
+        let slot = {
+            let slots = lock(&self.slots);
+            let candidates = slots.get(&pid).map(Vec::as_slice).unwrap_or_default();
+            // Every candidate is compared, so the time taken tells nothing
+            // of which (if any) matched.
+            let mut found = None;
+            for slot in candidates {
+                if ct_eq(&slot.key.to_be_bytes(), &key.to_be_bytes()) {
+                    found = Some(slot.clone());
+                }
+            }
+            if found.is_none() && !candidates.is_empty() {
+                tracing::warn!(pid, "cancel request with a wrong key ignored");
+            }
+            found
+        };
         let Some(slot) = slot else { return };
-        if !ct_eq(&slot.key.to_be_bytes(), &key.to_be_bytes()) {
-            tracing::warn!(pid, "cancel request with a wrong key ignored");
-            return;
-        }
         let Some(target) = *lock(&slot.target) else {
             return;
         };
@@ -107,6 +133,32 @@ impl CancelKey {
 
 impl Drop for CancelKey {
     fn drop(&mut self) {
-        lock(&self.cancels.slots).remove(&self.pid);
+        let mut slots = lock(&self.cancels.slots);
+        if let Some(list) = slots.get_mut(&self.pid) {
+            list.retain(|s| !Arc::ptr_eq(s, &self.slot));
+            if list.is_empty() {
+                slots.remove(&self.pid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_may_share_a_pid_and_each_keeps_its_own_key() {
+        let cancels = Arc::new(Cancels::default());
+        let random = cancels.register();
+        let shared = cancels.register_as(random.pid);
+        assert_eq!(shared.pid, random.pid);
+        assert_eq!(lock(&cancels.slots)[&random.pid].len(), 2);
+        let pid = random.pid;
+        drop(random);
+        assert_eq!(lock(&cancels.slots)[&pid].len(), 1);
+        assert!(Arc::ptr_eq(&lock(&cancels.slots)[&pid][0], &shared.slot));
+        drop(shared);
+        assert!(lock(&cancels.slots).is_empty());
     }
 }

@@ -126,6 +126,44 @@ impl ParamMap {
     }
 }
 
+/// Distinct (setting, value) spellings a pool remembers.
+const MAX_SPELLINGS: usize = 1024;
+
+/// How a pool's servers spell the values clients give for reported
+/// settings (`utf8` → `UTF8`), learnt from the servers themselves.
+#[derive(Debug, Default)]
+pub struct Spellings {
+    known: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+}
+
+impl Spellings {
+    /// The server's spelling of `value` for `name`, if known. A printable
+    /// ASCII `application_name` is reported as given, so it is never asked.
+    pub fn spelling(&self, name: &str, value: &str) -> Option<String> {
+        if name.eq_ignore_ascii_case("application_name")
+            && value.bytes().all(|b| (0x20..0x7f).contains(&b))
+        {
+            return Some(value.to_string());
+        }
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .get(&(name.to_ascii_lowercase(), value.to_string()))
+            .cloned()
+    }
+
+    /// Remember that the server reports `given` for `name` as `canonical`
+    /// (bounded: past the cap, spellings are asked for each time).
+    pub fn learn(&self, name: &str, given: &str, canonical: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() < MAX_SPELLINGS {
+            known.insert(
+                (name.to_ascii_lowercase(), given.to_string()),
+                canonical.to_string(),
+            );
+        }
+    }
+}
+
 /// One simple query that applies `settings` and resets `resets`, every
 /// name and value quoted. Values go through `set_config`, which reads them
 /// as the server shows them: `SET search_path TO 'a, b'` would instead make
@@ -229,6 +267,27 @@ mod tests {
         cleaned.remove("Statement_Timeout");
         assert!(client.extras(&cleaned).is_empty());
         assert!(!client.differs_from(&cleaned));
+    }
+
+    #[test]
+    fn spellings_are_learnt_per_setting_and_bounded() {
+        let s = Spellings::default();
+        assert_eq!(s.spelling("client_encoding", "utf8"), None);
+        s.learn("Client_Encoding", "utf8", "UTF8");
+        assert_eq!(
+            s.spelling("client_encoding", "utf8").as_deref(),
+            Some("UTF8")
+        );
+        assert_eq!(s.spelling("DateStyle", "utf8"), None);
+        assert_eq!(
+            s.spelling("application_name", "web 1").as_deref(),
+            Some("web 1")
+        );
+        assert_eq!(s.spelling("application_name", "caf\u{e9}"), None);
+        for i in 0..2 * MAX_SPELLINGS {
+            s.learn("TimeZone", &format!("zone{i}"), "x");
+        }
+        assert_eq!(s.known.lock().unwrap().len(), MAX_SPELLINGS);
     }
 
     #[test]

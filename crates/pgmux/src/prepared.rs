@@ -42,6 +42,9 @@ pub struct Statement {
     /// What its text may leave in the session (searched once, here; see
     /// [`crate::session::pinning`]).
     pub watch: Watch,
+    /// Its text may drop every prepared statement (`DEALLOCATE ALL`,
+    /// `DISCARD ALL`).
+    pub may_forget_all: bool,
 }
 
 impl Statement {
@@ -88,6 +91,7 @@ impl StatementCache {
         let s = Arc::new(Statement {
             id,
             server_name: server_name(id),
+            may_forget_all: crate::session::may_forget_statements(&definition),
             definition: definition.clone(),
             watch,
         });
@@ -197,35 +201,70 @@ pub fn forgets_statements(command_tag: &[u8]) -> bool {
 }
 
 /// A client's own statement names. Each binding of a name gets a number,
-/// so a Parse that fails or is skipped undoes exactly its own binding.
+/// so a Parse that fails or is skipped undoes exactly its own binding, and
+/// a Close or DEALLOCATE that an error skips is undone too: a closed
+/// binding is kept aside until nothing owed can skip it any more.
 /// (The numbers come from one process-wide counter: a field here would
 /// grow every idle client's task.)
 #[derive(Default)]
 pub struct ClientStatements {
+    /// Boxed, and made on the first named Parse: most idle clients never
+    /// prepare a statement, and every idle client keeps this.
+    inner: Option<Box<ClientNames>>,
+}
+
+#[derive(Default)]
+struct ClientNames {
     names: HashMap<Box<[u8]>, (Arc<Statement>, u64)>,
+    /// Bindings closed while replies that could undo the close are owed.
+    closed: Vec<(Box<[u8]>, Arc<Statement>, u64)>,
 }
 
 static BINDINGS: AtomicU64 = AtomicU64::new(1);
 
 impl ClientStatements {
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.names.get(name).map(|(s, _)| s)
+        self.inner.as_ref()?.names.get(name).map(|(s, _)| s)
     }
     /// Bind `name` to `s`; returns the binding's number.
     pub fn insert(&mut self, name: &[u8], s: Arc<Statement>) -> u64 {
         let binding = BINDINGS.fetch_add(1, Ordering::Relaxed);
-        self.names.insert(name.into(), (s, binding));
+        let inner = self.inner.get_or_insert_with(Default::default);
+        inner.names.insert(name.into(), (s, binding));
         binding
     }
     /// Undo binding number `binding` (its Parse failed or was skipped).
     pub fn unbind(&mut self, binding: u64) {
-        self.names.retain(|_, (_, b)| *b != binding);
+        if let Some(inner) = self.inner.as_mut() {
+            inner.names.retain(|_, (_, b)| *b != binding);
+        }
     }
-    pub fn remove(&mut self, name: &[u8]) -> bool {
-        self.names.remove(name).is_some()
+    /// Close `name`; returns the binding closed, kept aside for
+    /// [`ClientStatements::reopen`].
+    pub fn close(&mut self, name: &[u8]) -> Option<u64> {
+        let inner = self.inner.as_mut()?;
+        let (name, (statement, binding)) = inner.names.remove_entry(name)?;
+        inner.closed.push((name, statement, binding));
+        Some(binding)
+    }
+    /// Undo the close of `binding` (an error made the server skip it).
+    pub fn reopen(&mut self, binding: u64) {
+        let Some(inner) = self.inner.as_mut() else {
+            return;
+        };
+        if let Some(i) = inner.closed.iter().position(|(_, _, b)| *b == binding) {
+            let (name, statement, binding) = inner.closed.swap_remove(i);
+            inner.names.insert(name, (statement, binding));
+        }
+    }
+    /// Nothing owed can undo a close any more.
+    pub fn settle(&mut self) {
+        if let Some(inner) = self.inner.as_mut() {
+            inner.closed.clear();
+        }
     }
     pub fn clear(&mut self) {
-        self.names.clear();
+        self.inner = None;
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, PoolMode, Target};
 use crate::conninfo::{ConnInfo, State};
-use crate::params::ParamMap;
+use crate::params::{ParamMap, Spellings};
 use crate::prepared::StatementCache;
 use crate::server::{Login, Server, ServerError};
 use crate::stats::{CloseReason, PoolStats};
@@ -125,6 +125,8 @@ pub struct Pool {
     pub stats: PoolStats,
     /// Server-side names of the named statements clients prepare.
     pub statements: StatementCache,
+    /// How servers spell the setting values clients give at login.
+    pub spellings: Spellings,
     /// The database-wide server cap, when `max_db_connections` is set.
     db_limit: Option<Arc<DbLimit>>,
     /// Servers opened under an older generation are closed when next seen
@@ -178,6 +180,7 @@ impl Pool {
             next_waiter: AtomicU64::new(0),
             stats: PoolStats::new(database, user, mode_label),
             statements: StatementCache::default(),
+            spellings: Spellings::default(),
             db_limit,
             generation: AtomicU64::new(0),
             paused: AtomicBool::new(false),
@@ -393,6 +396,12 @@ impl Pool {
         {
             permit.forget();
         }
+    }
+
+    /// The settings a fresh server of this pool reports (empty until the
+    /// first server logged in).
+    pub fn reported(&self) -> ParamMap {
+        lock(&self.defaults).clone().unwrap_or_default()
     }
 
     /// Whether servers of this pool report `name` (ParameterStatus).

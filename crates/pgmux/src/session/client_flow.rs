@@ -8,7 +8,7 @@
 use bytes::BytesMut;
 use pgmux_wire::frame::{peek_header, FrameError, HEADER_LEN};
 
-use super::ddl::dropped_database;
+use super::ddl::{deallocated_statement, dropped_database, may_forget_statements};
 use super::expect::{Expect, Pending};
 use super::pinning::Watch;
 use super::rewrite::{
@@ -17,6 +17,8 @@ use super::rewrite::{
 use super::splice::Splice;
 
 pub use super::rewrite::Statements;
+
+const FLUSH: &[u8] = b"H\0\0\0\x04";
 
 /// Parse and Bind messages up to this size are held whole to be rewritten;
 /// a bigger Bind streams with only its head rewritten, a bigger unnamed
@@ -106,6 +108,11 @@ pub struct ClientFlow {
     watch_state: bool,
     /// The message passing through is a simple Query too big to hold.
     streaming_query: bool,
+    /// Transaction mode: the client's unnamed statement may drop every
+    /// prepared statement when run, and so may these portals (almost
+    /// always none).
+    unnamed_may_forget_all: bool,
+    portals_may_forget_all: Vec<Box<[u8]>>,
 }
 
 /// Where the client's buffered bytes stand before a server is borrowed.
@@ -122,6 +129,8 @@ impl ClientFlow {
             remaining: 0,
             watch_state,
             streaming_query: false,
+            unnamed_may_forget_all: false,
+            portals_may_forget_all: Vec::new(),
         }
     }
 
@@ -143,6 +152,44 @@ impl ClientFlow {
             pos = end;
         }
         Ok(RequestState { complete })
+    }
+
+    /// Note whether the portal a Bind `body` fills may drop every prepared
+    /// statement when executed. A "may": a portal is struck off only when
+    /// no earlier error can skip this Bind (`settled`).
+    fn note_bound_portal(&mut self, body: &[u8], st: &Statements<'_>, settled: bool) {
+        let mut parts = body.splitn(3, |&b| b == 0);
+        let (Some(portal), Some(statement)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let forgets = if statement.is_empty() {
+            self.unnamed_may_forget_all
+        } else {
+            st.client.get(statement).is_some_and(|s| s.may_forget_all)
+        };
+        let known = self.portals_may_forget_all.iter().any(|p| **p == *portal);
+        if forgets && !known {
+            self.portals_may_forget_all.push(portal.into());
+        } else if !forgets && settled {
+            self.portals_may_forget_all.retain(|p| **p != *portal);
+        }
+    }
+
+    /// A simple Query, or an Execute of a portal, that may drop every
+    /// prepared statement draws its `ForgetAll` kind of reply.
+    fn forgetting(&self, p: Pending, body: &[u8]) -> Pending {
+        match p {
+            Pending::Query if may_forget_statements(body) => Pending::ForgetAllQuery,
+            Pending::Execute
+                if self
+                    .portals_may_forget_all
+                    .iter()
+                    .any(|portal| body.split(|&b| b == 0).next() == Some(portal)) =>
+            {
+                Pending::ForgetAllExecute
+            }
+            p => p,
+        }
     }
 
     /// Process as much of `input` as can be sent now.
@@ -193,9 +240,27 @@ impl ClientFlow {
             let body_start = pos + HEADER_LEN;
             let whole_end = body_start + len;
             let have_whole = whole_end <= input.len();
+            if expect.skipping() && !matches!(tag, b'S' | b'X') {
+                // After an error the server ignores everything up to the
+                // client's Sync: such a message passes unchanged, draws no
+                // reply, binds no name and is searched for nothing.
+                shape.note(tag);
+                let available = (input.len() - body_start).min(len);
+                self.remaining = len - available;
+                pos = body_start + available;
+                continue;
+            }
             if tag == b'Q' && self.watch_state && !have_whole && len <= WHOLE_MESSAGE_LIMIT {
                 // Held whole, so its text is searched for session state
                 // (and a DEALLOCATE recognised) in one piece.
+                break;
+            }
+            if stmts.is_some()
+                && expect.statements_unsettled()
+                && depends_on_names(tag, &input[body_start..whole_end.min(input.len())])
+            {
+                // How to rewrite it depends on replies to an earlier request
+                // (see `Expect::statements_unsettled`): wait for them.
                 break;
             }
             if matches!(tag, b'Q' | b'P') {
@@ -217,6 +282,16 @@ impl ClientFlow {
                     batch
                         .watch
                         .note_text(&sql[..sql.len().min(HINT_SCAN_LIMIT)]);
+                }
+                if stmts.is_some() && tag == b'P' && body.first() == Some(&0) {
+                    // An Execute of it through a portal may drop every
+                    // statement (see `Pending::ForgetAllExecute`). A "may":
+                    // cleared only when no earlier error can skip this Parse.
+                    if may_forget_statements(sql) {
+                        self.unnamed_may_forget_all = true;
+                    } else if expect.is_empty() {
+                        self.unnamed_may_forget_all = false;
+                    }
                 }
                 if let (b'Q', true, Some(st)) = (tag, have_whole, stmts.as_mut()) {
                     let message = Message {
@@ -273,6 +348,10 @@ impl ClientFlow {
                     start: pos,
                     end: whole_end,
                 };
+                if tag == b'B' {
+                    let settled = expect.is_empty();
+                    self.note_bound_portal(message.body(), st, settled);
+                }
                 rewrite(tag, message, expect, st, &mut splice, &mut batch.watch)?;
                 pos = whole_end;
                 continue;
@@ -290,7 +369,18 @@ impl ClientFlow {
                 }
                 _ => {}
             }
-            if let Some(p) = pending_for(tag) {
+            if let Some(mut p) = pending_for(tag) {
+                if stmts.is_some() {
+                    if !have_whole && tag == b'E' && !self.portals_may_forget_all.is_empty() {
+                        break; // the portal name decides; it is a few bytes
+                    }
+                    p = self.forgetting(p, &input[body_start..whole_end.min(input.len())]);
+                }
+                if p == Pending::ForgetAllExecute {
+                    // What follows waits for its reply: have the server send
+                    // it now rather than at the client's Sync.
+                    splice.replace(input, whole_end, whole_end, FLUSH);
+                }
                 expect.push(p);
             }
             let available = (input.len() - body_start).min(len);
@@ -302,6 +392,17 @@ impl ClientFlow {
         batch.edited = splice.finish(input, pos);
         batch.replayable = shape.replayable() && self.remaining == 0;
         Ok(batch)
+    }
+}
+
+/// Whether rewriting a message (transaction mode) depends on which
+/// statements the client and server have: Parse, Bind, Describe and Close,
+/// and a `DEALLOCATE name` that pgmux answers itself.
+fn depends_on_names(tag: u8, body: &[u8]) -> bool {
+    match tag {
+        b'P' | b'B' | b'D' | b'C' => true,
+        b'Q' => deallocated_statement(body).is_some(),
+        _ => false,
     }
 }
 

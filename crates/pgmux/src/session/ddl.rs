@@ -37,6 +37,31 @@ pub fn deallocated_statement(sql: &[u8]) -> Option<String> {
     (rest.is_empty() && !unquoted_all).then_some(name)
 }
 
+/// Whether `sql` may drop every prepared statement of the session
+/// (`DEALLOCATE [PREPARE] ALL`, `DISCARD ALL`): a cautious look, which may
+/// say yes to a mere mention in a string or a comment.
+pub fn may_forget_statements(sql: &[u8]) -> bool {
+    let mut rest = sql;
+    while let Some(at) = find_ignore_case(rest, b"deallocate") {
+        rest = skip_space(&rest[at + b"deallocate".len()..]);
+        if let Some(after) = keyword(rest, b"prepare") {
+            rest = after;
+        }
+        let word_end = rest
+            .get(3)
+            .is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
+        if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"all") && word_end {
+            return true;
+        }
+    }
+    find_ignore_case(sql, b"discard").is_some()
+}
+
+fn find_ignore_case(s: &[u8], word: &[u8]) -> Option<usize> {
+    s.windows(word.len())
+        .position(|w| w.eq_ignore_ascii_case(word))
+}
+
 fn skip_space(s: &[u8]) -> &[u8] {
     let n = s.iter().take_while(|b| b.is_ascii_whitespace()).count();
     &s[n..]
@@ -136,6 +161,16 @@ mod tests {
         assert_eq!(deallocated_statement(b"DEALLOCATE a; DEALLOCATE b"), None);
         assert_eq!(deallocated_statement(b"DEALLOCATE"), None);
         assert_eq!(deallocated_statement(b"select 'DEALLOCATE a'"), None);
+    }
+
+    #[test]
+    fn finds_what_may_drop_every_statement() {
+        assert!(may_forget_statements(b"DEALLOCATE ALL"));
+        assert!(may_forget_statements(b"select 1; deallocate prepare all"));
+        assert!(may_forget_statements(b"DISCARD ALL"));
+        assert!(!may_forget_statements(b"DEALLOCATE s1"));
+        assert!(!may_forget_statements(b"DEALLOCATE allowed_stmt"));
+        assert!(!may_forget_statements(b"select 1"));
     }
 
     #[test]

@@ -33,13 +33,16 @@ pub enum Pending {
     /// A reply (ParseComplete, CloseComplete) pgmux sends itself when it
     /// reaches the front.
     Synth(u8),
-    /// pgmux answers a `DEALLOCATE name` Query itself: CommandComplete
-    /// and ReadyForQuery with the transaction status at that point.
-    Deallocated,
-    /// The Bind and Execute of a statement pgmux injected to make the
-    /// server raise an error in the client's name (42P05, 26000): the
-    /// BindComplete is dropped, the error forwarded, and the server then
-    /// aborts and skips to Sync exactly as for its own error.
+    /// A client's `DEALLOCATE name` of its own name (by binding number,
+    /// closed already), sent to the server as an empty Query so the
+    /// transaction moves as it would: the server's EmptyQueryResponse
+    /// becomes CommandComplete `DEALLOCATE`, or in a failed transaction the
+    /// error PostgreSQL gives (and the name stays).
+    Deallocated(u64),
+    /// A Parse pgmux injected to make the server fail in the client's name
+    /// (42P05, 26000): its error is replaced by the one PostgreSQL would
+    /// give the client (kept in `Expect::raises`), and the server then
+    /// skips to Sync exactly as for that error.
     Raise,
     /// The client ended COPY data here (CopyDone or CopyFail). Draws no
     /// reply; marks how far Syncs sent during COPY reach.
@@ -48,34 +51,78 @@ pub enum Pending {
     /// number) exists only if that Parse is not failed or skipped. Draws no
     /// reply.
     NameBound(u64),
+    /// A client's Close or DEALLOCATE of its name (by binding number), which
+    /// stays closed unless an error makes the server skip it. Draws no reply.
+    NameClosed(u64),
+    /// A simple Query whose text may drop every prepared statement
+    /// (`DEALLOCATE ALL`, `DISCARD ALL`): a `Query` whose effect on the
+    /// statement maps is known only from its reply.
+    ForgetAllQuery,
+    /// An `Execute` of such a statement.
+    ForgetAllExecute,
 }
 
 impl Pending {
     fn ends_with_ready(self) -> bool {
         matches!(
             self,
-            Pending::Sync | Pending::Query | Pending::FunctionCall | Pending::Deallocated
+            Pending::Sync
+                | Pending::Query
+                | Pending::ForgetAllQuery
+                | Pending::FunctionCall
+                | Pending::Deallocated(_)
         )
+    }
+
+    /// Draws no reply at all (see [`Pending::CopyEnd`], [`Pending::NameBound`]).
+    fn is_marker(self) -> bool {
+        matches!(
+            self,
+            Pending::CopyEnd | Pending::NameBound(_) | Pending::NameClosed(_)
+        )
+    }
+
+    /// An error before this message's reply changes which statements the
+    /// client or the server has.
+    fn unsettles_statements(self) -> bool {
+        matches!(
+            self,
+            Pending::Parse { id: Some(_), .. }
+                | Pending::Close {
+                    injected: Some(_),
+                    ..
+                }
+                | Pending::NameBound(_)
+                | Pending::NameClosed(_)
+                | Pending::Deallocated(_)
+                | Pending::ForgetAllQuery
+                | Pending::ForgetAllExecute
+        )
+    }
+
+    /// Markers and replies pgmux writes itself: nothing the server sends.
+    fn draws_nothing_from_server(self) -> bool {
+        self.is_marker() || matches!(self, Pending::Synth(_))
     }
 }
 
-/// A reply pgmux writes itself, due now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Canned {
-    /// A message with an empty body (ParseComplete, CloseComplete).
-    Empty(u8),
-    /// CommandComplete `DEALLOCATE`, then ReadyForQuery.
-    Deallocated,
-}
-
 /// What an error undid: statements a server did not prepare after all,
-/// client names whose Parse failed or was skipped, and statements whose
-/// injected Close was skipped.
+/// statements whose injected Close was skipped, and the client's name
+/// operations that were skipped (in the order they were made).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Undone {
     pub statements: Vec<u64>,
-    pub names: Vec<u64>,
     pub closes: Vec<u64>,
+    pub names: Vec<NameOp>,
+}
+
+/// A change to the client's names, by binding number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameOp {
+    /// A named Parse bound it.
+    Bound(u64),
+    /// A Close or DEALLOCATE closed it.
+    Closed(u64),
 }
 
 /// What to do with one server message.
@@ -99,12 +146,23 @@ pub struct Expect {
     /// The server is in COPY IN and the client has not ended its data:
     /// PostgreSQL ignores Sync (and Flush) meanwhile, so they owe nothing.
     in_copy: bool,
+    /// An extended-protocol error left the server discarding every message
+    /// until the client's next Sync, and that Sync has not been sent yet:
+    /// whatever the client sends before it draws no reply at all.
+    skipping: bool,
+    /// The errors of the `Raise` entries, in queue order.
+    raises: VecDeque<(&'static str, Box<str>)>,
 }
 
 impl Expect {
     pub fn push(&mut self, p: Pending) {
+        debug_assert!(
+            !self.skipping || p == Pending::Sync,
+            "{p:?} pushed while the server skips to Sync (see `skipping`)"
+        );
         match p {
             Pending::Sync if self.in_copy => return,
+            Pending::Sync => self.skipping = false,
             Pending::CopyEnd if self.in_copy => {
                 self.in_copy = false;
                 return;
@@ -118,12 +176,29 @@ impl Expect {
     }
 
     fn skip_markers(&mut self) {
-        while matches!(
-            self.queue.front(),
-            Some(Pending::CopyEnd | Pending::NameBound(_))
-        ) {
+        while self.queue.front().is_some_and(|p| p.is_marker()) {
             self.queue.pop_front();
         }
+    }
+
+    /// Which statements the client and the server have depends on replies
+    /// to an earlier request (one closed by a Sync, or a simple Query) that
+    /// have not arrived: an error there would change it (PostgreSQL confines
+    /// that error's skipping to the earlier request), and a statement that
+    /// may drop every prepared statement changes it when it runs. A message
+    /// whose rewriting depends on statement names must wait for those
+    /// replies, which the server sends without further word from the
+    /// client. Within one request no wait is needed: an error skips
+    /// everything after it in that request anyway.
+    ///
+    /// An Execute that may drop every statement is waited for even within
+    /// its request (pgmux sends a Flush behind it, so its reply comes).
+    pub fn statements_unsettled(&self) -> bool {
+        let last_end = self.queue.iter().rposition(|p| p.ends_with_ready());
+        self.queue.iter().enumerate().any(|(i, p)| {
+            *p == Pending::ForgetAllExecute
+                || (last_end.is_some_and(|end| i <= end) && p.unsettles_statements())
+        })
     }
 
     /// The server entered COPY IN: Syncs the client sent after the COPY
@@ -146,8 +221,30 @@ impl Expect {
         self.in_copy = true;
     }
 
+    /// Nothing is owed and the server is not waiting for a Sync to end an
+    /// error (see [`Expect::skipping`]).
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        !self.skipping && self.queue.iter().all(|p| p.is_marker())
+    }
+
+    /// The server discards what the client sends until its next Sync (an
+    /// extended-protocol error whose Sync the client has not sent yet).
+    /// Such messages must not be pushed: they will never be answered.
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
+    /// Something sent to the server is not closed by a Sync (or a simple
+    /// Query or FunctionCall): without one more Sync, the server would not
+    /// finish on its own.
+    pub fn open_tail(&self) -> bool {
+        self.skipping
+            || self
+                .queue
+                .iter()
+                .rev()
+                .find(|p| !p.draws_nothing_from_server())
+                .is_some_and(|p| !p.ends_with_ready())
     }
 
     /// ReadyForQuery messages still owed.
@@ -155,15 +252,12 @@ impl Expect {
         self.ready_owed
     }
 
-    /// The next reply pgmux must send itself, if it is due now.
-    pub fn take_synth(&mut self) -> Option<Canned> {
+    /// The next reply pgmux must send itself, if it is due now: the tag of
+    /// an empty-bodied message (ParseComplete, CloseComplete).
+    pub fn take_synth(&mut self) -> Option<u8> {
         self.skip_markers();
         let canned = match self.queue.front() {
-            Some(Pending::Synth(tag)) => Canned::Empty(*tag),
-            Some(Pending::Deallocated) => {
-                self.ready_owed -= 1;
-                Canned::Deallocated
-            }
+            Some(Pending::Synth(tag)) => *tag,
             _ => return None,
         };
         self.queue.pop_front();
@@ -180,10 +274,40 @@ impl Expect {
         }
     }
 
-    /// The reply due next is the error pgmux made the server raise.
-    pub fn raise_at_front(&mut self) -> bool {
+    /// An earlier request (closed by a Sync, or a simple Query) still owes
+    /// replies: whatever it does, the transaction status may change.
+    pub fn closed_request_pending(&self) -> bool {
+        self.ready_owed > 0
+    }
+
+    /// The client's `DEALLOCATE` whose reply is due next (its binding).
+    pub fn deallocation_at_front(&mut self) -> Option<u64> {
         self.skip_markers();
-        self.queue.front() == Some(&Pending::Raise)
+        match self.queue.front() {
+            Some(Pending::Deallocated(binding)) => Some(*binding),
+            _ => None,
+        }
+    }
+
+    /// Owe the error `code`/`message` in place of a client message (see
+    /// [`Pending::Raise`]).
+    pub fn push_raise(&mut self, code: &'static str, message: &str) {
+        self.push(Pending::Raise);
+        if self.queue.back() == Some(&Pending::Raise) {
+            self.raises.push_back((code, message.into()));
+        }
+    }
+
+    /// The reply due next is the error pgmux made the server raise: the
+    /// SQLSTATE and message the client is to see instead.
+    pub fn raise_at_front(&mut self) -> Option<(&'static str, &str)> {
+        self.skip_markers();
+        if self.queue.front() != Some(&Pending::Raise) {
+            return None;
+        }
+        self.raises
+            .front()
+            .map(|(code, message)| (*code, &**message))
     }
 
     /// Account for one server message (any due `Synth` taken first).
@@ -199,19 +323,41 @@ impl Expect {
             // Asynchronous or informational: they belong to no request.
             b'N' | b'S' | b'A' => Verdict::Forward,
             b'E' => {
-                if !front.is_some_and(|p| matches!(p, Pending::Query | Pending::FunctionCall)) {
+                let simple = |p: Pending| {
+                    matches!(
+                        p,
+                        Pending::Query
+                            | Pending::ForgetAllQuery
+                            | Pending::FunctionCall
+                            | Pending::Deallocated(_)
+                    )
+                };
+                if !front.is_some_and(simple) {
                     // The server skips everything up to the next Sync, a
-                    // Query or FunctionCall sent before it included.
+                    // Query or FunctionCall sent before it included; if the
+                    // client has not sent that Sync yet, what it sends until
+                    // then is skipped too. An error also ends a COPY.
+                    self.in_copy = false;
+                    self.skipping = true;
                     while let Some(p) = self.queue.front().copied() {
                         if p == Pending::Sync {
+                            self.skipping = false;
                             break;
                         }
                         match p {
                             Pending::Parse { id: Some(id), .. } => undone.statements.push(id),
-                            Pending::NameBound(binding) => undone.names.push(binding),
+                            Pending::NameBound(binding) => {
+                                undone.names.push(NameOp::Bound(binding))
+                            }
+                            Pending::NameClosed(binding) | Pending::Deallocated(binding) => {
+                                undone.names.push(NameOp::Closed(binding))
+                            }
                             Pending::Close {
                                 injected: Some(id), ..
                             } => undone.closes.push(id),
+                            Pending::Raise => {
+                                self.raises.pop_front();
+                            }
                             _ => {}
                         }
                         if p.ends_with_ready() {
@@ -234,7 +380,6 @@ impl Expect {
             },
             // ParseComplete, BindComplete, CloseComplete answer exactly the
             // message at the front; replies to injected ones are dropped.
-            b'2' if front == Some(Pending::Raise) => Verdict::Drop,
             b'1' | b'2' | b'3' => {
                 let swallow = match (tag, front) {
                     (b'1', Some(Pending::Parse { swallow, .. }))
@@ -260,14 +405,9 @@ impl Expect {
                 Verdict::Forward
             }
             b'C' | b'I' | b's' => match front {
-                Some(Pending::Execute) => {
+                Some(Pending::Execute | Pending::ForgetAllExecute) => {
                     self.queue.pop_front();
                     Verdict::Forward
-                }
-                // The injected raise did not raise (it always does).
-                Some(Pending::Raise) => {
-                    self.queue.pop_front();
-                    Verdict::Drop
                 }
                 _ => Verdict::Forward,
             },
@@ -321,7 +461,7 @@ mod tests {
         e.push(Pending::Bind { id: None });
         e.push(Pending::Execute);
         e.push(Pending::Sync);
-        assert_eq!(e.take_synth(), Some(Canned::Empty(b'1')));
+        assert_eq!(e.take_synth(), Some(b'1'));
         assert_eq!(e.take_synth(), None);
         let out = replay(&mut e, b"12CZ");
         assert_eq!(out[0], (b'1', Verdict::Drop));
@@ -368,7 +508,7 @@ mod tests {
         e.push(Pending::NameBound(2));
         e.push(Pending::Bind { id: Some(5) });
         e.push(Pending::Sync);
-        assert_eq!(e.take_synth(), Some(Canned::Empty(b'1')));
+        assert_eq!(e.take_synth(), Some(b'1'));
         let mut undone = Undone::default();
         // b's Parse fails: b's name goes, a's stays.
         assert_eq!(e.on_reply(b'E', &mut undone), Ok(Verdict::Forward));
@@ -376,8 +516,8 @@ mod tests {
             undone,
             Undone {
                 statements: vec![5],
-                names: vec![2],
-                closes: vec![],
+                names: vec![NameOp::Bound(2)],
+                ..Undone::default()
             }
         );
         replay(&mut e, b"Z");
@@ -453,29 +593,30 @@ mod tests {
     }
 
     #[test]
-    fn a_canned_deallocate_owes_its_ready_and_comes_due_in_order() {
+    fn a_deallocate_answered_in_the_clients_name_is_an_empty_query() {
         let mut e = Expect::default();
         e.push(Pending::Query);
-        e.push(Pending::Deallocated);
+        e.push(Pending::Deallocated(4));
         assert_eq!(e.ready_owed(), 2);
-        assert_eq!(e.take_synth(), None, "the earlier query is answered first");
+        assert_eq!(
+            e.deallocation_at_front(),
+            None,
+            "the earlier query is answered first"
+        );
         replay(&mut e, b"CZ");
-        assert_eq!(e.take_synth(), Some(Canned::Deallocated));
+        assert_eq!(e.deallocation_at_front(), Some(4));
+        replay(&mut e, b"IZ");
         assert!(e.is_empty());
         assert_eq!(e.ready_owed(), 0);
     }
 
     #[test]
     fn an_injected_raise_stands_for_the_clients_message_and_skips_to_sync() {
-        // Parse(DO raise) + Bind + Execute injected for a client's Parse,
-        // then the client's own Bind, Execute, Sync.
+        // A failing Parse injected for a client's Parse, then the client's
+        // own Bind, Execute, Sync.
         let mut e = Expect::default();
+        e.push_raise("42P05", "prepared statement \"a\" already exists");
         for p in [
-            Pending::Parse {
-                swallow: true,
-                id: None,
-            },
-            Pending::Raise,
             Pending::Bind { id: Some(3) },
             Pending::Execute,
             Pending::Sync,
@@ -483,12 +624,19 @@ mod tests {
             e.push(p);
         }
         let mut gone = Undone::default();
-        assert_eq!(e.on_reply(b'1', &mut gone), Ok(Verdict::Drop));
-        assert_eq!(e.on_reply(b'2', &mut gone), Ok(Verdict::Drop));
-        assert!(e.raise_at_front());
+        assert_eq!(e.raise_at_front().map(|r| r.0), Some("42P05"));
         assert_eq!(e.on_reply(b'E', &mut gone), Ok(Verdict::Forward));
+        assert_eq!(e.raise_at_front(), None);
         assert_eq!(replay(&mut e, b"Z").len(), 1);
         assert!(e.is_empty());
+        // A raise skipped by an earlier error takes its message with it.
+        e.push(Pending::Execute);
+        e.push_raise("26000", "first");
+        e.push(Pending::Sync);
+        e.push_raise("26000", "second");
+        e.on_reply(b'E', &mut gone).unwrap();
+        replay(&mut e, b"Z");
+        assert_eq!(e.raise_at_front(), Some(("26000", "second")));
     }
 
     #[test]

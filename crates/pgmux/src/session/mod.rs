@@ -2,12 +2,17 @@
 //! startup packet to the last byte. [`login`] gets the client in; [`relay`]
 //! is the one state machine that lends it servers.
 
+mod align;
 mod client_flow;
 mod ddl;
 mod expect;
 mod login;
+#[cfg(test)]
+mod pg_model;
 mod pinned;
 pub mod pinning;
+#[cfg(test)]
+mod protocol_props;
 mod relay;
 mod release;
 mod rewrite;
@@ -16,6 +21,7 @@ mod splice;
 #[cfg(test)]
 mod tests;
 
+pub use ddl::may_forget_statements;
 pub use expect::Expect;
 pub use server_flow::ServerFlow;
 
@@ -27,6 +33,7 @@ use tokio::net::TcpStream;
 
 use crate::admin::{self, AdminSession, Role};
 use crate::cancel::Cancels;
+use crate::config::PoolMode;
 use crate::conninfo::{next_id, ConnInfo, State};
 use crate::params::ParamMap;
 use crate::pool::{CheckoutError, Pools};
@@ -187,9 +194,10 @@ pub struct Session {
     /// What SHOW CLIENTS tells of this client; its span files the logs;
     /// its stop signal says when to leave.
     pub info: Arc<ConnInfo>,
-    /// Transaction mode: the server this client keeps between transactions
-    /// while it holds session state there (what state: `info`'s pins).
-    pub pinned: Option<Box<crate::pool::Checkout>>,
+    /// The server this client keeps between requests: in session mode from
+    /// login to the end; in transaction mode while it holds session state
+    /// there (what state: `info`'s pins).
+    pub kept: Option<Box<crate::pool::Checkout>>,
 }
 
 impl Session {
@@ -266,17 +274,25 @@ async fn log_in(
     // stranger trying random names must not make pgmux allocate for them.
     login::authenticate(stream, pools, &shared.decoy, &user).await?;
     let pool = pools.get(&database, &user).map_err(unknown)?;
-    let defaults = match pool.server_defaults().await {
-        Ok(d) => d,
+    let joined = match pool.mode {
+        PoolMode::Session => Box::pin(join_session_pool(&pool, &params, &shared.cancels)).await,
+        PoolMode::Transaction => join_transaction_pool(&pool, &params, &shared.cancels).await,
+    };
+    let (client_params, cancel, kept) = match joined {
+        Ok(joined) => joined,
         Err(e) => {
             pools.forget_if_unused(&pool);
-            return Err(with_user(e.into(), &user));
+            return Err(e);
         }
     };
-    let client_params = pool.intern_params(ParamMap::for_client(&defaults, &params));
-    let cancel = shared.cancels.register();
     let mut out = BytesMut::new();
-    login::greeting(&mut out, &client_params, &defaults, cancel.pid, cancel.key);
+    login::greeting(
+        &mut out,
+        &client_params,
+        &pool.reported(),
+        cancel.pid,
+        cancel.key,
+    );
     tokio::io::AsyncWriteExt::write_all(stream, &out)
         .await
         .map_err(ClientError::io)?;
@@ -303,8 +319,55 @@ async fn log_in(
         statements: Default::default(),
         pools: shared.pools.clone(),
         info,
-        pinned: None,
+        kept,
     })))
+}
+
+/// The client's settings, cancel key and (session mode) server, once it
+/// has joined its pool.
+type Joined = (
+    ParamMap,
+    crate::cancel::CancelKey,
+    Option<Box<crate::pool::Checkout>>,
+);
+
+/// Transaction mode: a made-up pid, and the client's settings as the
+/// servers spell them.
+async fn join_transaction_pool(
+    pool: &Arc<crate::pool::Pool>,
+    startup: &[(String, String)],
+    cancels: &Arc<Cancels>,
+) -> Result<Joined, ClientError> {
+    let defaults = pool
+        .server_defaults()
+        .await
+        .map_err(|e| with_user(e.into(), &pool.user))?;
+    let mut params = ParamMap::for_client(&defaults, startup);
+    align::spell_like_server(pool, &defaults, &mut params).await?;
+    Ok((pool.intern_params(params), cancels.register(), None))
+}
+
+/// Session mode: the client keeps one server from login to the end, so it
+/// is told that server's real pid (with pgmux's own key, so cancels still
+/// come through pgmux and are checked) and its settings as that server
+/// reports them.
+async fn join_session_pool(
+    pool: &Arc<crate::pool::Pool>,
+    startup: &[(String, String)],
+    cancels: &Arc<Cancels>,
+) -> Result<Joined, ClientError> {
+    let mut checkout = pool
+        .checkout()
+        .await
+        .map_err(|e| with_user(e.into(), &pool.user))?;
+    let mut params = ParamMap::for_client(&pool.reported(), startup);
+    if let Err(e) = align::align(&mut params, pool, checkout.server_mut()).await {
+        return Err(align::failed(checkout, e));
+    }
+    let params = pool.intern_params(params);
+    checkout.server_mut().params = params.clone();
+    let cancel = cancels.register_as(checkout.server().backend_pid);
+    Ok((params, cancel, Some(Box::new(checkout))))
 }
 
 /// Prefix a server-side login failure with the user it happened for.

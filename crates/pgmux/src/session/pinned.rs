@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 
 use super::pinning::{inspect_sql, Inspection, Pin, Pins, Watch};
 use super::relay::{forward_server_bytes, Outcome, Replay};
+use super::server_flow::swap_notification_pids;
 use super::{ClientError, Session};
 use crate::pool::Checkout;
 use crate::server::ServerError;
@@ -46,6 +47,7 @@ pub(super) async fn inspect_session(
     // the server sent after the inspection's reply (already read, so the
     // socket will not say so again).
     if !passed.is_empty() {
+        swap_notification_pids(&mut passed, (server.backend_pid, s.cancel.pid));
         stream
             .write_all(&passed)
             .await
@@ -114,7 +116,7 @@ pub(super) async fn pass_server_news(
     stream: &mut TcpStream,
     s: &mut Session,
 ) -> Result<(), ClientError> {
-    let Some(mut pinned) = s.pinned.take() else {
+    let Some(mut pinned) = s.kept.take() else {
         return Ok(());
     };
     let server = pinned.server_mut();
@@ -122,7 +124,7 @@ pub(super) async fn pass_server_news(
         Ok(0) => Err(ServerError::Closed),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            s.pinned = Some(pinned);
+            s.kept = Some(pinned);
             return Ok(());
         }
         Err(e) => Err(ServerError::io(e)),
@@ -133,7 +135,7 @@ pub(super) async fn pass_server_news(
     };
     match forwarded {
         Ok(()) => {
-            s.pinned = Some(pinned);
+            s.kept = Some(pinned);
             Ok(())
         }
         Err(Outcome::ServerFailed(e)) => {
@@ -145,7 +147,7 @@ pub(super) async fn pass_server_news(
             ))
         }
         Err(_) => {
-            s.pinned = Some(pinned);
+            s.kept = Some(pinned);
             Err(ClientError::Gone)
         }
     }

@@ -11,16 +11,16 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::align::{align, client_error};
 use super::client_flow::{ClientFlow, Statements};
 use super::pinned::{inspect_session, pass_server_news, set_pins};
 use super::pinning::Pins;
-use super::release::release_after_client;
+use super::release::{release_after_client, Leaving};
 use super::server_flow::Observers;
 use super::{refuse, ClientError, Session};
 use crate::config::PoolMode;
 use crate::conninfo::{now_micros, State};
 use crate::lifecycle::{Stop, StopSignal};
-use crate::params::set_statements;
 use crate::pool::Checkout;
 use crate::server::{Server, ServerError};
 use crate::stats::{self, CloseReason, PoolStats};
@@ -54,8 +54,15 @@ pub fn run(
     async move {
         session.pool.stats.clients.inc();
         let result = relay(&mut stream, &mut session).await;
-        match session.pinned.take() {
-            Some(pinned) => Box::pin(release_after_client(*pinned, &mut session)).await,
+        match session.kept.take() {
+            Some(pinned) => {
+                Box::pin(release_after_client(
+                    *pinned,
+                    &mut session,
+                    Leaving::Politely,
+                ))
+                .await
+            }
             // A pinned server that failed was discarded on the way out:
             // the pin gauge still counts this client.
             None => set_pins(&session, Pins::default()),
@@ -176,7 +183,7 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
             if must_wait {
                 // One wait in the loop: a second call site would store a
                 // second wait future in every idle client's task.
-                let pinned = s.pinned.as_ref().map(|c| &c.server().stream);
+                let pinned = s.kept.as_ref().map(|c| &c.server().stream);
                 match wait_readable(stream, pinned, &s.info.stop).await? {
                     Woke::Client => {}
                     Woke::Stop => return Err(closing(s)),
@@ -230,7 +237,7 @@ async fn serve_request(
 ) -> Result<bool, ClientError> {
     let now_us = now_micros();
     s.info.requested(now_us);
-    let mut checkout = match s.pinned.take() {
+    let mut checkout = match s.kept.take() {
         Some(pinned) => *pinned,
         None => {
             s.info.start_waiting(now_us);
@@ -249,9 +256,10 @@ async fn serve_request(
     // compare); the (large, boxed) alignment runs only when they differ.
     if !s.params.shares_with(&checkout.server().params) {
         if s.params.differs_from(&checkout.server().params) {
-            if let Err(e) = Box::pin(align_parameters(s, &mut checkout)).await {
+            if let Err(e) = Box::pin(align(&mut s.params, &s.pool, checkout.server_mut())).await {
+                // The server may hold a pinned client's state: closed, not reused.
                 checkout.discard(CloseReason::Error);
-                return Err(e);
+                return Err(client_error(e));
             }
         } else {
             checkout.server_mut().params = s.params.clone();
@@ -278,7 +286,7 @@ async fn serve_request(
             if s.pins().is_empty() {
                 checkout.checkin();
             } else {
-                s.pinned = Some(Box::new(checkout));
+                s.kept = Some(Box::new(checkout));
             }
             if s.info.stop.get() != Stop::No {
                 // Draining (or killed): the transaction is done; so is the client.
@@ -287,15 +295,15 @@ async fn serve_request(
             Ok(true)
         }
         Outcome::Done => {
-            Box::pin(release_after_client(checkout, s)).await;
+            Box::pin(release_after_client(checkout, s, Leaving::Politely)).await;
             Ok(false)
         }
         Outcome::ClientLeft(err) => {
-            Box::pin(release_after_client(checkout, s)).await;
+            Box::pin(release_after_client(checkout, s, Leaving::Abruptly)).await;
             err.map_or(Ok(false), Err)
         }
         Outcome::Aborted => {
-            Box::pin(release_after_client(checkout, s)).await;
+            Box::pin(release_after_client(checkout, s, Leaving::Abruptly)).await;
             Err(closing(s))
         }
         Outcome::ServerFailed(e) => {
@@ -343,6 +351,12 @@ async fn relay_linked(
         {
             return Outcome::Done;
         }
+        if *terminating && !finishes_alone(server) {
+            // The client said goodbye mid-COPY or mid-pipeline: the server
+            // waits for data or a Sync that will never come. Releasing it
+            // ends that (and rolls back whatever was not synced).
+            return Outcome::Done;
+        }
         tokio::select! {
             _ = s.info.stop.reached(Stop::Now) => return Outcome::Aborted,
             read = read_client(stream, cbuf, &s.pool.stats), if !*terminating => match read {
@@ -372,6 +386,15 @@ async fn relay_linked(
     }
 }
 
+/// Whether the server will answer everything it was sent without another
+/// word from the client: not in COPY IN, and every message it was sent is
+/// closed by a Sync (or is a simple Query or FunctionCall).
+fn finishes_alone(server: &Server) -> bool {
+    !server.flow.copy_in
+        && !server.expect.open_tail()
+        && (server.expect.ready_owed() > 0 || server.flow.at_ready)
+}
+
 async fn forward_client_bytes(
     stream: &mut TcpStream,
     s: &mut Session,
@@ -381,6 +404,29 @@ async fn forward_client_bytes(
     terminating: &mut bool,
     replay: &mut Replay,
 ) -> Result<(), Outcome> {
+    // Usually one pass; another when a reply pgmux owed itself settled what
+    // later bytes were waiting for (see `Expect::statements_unsettled`).
+    loop {
+        if !forward_client_pass(stream, s, server, flow, cbuf, terminating, replay).await?
+            || cbuf.is_empty()
+            || *terminating
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// One pass of [`forward_client_bytes`]; whether it wrote replies of
+/// pgmux's own.
+async fn forward_client_pass(
+    stream: &mut TcpStream,
+    s: &mut Session,
+    server: &mut Server,
+    flow: &mut ClientFlow,
+    cbuf: &mut BytesMut,
+    terminating: &mut bool,
+    replay: &mut Replay,
+) -> Result<bool, Outcome> {
     let pinned = !s.pins().is_empty();
     let statements = s.pool.manages_statements.then(|| Statements {
         cache: &s.pool.statements,
@@ -391,6 +437,7 @@ async fn forward_client_bytes(
             .max_prepared
             .load(std::sync::atomic::Ordering::Relaxed),
         pinned,
+        server_status: server.flow.status,
     });
     let idle_before = server.expect.is_empty();
     let batch = flow
@@ -429,16 +476,21 @@ async fn forward_client_bytes(
         *terminating = true;
         cbuf.clear();
     }
-    // Replies pgmux owes that nothing from the server precedes.
+    // Replies pgmux owes that nothing from the server precedes; not while
+    // a server message is half passed on (a notification, say): the
+    // server flow sends them once it ends.
     let mut due = BytesMut::new();
-    server.flow.due_synths(&mut server.expect, &mut due);
-    if !due.is_empty() {
-        stream
-            .write_all(&due)
-            .await
-            .map_err(|_| Outcome::ClientLeft(None))?;
+    if server.flow.at_boundary() {
+        server.flow.due_synths(&mut server.expect, &mut due);
     }
-    Ok(())
+    if due.is_empty() {
+        return Ok(false);
+    }
+    stream
+        .write_all(&due)
+        .await
+        .map_err(|_| Outcome::ClientLeft(None))?;
+    Ok(true)
 }
 
 pub(super) async fn forward_server_bytes(
@@ -453,6 +505,7 @@ pub(super) async fn forward_server_bytes(
         statements: &mut server.prepared,
         client_statements: Some(&mut s.statements),
         cache: Some(&s.pool.statements),
+        own_pid: (server.backend_pid != s.cancel.pid).then_some((server.backend_pid, s.cancel.pid)),
     };
     let batch = server
         .flow
@@ -505,65 +558,3 @@ pub(super) struct Replay {
 
 /// Requests bigger than this are not kept for a replay.
 const REPLAY_LIMIT: usize = 64 * 1024;
-
-/// Bring the server's settings in line with the client's before its request.
-async fn align_parameters(s: &mut Session, checkout: &mut Checkout) -> Result<(), ClientError> {
-    let server = checkout.server_mut();
-    let wanted: Vec<(String, String)> = s
-        .params
-        .differences(&server.params)
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    let resets: Vec<String> = s
-        .params
-        .extras(&server.params)
-        .iter()
-        .map(|n| n.to_string())
-        .collect();
-    if !wanted.is_empty() || !resets.is_empty() {
-        let sets: Vec<(&str, &str)> = wanted
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        let reset_names: Vec<&str> = resets.iter().map(String::as_str).collect();
-        match server.run(&set_statements(&sets, &reset_names)).await {
-            Ok(_) => {}
-            Err(ServerError::Backend(e)) => {
-                let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
-                return Err(ClientError::fatal(
-                    &e.code,
-                    format!(
-                        "could not apply the client's settings ({}) on a server: {}",
-                        names.join(", "),
-                        e.message
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(ClientError::fatal(
-                    e.sqlstate(),
-                    format!("server connection lost: {e}"),
-                ))
-            }
-        }
-        for name in &resets {
-            server.params.remove(name);
-        }
-        for (name, value) in &wanted {
-            if s.pool.reports(name) {
-                // The server reported it back in canonical spelling ("utf8"
-                // reads back as "UTF8"); the client adopts that spelling.
-                if let Some(canonical) = server.params.get(name).map(str::to_string) {
-                    s.params.set(name, &canonical);
-                }
-            } else {
-                // Not reported by the server: remember what was set.
-                server.params.set(name, value);
-            }
-        }
-    }
-    // Now alike: share one map, so the next check is a pointer compare.
-    server.params = s.params.clone();
-    Ok(())
-}

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::expect::Pending;
 use super::pinned::set_pins;
 use super::pinning::Pins;
+use super::rewrite::raise;
 use super::server_flow::Observers;
 use super::Session;
 use crate::cancel::send_cancel;
@@ -20,9 +21,23 @@ use crate::stats::CloseReason;
 /// How long cleaning a server after a vanished client may take.
 const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How the client left its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Leaving {
+    /// It said Terminate (or its session-mode session ended): what it asked
+    /// for runs to the end, as on a direct connection.
+    Politely,
+    /// It vanished, or pgmux is closing it: what it asked for is cancelled.
+    Abruptly,
+}
+
 /// The client is gone (or done, in session mode): make the server clean
 /// enough for someone else, or close it.
-pub(super) async fn release_after_client(mut checkout: Checkout, s: &mut Session) {
+pub(super) async fn release_after_client(
+    mut checkout: Checkout,
+    s: &mut Session,
+    leaving: Leaving,
+) {
     let server = checkout.server_mut();
     let dirty = !server.expect.is_empty()
         || !server.flow.at_ready
@@ -45,29 +60,45 @@ pub(super) async fn release_after_client(mut checkout: Checkout, s: &mut Session
     s.pool.stats.servers_tested.inc();
     server.info.set_state(State::Tested);
     let clean = async {
+        let mut out = BytesMut::new();
+        // Requests of the client's that the server is still working on,
+        // nobody left to read their results.
+        let cancel =
+            leaving == Leaving::Abruptly && server.expect.ready_owed() > 0 && !server.flow.copy_in;
         if server.flow.copy_in {
-            let mut out = BytesMut::new();
+            // The server waits for COPY data: fail the COPY.
             pgmux_wire::frame::write_message(&mut out, b'f', |b| {
                 b.extend_from_slice(b"client disconnected\0")
             });
+            server.expect.push(Pending::CopyEnd);
+        }
+        if server.expect.open_tail() || (server.expect.is_empty() && !server.flow.at_ready) {
+            // Messages not closed by a Sync (a pipeline cut short): a bare
+            // Sync would commit what they did, so make the server fail
+            // first, which rolls the implicit transaction back and skips
+            // the rest up to the Sync.
+            if !server.expect.skipping() {
+                raise(
+                    "08006",
+                    "pgmux: the client disconnected in the middle of a pipeline",
+                    &mut server.expect,
+                    &mut out,
+                );
+            }
+            pgmux_wire::frame::write_message(&mut out, b'S', |_| {});
+            server.expect.push(Pending::Sync);
+        }
+        if !out.is_empty() {
             server
                 .stream
                 .write_all(&out)
                 .await
                 .map_err(|_| ServerError::Closed)?;
         }
+        if cancel {
+            send_cancel(server.cancel_target()).await;
+        }
         if !server.expect.is_empty() {
-            if server.expect.ready_owed() == 0 {
-                // Extended-protocol messages without a Sync: close them off.
-                server
-                    .stream
-                    .write_all(b"S\0\0\0\x04")
-                    .await
-                    .map_err(|_| ServerError::Closed)?;
-                server.expect.push(Pending::Sync);
-            } else {
-                send_cancel(server.cancel_target()).await;
-            }
             drain(server).await?;
         }
         let mut status = server.flow.status;
@@ -114,6 +145,7 @@ async fn drain(server: &mut Server) -> Result<(), ServerError> {
             statements: &mut server.prepared,
             client_statements: None,
             cache: None,
+            own_pid: None,
         };
         let batch = server
             .flow

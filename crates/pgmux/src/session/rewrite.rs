@@ -15,6 +15,10 @@ use super::pinning::Watch;
 use super::splice::Splice;
 use crate::prepared::{server_name, ClientStatements, ServerStatements, Statement, StatementCache};
 
+/// The statement name pgmux parses a client's text under to see whether
+/// it parses (and closes again at once).
+const CHECK_NAME: &[u8] = b"pgmux_check";
+
 /// Names at the head of a message (and whole Describe/Close) must fit in this.
 pub(super) const HEAD_LIMIT: usize = 64 * 1024;
 
@@ -28,6 +32,8 @@ pub struct Statements<'a> {
     /// The client keeps this server (pinned): a name pgmux does not know
     /// may be one the client made with SQL `PREPARE`, so it passes through.
     pub pinned: bool,
+    /// The server's transaction status at its last ReadyForQuery.
+    pub server_status: u8,
 }
 
 /// One whole message in the client's input: `input[start..end]`.
@@ -39,7 +45,7 @@ pub(super) struct Message<'a> {
 }
 
 impl<'a> Message<'a> {
-    fn body(&self) -> &'a [u8] {
+    pub(super) fn body(&self) -> &'a [u8] {
         &self.input[self.start + HEADER_LEN..self.end]
     }
 }
@@ -58,9 +64,12 @@ pub(super) fn rewrite_deallocate(
         return false;
     };
     let Message { input, start, end } = message;
-    if st.client.remove(name.as_bytes()) {
-        expect.push(Pending::Deallocated);
-        splice.replace(input, start, end, b"");
+    if let Some(binding) = st.client.close(name.as_bytes()) {
+        // The server gets an empty query in its place: a simple Query ends
+        // an implicit transaction, drops the unnamed statement and its
+        // portals, and that must still happen (see `Pending::Deallocated`).
+        expect.push(Pending::Deallocated(binding));
+        splice.replace(input, start, end, b"Q\0\0\0\x05\0");
         return true;
     }
     if !name.starts_with("pgmux_") || st.pinned {
@@ -76,6 +85,27 @@ pub(super) fn rewrite_deallocate(
     expect.push(Pending::Query);
     splice.replace(input, start, end, &out);
     true
+}
+
+/// Have the server parse a client's statement text under a scratch name
+/// and close it again: its answer (ParseComplete, or the error PostgreSQL
+/// gives that text in this transaction) is the client's unless `swallow`.
+fn check_parse(definition: &[u8], swallow: bool, expect: &mut Expect, out: &mut BytesMut) {
+    write_message(out, b'P', |b| {
+        b.put_slice(CHECK_NAME);
+        b.put_u8(0);
+        b.put_slice(definition);
+    });
+    expect.push(Pending::Parse { swallow, id: None });
+    write_message(out, b'C', |b| {
+        b.put_u8(b'S');
+        b.put_slice(CHECK_NAME);
+        b.put_u8(0);
+    });
+    expect.push(Pending::Close {
+        swallow: true,
+        injected: None,
+    });
 }
 
 fn cstr(body: &[u8], tag: u8) -> Result<(&[u8], &[u8]), ClientFlowError> {
@@ -126,33 +156,19 @@ fn close_injected(id: u64, expect: &mut Expect, out: &mut BytesMut) {
     });
 }
 
-/// Make the server raise `code`/`message` in place of a client message: an
-/// injected `DO` block that raises, whose ParseComplete and BindComplete are
-/// dropped. The server then aborts the transaction and skips to Sync just as
-/// for an error of its own, so the client sees what PostgreSQL would show.
-fn raise(code: &str, message: &str, expect: &mut Expect, out: &mut BytesMut) {
-    let sql = raise_sql(code, message);
+/// Have the server fail in place of a client message, as PostgreSQL would
+/// fail that message with `code` and `message`. pgmux injects a Parse of a
+/// named statement whose text does not parse: it fails in any transaction
+/// state, creates nothing, and leaves the client's unnamed statement alone
+/// (a failed unnamed Parse would drop it). The server then skips to Sync
+/// exactly as for the message's own error, and its syntax error is replaced
+/// by `code`/`message` on the way back (see [`Expect::raise_at_front`]).
+pub(super) fn raise(code: &'static str, message: &str, expect: &mut Expect, out: &mut BytesMut) {
     write_message(out, b'P', |b| {
-        b.put_u8(0);
-        b.put_slice(sql.as_bytes());
-        b.put_u8(0);
+        b.put_slice(b"pgmux_raise\0pgmux: fail here in the client's name\0");
         b.put_i16(0);
     });
-    write_message(out, b'B', |b| {
-        b.put_slice(b"\0\0");
-        b.put_i16(0);
-        b.put_i16(0);
-        b.put_i16(0);
-    });
-    write_message(out, b'E', |b| {
-        b.put_u8(0);
-        b.put_i32(0);
-    });
-    expect.push(Pending::Parse {
-        swallow: true,
-        id: None,
-    });
-    expect.push(Pending::Raise);
+    expect.push_raise(code, message);
 }
 
 /// A `DO` block that raises `code` with `message`, every part quoted.
@@ -193,6 +209,11 @@ pub(super) fn rewrite(
                 return Ok(());
             }
             if st.client.get(name).is_some() {
+                // PostgreSQL parses and analyses the text before it finds
+                // the name taken: a text that fails fails with its own
+                // error. So the text is checked first; only if that worked
+                // is 42P05 raised.
+                check_parse(definition, true, expect, &mut out);
                 let message = format!(
                     "prepared statement \"{}\" already exists",
                     statement_name(name)
@@ -205,8 +226,14 @@ pub(super) fn rewrite(
             watch.merge(&s.watch);
             let binding = st.client.insert(name, s.clone());
             if st.server.contains(s.id) {
-                // Already there: answer it ourselves.
-                expect.push(Pending::Synth(b'1'));
+                if st.server_status != b'E' && !expect.closed_request_pending() {
+                    // Already there: answer it ourselves.
+                    expect.push(Pending::Synth(b'1'));
+                } else {
+                    // The transaction may have failed, and PostgreSQL then
+                    // refuses the Parse: let the server say.
+                    check_parse(definition, false, expect, &mut out);
+                }
             } else {
                 close_stale(st.server, expect, &mut out);
                 if let Some(victim) = st.server.add(&s, st.capacity) {
@@ -264,7 +291,8 @@ pub(super) fn rewrite(
                 return Ok(());
             }
             if tag == b'C' {
-                if !st.client.remove(name) && st.pinned {
+                let closed = st.client.close(name);
+                if closed.is_none() && st.pinned {
                     // Perhaps the client's own SQL PREPARE: the server closes it.
                     expect.push(Pending::Close {
                         swallow: false,
@@ -275,6 +303,9 @@ pub(super) fn rewrite(
                 // The server copy stays for other clients; only the
                 // client's name goes (closing an unknown name is no error).
                 expect.push(Pending::Synth(b'3'));
+                if let Some(binding) = closed {
+                    expect.push(Pending::NameClosed(binding));
+                }
             } else {
                 let Some(s) = st.client.get(name) else {
                     unknown_name(name, Pending::Describe { id: None }, st, expect, &mut out);

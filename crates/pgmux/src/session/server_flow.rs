@@ -6,13 +6,17 @@
 use bytes::BytesMut;
 use pgmux_wire::backend;
 use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
-use pgmux_wire::reply;
+use pgmux_wire::reply::{self, Severity};
 
-use super::expect::{Canned, Desync, Expect, Undone, Verdict};
+use super::expect::{Desync, Expect, NameOp, Undone, Verdict};
 use super::pinning::Watch;
 use super::splice::Splice;
 use crate::params::ParamMap;
 use crate::prepared::{forgets_statements, ClientStatements, ServerStatements, StatementCache};
+
+/// What PostgreSQL says to most messages in a failed transaction.
+const ABORTED: &str =
+    "current transaction is aborted, commands ignored until end of transaction block";
 
 /// The error PostgreSQL gives when a prepared statement's result shape
 /// changed under it (after `ALTER TABLE`, say).
@@ -36,6 +40,10 @@ pub struct Observers<'a> {
     pub client_statements: Option<&'a mut ClientStatements>,
     /// The pool's statement map, where stale statements are retired.
     pub cache: Option<&'a StatementCache>,
+    /// Notifications this server sends itself (the client's own NOTIFY)
+    /// carry the server's pid: (server pid, the pid the client was given)
+    /// when the two differ.
+    pub own_pid: Option<(u32, u32)>,
 }
 
 pub struct ServerBatch {
@@ -62,6 +70,9 @@ pub struct ServerFlow {
     dropping: bool,
     /// The last transaction status reported.
     pub status: u8,
+    /// The transaction is failed right now: the last ReadyForQuery said
+    /// so, and no COMMIT or ROLLBACK has run since.
+    failed: bool,
     /// The last complete message was ReadyForQuery.
     pub at_ready: bool,
     /// The server waits for COPY data from the client.
@@ -84,6 +95,7 @@ impl ServerFlow {
             remaining: 0,
             dropping: false,
             status: b'I',
+            failed: false,
             at_ready: true,
             copy_in: false,
             watch: Watch::default(),
@@ -133,28 +145,39 @@ impl ServerFlow {
             // ReadyForQuery, ParameterStatus, ErrorResponse and
             // CommandComplete are read whole (they are small, and bounded
             // by the message size cap).
-            let read_whole = matches!(tag, b'Z' | b'S' | b'E' | b'C');
+            let read_whole =
+                matches!(tag, b'Z' | b'S' | b'E' | b'C') || (tag == b'A' && obs.own_pid.is_some());
             if read_whole && whole_end > input.len() {
                 break;
             }
-            while let Some(canned) = expect.take_synth() {
-                let mut msg = BytesMut::with_capacity(32);
-                write_canned(&mut msg, canned, self.status);
-                splice.replace(input, pos, pos, &msg);
+            while let Some(tag) = expect.take_synth() {
+                splice.replace(input, pos, pos, &[tag, 0, 0, 0, 4]);
             }
-            let mut rewritten_error = None;
+            let mut replacement = None;
             let mut hold_back = false;
-            if tag == b'E' {
-                let body = &input[body_start..whole_end];
-                if expect.raise_at_front() {
-                    // The error pgmux made the server raise in the client's
-                    // name: without the PL/pgSQL context, as PostgreSQL
-                    // itself would report it.
+            if tag == b'I' {
+                if let Some(binding) = expect.deallocation_at_front() {
+                    // The empty query that stood for the client's DEALLOCATE.
                     let mut msg = BytesMut::new();
-                    reply::error_with_fields_of(&mut msg, body, |kind| {
-                        matches!(kind, b'S' | b'V' | b'C' | b'M')
-                    });
-                    rewritten_error = Some(msg);
+                    if self.failed {
+                        // Refused in a failed transaction; the name stays.
+                        if let Some(client) = obs.client_statements.as_deref_mut() {
+                            client.reopen(binding);
+                        }
+                        reply::error(&mut msg, Severity::Error, "25P02", ABORTED);
+                    } else {
+                        reply::command_complete(&mut msg, "DEALLOCATE");
+                    }
+                    replacement = Some(msg);
+                }
+            } else if tag == b'E' {
+                let body = &input[body_start..whole_end];
+                if let Some((code, message)) = expect.raise_at_front() {
+                    // The error pgmux made the server raise in the client's
+                    // name: the one PostgreSQL would have given.
+                    let mut msg = BytesMut::new();
+                    reply::error(&mut msg, Severity::Error, code, message);
+                    replacement = Some(msg);
                 } else if let Some(id) = stale_statement(body, expect) {
                     obs.statements.invalidate(id);
                     if let Some(cache) = obs.cache {
@@ -189,10 +212,17 @@ impl ServerFlow {
             for id in self.undone.closes.drain(..) {
                 obs.statements.close_later(id);
             }
-            for binding in self.undone.names.drain(..) {
-                if let Some(client) = obs.client_statements.as_deref_mut() {
-                    client.unbind(binding);
+            if let Some(client) = obs.client_statements.as_deref_mut() {
+                // Newest first, as a stack unwinds: a name closed, bound
+                // again and closed again comes back to its first binding.
+                for op in self.undone.names.drain(..).rev() {
+                    match op {
+                        NameOp::Bound(binding) => client.unbind(binding),
+                        NameOp::Closed(binding) => client.reopen(binding),
+                    }
                 }
+            } else {
+                self.undone.names.clear();
             }
             if !matches!(tag, b'N' | b'A' | b'S') {
                 self.at_ready = false;
@@ -202,6 +232,7 @@ impl ServerFlow {
                     let status =
                         backend::ready_status(&input[body_start..whole_end]).unwrap_or(b'E');
                     self.status = status;
+                    self.failed = status == b'E';
                     self.at_ready = true;
                     self.copy_in = false;
                     self.retry_armed = false;
@@ -221,15 +252,29 @@ impl ServerFlow {
                         }
                     }
                 }
+                b'A' => {
+                    if let Some(swapped) = obs
+                        .own_pid
+                        .and_then(|pids| swapped_pid(&input[body_start..whole_end], pids))
+                    {
+                        splice.replace(input, body_start, body_start + 4, &swapped);
+                    }
+                }
                 b'G' => self.copy_in = true,
+                // An error ends COPY IN: the server reads no more data.
                 b'E' if verdict != Verdict::Drop => {
+                    self.copy_in = false;
                     if let Some(class) = backend::sqlstate_class(&input[body_start..whole_end]) {
                         batch.errors.push(class);
                     }
                 }
+                b'E' => self.copy_in = false,
                 b'C' => {
                     let command_tag = &input[body_start..whole_end];
                     self.watch.note_tag(command_tag);
+                    if ends_failed_block(command_tag) {
+                        self.failed = false;
+                    }
                     if forgets_statements(command_tag) {
                         obs.statements.clear();
                         if let Some(client) = obs.client_statements.as_deref_mut() {
@@ -239,7 +284,7 @@ impl ServerFlow {
                 }
                 _ => {}
             }
-            if let Some(msg) = rewritten_error {
+            if let Some(msg) = replacement {
                 splice.replace(input, pos, whole_end, &msg);
                 pos = whole_end;
                 continue;
@@ -259,10 +304,13 @@ impl ServerFlow {
             // Replies pgmux owes after the server's last message (a Close
             // or DEALLOCATE answered here, behind a Flush): due now, not
             // when the server next speaks.
-            while let Some(canned) = expect.take_synth() {
-                let mut msg = BytesMut::with_capacity(32);
-                write_canned(&mut msg, canned, self.status);
-                splice.replace(input, pos, pos, &msg);
+            while let Some(tag) = expect.take_synth() {
+                splice.replace(input, pos, pos, &[tag, 0, 0, 0, 4]);
+            }
+        }
+        if expect.is_empty() {
+            if let Some(client) = obs.client_statements.as_deref_mut() {
+                client.settle();
             }
         }
         batch.consumed = pos;
@@ -272,19 +320,43 @@ impl ServerFlow {
 
     /// Replies pgmux owes that are due with no server message to wait for.
     pub fn due_synths(&self, expect: &mut Expect, out: &mut BytesMut) {
-        while let Some(canned) = expect.take_synth() {
-            write_canned(out, canned, self.status);
+        while let Some(tag) = expect.take_synth() {
+            write_message(out, tag, |_| {});
         }
     }
 }
 
-fn write_canned(out: &mut BytesMut, canned: Canned, status: u8) {
-    match canned {
-        Canned::Empty(tag) => write_message(out, tag, |_| {}),
-        Canned::Deallocated => {
-            reply::command_complete(out, "DEALLOCATE");
-            reply::ready_for_query(out, status);
+/// A command that ends a failed transaction block (COMMIT in one answers
+/// ROLLBACK; ROLLBACK TO SAVEPOINT answers ROLLBACK too).
+fn ends_failed_block(command_tag: &[u8]) -> bool {
+    [&b"ROLLBACK"[..], b"COMMIT", b"PREPARE TRANSACTION"]
+        .iter()
+        .any(|t| command_tag.starts_with(t))
+}
+
+/// The pid to put in a NotificationResponse `body` whose sender is
+/// `server_pid` (the client's own NOTIFY): the one the client was given.
+fn swapped_pid(body: &[u8], (server_pid, client_pid): (u32, u32)) -> Option<[u8; 4]> {
+    let sender = u32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+    (sender == server_pid).then(|| client_pid.to_be_bytes())
+}
+
+/// Give notifications the server sent for the client's own NOTIFY the
+/// client's pid, in place, in a buffer of whole messages.
+pub fn swap_notification_pids(messages: &mut [u8], pids: (u32, u32)) {
+    let mut pos = 0;
+    while let Ok(Some((tag, len))) = peek_header(&messages[pos..], usize::MAX) {
+        let body = pos + HEADER_LEN;
+        let end = body + len;
+        if end > messages.len() {
+            break;
         }
+        if tag == b'A' {
+            if let Some(pid) = swapped_pid(&messages[body..end], pids) {
+                messages[body..body + 4].copy_from_slice(&pid);
+            }
+        }
+        pos = end;
     }
 }
 
