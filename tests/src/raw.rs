@@ -84,6 +84,40 @@ pub fn close_statement(name: &str) -> Vec<u8> {
 }
 
 /// The tags of `msgs`, as a string ("2DCZ").
+/// The ParameterStatus values among `msgs`, by name.
+pub fn parameters(msgs: &[Msg]) -> std::collections::BTreeMap<String, String> {
+    msgs.iter()
+        .filter(|m| m.tag == b'S')
+        .map(|m| {
+            let mut parts = m.body.split(|&b| b == 0);
+            let name = String::from_utf8_lossy(parts.next().unwrap()).into_owned();
+            let value = String::from_utf8_lossy(parts.next().unwrap()).into_owned();
+            (name, value)
+        })
+        .collect()
+}
+
+/// The (pid, key) of the BackendKeyData among `msgs`.
+pub fn key_data(msgs: &[Msg]) -> (u32, u32) {
+    let k = msgs
+        .iter()
+        .find(|m| m.tag == b'K')
+        .expect("no BackendKeyData");
+    (
+        u32::from_be_bytes(k.body[..4].try_into().unwrap()),
+        u32::from_be_bytes(k.body[4..8].try_into().unwrap()),
+    )
+}
+
+/// A CancelRequest for (pid, key).
+pub fn cancel_request(pid: u32, key: u32) -> Vec<u8> {
+    let mut out = 16u32.to_be_bytes().to_vec();
+    out.extend_from_slice(&80_877_102u32.to_be_bytes());
+    out.extend_from_slice(&pid.to_be_bytes());
+    out.extend_from_slice(&key.to_be_bytes());
+    out
+}
+
 pub fn tags(msgs: &[Msg]) -> String {
     msgs.iter().map(|m| m.tag as char).collect()
 }
@@ -137,15 +171,62 @@ impl Raw {
 
     /// Connect and log in (pgmux must use `trust`); returns after ReadyForQuery.
     pub async fn login(addr: SocketAddr, user: &str, database: &str) -> Raw {
+        Raw::login_with(addr, &[("user", user), ("database", database)], None)
+            .await
+            .0
+    }
+
+    /// Log in with these startup parameters, answering an MD5 password
+    /// request with `password` if one comes; returns the greeting's
+    /// messages (parameters, BackendKeyData) up to ReadyForQuery, or the
+    /// error that refused the login.
+    pub async fn login_with(
+        addr: SocketAddr,
+        params: &[(&str, &str)],
+        password: Option<&str>,
+    ) -> (Raw, Vec<Msg>) {
         let mut raw = Raw::connect(addr).await;
-        raw.send(&startup_packet(&[("user", user), ("database", database)]))
-            .await;
-        let msgs = raw.until_ready().await;
-        assert!(
-            msgs.iter().any(|m| m.tag == b'R'),
-            "no authentication reply: {msgs:?}"
-        );
-        raw
+        raw.send(&startup_packet(params)).await;
+        let mut greeting = Vec::new();
+        while let Some(m) = raw.next().await {
+            match m.tag {
+                b'R' if m.body[..4] == [0, 0, 0, 5] => {
+                    let user = params.iter().find(|(k, _)| *k == "user").unwrap().1;
+                    let salt: [u8; 4] = m.body[4..8].try_into().unwrap();
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        user.as_bytes(),
+                        password
+                            .expect("MD5 asked for, no password given")
+                            .as_bytes(),
+                        salt,
+                    );
+                    raw.send(&message(b'p', &[hash.as_bytes(), b"\0"].concat()))
+                        .await;
+                }
+                b'R' => assert_eq!(m.body[..4], [0, 0, 0, 0], "unexpected auth request"),
+                b'E' => {
+                    greeting.push(m);
+                    return (raw, greeting);
+                }
+                b'Z' => {
+                    greeting.push(m);
+                    return (raw, greeting);
+                }
+                _ => greeting.push(m),
+            }
+        }
+        panic!("connection closed during login: {greeting:?}");
+    }
+
+    /// The first DataRow's first column of a simple query, as text.
+    pub async fn scalar(&mut self, sql: &str) -> String {
+        let replies = self.exchange(&query(sql)).await;
+        let row = replies
+            .iter()
+            .find(|m| m.tag == b'D')
+            .unwrap_or_else(|| panic!("no row for {sql}: {replies:?}"));
+        let len = i32::from_be_bytes(row.body[2..6].try_into().unwrap()) as usize;
+        String::from_utf8_lossy(&row.body[6..6 + len]).into_owned()
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {

@@ -6,6 +6,7 @@ mod proxy {
     pub mod basics;
     pub mod cancel;
     pub mod console;
+    pub mod edges;
     pub mod hostile;
     pub mod lifecycle;
     pub mod observability;

@@ -82,6 +82,10 @@ async fn pytest(target: &str, db: &str, tweak: impl FnOnce(&mut Config)) {
     })
     .await;
 
+    let mode = match app.pools.config().pool_mode {
+        PoolMode::Transaction => "transaction",
+        PoolMode::Session => "session",
+    };
     let log_path =
         std::env::temp_dir().join(format!("pgmux-pytest-{db}-{}.log", std::process::id()));
     let log = File::create(&log_path).unwrap();
@@ -100,6 +104,7 @@ async fn pytest(target: &str, db: &str, tweak: impl FnOnce(&mut Config)) {
         .env("PGMUX_TEST_USER", APP_USER)
         .env("PGMUX_TEST_PASSWORD", APP_PASSWORD)
         .env("PGMUX_TEST_POOL_SIZE", POOL_SIZE.to_string())
+        .env("PGMUX_TEST_POOL_MODE", mode)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1");
     // Its own process group, so a hung run is killed with everything it
@@ -177,6 +182,26 @@ async fn psycopg_through_pgmux() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_through_pgmux() {
     pytest("tests/python/test_asyncpg.py", "python_asyncpg", |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_edges_in_transaction_mode() {
+    pytest(
+        "tests/python/test_protocol_edges.py",
+        "python_edges_tx",
+        |_| {},
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_edges_in_session_mode() {
+    pytest(
+        "tests/python/test_protocol_edges.py",
+        "python_edges_session",
+        |c| c.pool_mode = PoolMode::Session,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
