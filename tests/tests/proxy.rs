@@ -8,6 +8,7 @@ mod proxy {
     pub mod console;
     pub mod edges;
     pub mod hostile;
+    pub mod isolation;
     pub mod lifecycle;
     pub mod observability;
     pub mod outage;

@@ -45,6 +45,8 @@ pub struct Statement {
     /// Its text may drop every prepared statement (`DEALLOCATE ALL`,
     /// `DISCARD ALL`).
     pub may_forget_all: bool,
+    /// The database its text drops (`DROP DATABASE`), if any.
+    pub drops_database: Option<String>,
 }
 
 impl Statement {
@@ -92,6 +94,9 @@ impl StatementCache {
             id,
             server_name: server_name(id),
             may_forget_all: crate::session::may_forget_statements(&definition),
+            drops_database: crate::session::dropped_database(
+                definition.split(|&b| b == 0).next().unwrap_or_default(),
+            ),
             definition: definition.clone(),
             watch,
         });

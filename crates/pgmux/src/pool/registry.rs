@@ -166,6 +166,15 @@ impl Pools {
 
     /// Close every idle server connected to the server-side database
     /// `dbname` (before a DROP DATABASE, which they would block).
+    /// Idle servers connected to the server-side database `dbname`.
+    pub fn idle_to(&self, dbname: &str) -> u32 {
+        self.all()
+            .iter()
+            .filter(|p| p.target().dbname == dbname)
+            .map(|p| p.idle_servers() as u32)
+            .sum()
+    }
+
     pub fn close_idle_to(&self, dbname: &str) {
         for pool in self
             .all()

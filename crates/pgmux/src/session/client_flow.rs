@@ -11,9 +11,7 @@ use pgmux_wire::frame::{peek_header, FrameError, HEADER_LEN};
 use super::ddl::{deallocated_statement, dropped_database, may_forget_statements};
 use super::expect::{Expect, Pending};
 use super::pinning::Watch;
-use super::rewrite::{
-    close_stale, rewrite, rewrite_deallocate, stream_big_bind, Message, HEAD_LIMIT,
-};
+use super::rewrite::{close_stale, rewrite, rewrite_query, stream_big_bind, Message, HEAD_LIMIT};
 use super::splice::Splice;
 
 pub use super::rewrite::Statements;
@@ -58,14 +56,32 @@ pub struct ClientBatch {
     /// The client sent Terminate (not forwarded; nothing after it is read).
     pub terminate: bool,
     pub copy_ended: bool,
-    /// A `DROP DATABASE` of this database is among the messages.
+    /// A `DROP DATABASE` of this server-side database is the request.
     pub dropped_database: Option<String>,
     /// What the statements may leave in the session (see `pinning`).
     pub watch: Watch,
-    /// The batch is one request that can be sent again as it is if its
-    /// statement turns out stale: Bind, Describe, Execute, Sync of a
-    /// prepared statement, nothing else (what libpq sends per execution).
-    pub replayable: bool,
+    /// Whether the batch is one request that can be sent again as it is if
+    /// its statement turns out missing or stale on the server.
+    pub retry: Retry,
+}
+
+/// When a request may be sent again as it is, its reply held back: it is
+/// one execution of one prepared statement (Bind, Execute, Sync, what libpq
+/// sends per execution) and nothing of it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Retry {
+    #[default]
+    Never,
+    /// If the server lacks its statement (26000): prepared again, the same
+    /// result.
+    IfMissing,
+    /// Also if a schema change made its statement stale (0A000): only with
+    /// a Describe, which tells the client the new shape of the rows.
+    IfMissingOrStale,
+    /// A `DROP DATABASE` refused because the database is in use (55006):
+    /// held back, so that if pgmux's own idle servers are all that use it,
+    /// they are closed and the drop sent again.
+    IfDatabaseInUse,
 }
 
 /// Counts the message kinds of a batch to tell whether it is replayable.
@@ -76,6 +92,10 @@ struct Shape {
     syncs: u32,
     others: u32,
     ends_with_sync: bool,
+    /// Messages that end a request (Sync, Query, FunctionCall).
+    ends: u32,
+    /// The last message ended a request.
+    ends_a_request: bool,
 }
 
 impl Shape {
@@ -88,14 +108,23 @@ impl Shape {
             _ => self.others += 1,
         }
         self.ends_with_sync = tag == b'S';
+        self.ends_a_request = matches!(tag, b'S' | b'Q' | b'F');
+        self.ends += u32::from(self.ends_a_request);
     }
 
-    fn replayable(&self) -> bool {
-        self.binds == 1
-            && self.describes >= 1
-            && self.syncs == 1
-            && self.others == 0
-            && self.ends_with_sync
+    /// The batch is one whole request (and nothing after it).
+    fn one_request(&self) -> bool {
+        self.ends == 1 && self.ends_a_request
+    }
+
+    fn retry(&self) -> Retry {
+        let one_execution =
+            self.binds == 1 && self.syncs == 1 && self.others == 0 && self.ends_with_sync;
+        match (one_execution, self.describes) {
+            (false, _) => Retry::Never,
+            (true, 0) => Retry::IfMissing,
+            (true, _) => Retry::IfMissingOrStale,
+        }
     }
 }
 
@@ -158,8 +187,9 @@ impl ClientFlow {
     /// statement when executed. A "may": a portal is struck off only when
     /// no earlier error can skip this Bind (`settled`).
     fn note_bound_portal(&mut self, body: &[u8], st: &Statements<'_>, settled: bool) {
-        let mut parts = body.splitn(3, |&b| b == 0);
-        let (Some(portal), Some(statement)) = (parts.next(), parts.next()) else {
+        let (Some(portal), Some(statement)) =
+            (body.split(|&b| b == 0).next(), bound_statement(body))
+        else {
             return;
         };
         let forgets = if statement.is_empty() {
@@ -208,7 +238,7 @@ impl ClientFlow {
             copy_ended: false,
             dropped_database: None,
             watch: Watch::default(),
-            replayable: false,
+            retry: Retry::Never,
         };
         let mut shape = Shape::default();
         if let Some(st) = stmts.as_mut() {
@@ -299,7 +329,7 @@ impl ClientFlow {
                         start: pos,
                         end: whole_end,
                     };
-                    if rewrite_deallocate(sql, message, expect, st, &mut splice) {
+                    if rewrite_query(sql, message, expect, st, &mut splice) {
                         shape.note(tag);
                         pos = whole_end;
                         continue;
@@ -351,6 +381,13 @@ impl ClientFlow {
                 if tag == b'B' {
                     let settled = expect.is_empty();
                     self.note_bound_portal(message.body(), st, settled);
+                    // A statement prepared earlier may be a DROP DATABASE.
+                    if let Some(db) = bound_statement(message.body())
+                        .and_then(|name| st.client.get(name))
+                        .and_then(|s| s.drops_database.clone())
+                    {
+                        batch.dropped_database = Some(db);
+                    }
                 }
                 rewrite(tag, message, expect, st, &mut splice, &mut batch.watch)?;
                 pos = whole_end;
@@ -390,9 +427,24 @@ impl ClientFlow {
         }
         batch.consumed = pos;
         batch.edited = splice.finish(input, pos);
-        batch.replayable = shape.replayable() && self.remaining == 0;
+        if self.remaining == 0 {
+            batch.retry = shape.retry();
+        }
+        if !(self.remaining == 0 && shape.one_request()) {
+            // Only a request on its own may be sent again.
+            batch.dropped_database = None;
+        }
         Ok(batch)
     }
+}
+
+/// The statement name a Bind `body` binds (after the portal name).
+fn bound_statement(body: &[u8]) -> Option<&[u8]> {
+    let mut parts = body.splitn(3, |&b| b == 0);
+    parts.next();
+    let statement = parts.next()?;
+    // A name only counts when its terminator is there.
+    parts.next().map(|_| statement)
 }
 
 /// Whether rewriting a message (transaction mode) depends on which

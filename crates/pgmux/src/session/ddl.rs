@@ -5,6 +5,11 @@
 //! closed before it is sent (Django's test runner drops its `test_<name>`
 //! database this way).
 //!
+//! Reserved statement names: in transaction mode the servers' prepared
+//! statements are pgmux's, named `pgmux_…`, and shared by every client of
+//! the pool; SQL that deallocates, prepares or executes such a name is
+//! refused wherever it appears in a query.
+//!
 //! `DEALLOCATE name`: in transaction mode a client's protocol-level statement
 //! names exist only in pgmux (servers know them by pgmux's names), so pgmux
 //! answers a DEALLOCATE of one itself, as a direct connection would
@@ -35,6 +40,51 @@ pub fn deallocated_statement(sql: &[u8]) -> Option<String> {
     let rest = rest.strip_suffix(b"\0").unwrap_or(rest);
     let unquoted_all = name == "all" && !sql.contains(&b'"');
     (rest.is_empty() && !unquoted_all).then_some(name)
+}
+
+/// The prefix of the statement names pgmux gives its servers' statements.
+pub const RESERVED_PREFIX: &str = "pgmux_";
+
+/// Where `sql` deallocates, prepares or executes a statement whose name
+/// is reserved for pgmux (`pgmux_…`), anywhere in the text (a string
+/// literal or a comment counts: better refused than a pool's statements
+/// lost): the SQLSTATE to refuse it with and the name.
+pub fn reserved_statement_use(sql: &[u8]) -> Option<(&'static str, String)> {
+    find_ignore_case(sql, RESERVED_PREFIX.as_bytes())?;
+    let mut at = 0;
+    while at < sql.len() {
+        let word_start = at == 0 || !is_ident(sql[at - 1]);
+        if !word_start || !sql[at].is_ascii_alphabetic() {
+            at += 1;
+            continue;
+        }
+        let rest = &sql[at..];
+        let found = if let Some(after) = keyword(rest, b"deallocate") {
+            let after = keyword(after, b"prepare").unwrap_or(after);
+            reserved_name(after).map(|name| ("26000", name))
+        } else if let Some(after) = keyword(rest, b"prepare") {
+            reserved_name(after).map(|name| ("42P05", name))
+        } else if let Some(after) = keyword(rest, b"execute") {
+            reserved_name(after).map(|name| ("26000", name))
+        } else {
+            None
+        };
+        if found.is_some() {
+            return found;
+        }
+        at += 1;
+    }
+    None
+}
+
+/// The identifier at the start of `s`, if it is a reserved name.
+fn reserved_name(s: &[u8]) -> Option<String> {
+    let (name, _) = identifier(s)?;
+    name.starts_with(RESERVED_PREFIX).then_some(name)
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
 /// Whether `sql` may drop every prepared statement of the session
@@ -76,7 +126,12 @@ fn keyword<'a>(s: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
     let rest = &s[word.len()..];
     match rest.first() {
         Some(b) if b.is_ascii_whitespace() => Some(skip_space(rest)),
-        Some(b'"') if matches!(word, b"database" | b"exists" | b"deallocate" | b"prepare") => {
+        Some(b'"')
+            if matches!(
+                word,
+                b"database" | b"exists" | b"deallocate" | b"prepare" | b"execute"
+            ) =>
+        {
             Some(rest)
         }
         _ => None,
@@ -161,6 +216,32 @@ mod tests {
         assert_eq!(deallocated_statement(b"DEALLOCATE a; DEALLOCATE b"), None);
         assert_eq!(deallocated_statement(b"DEALLOCATE"), None);
         assert_eq!(deallocated_statement(b"select 'DEALLOCATE a'"), None);
+    }
+
+    #[test]
+    fn finds_reserved_names_anywhere_in_a_query() {
+        for (sql, code) in [
+            (&b"select 1; deallocate pgmux_0"[..], "26000"),
+            (b"DEALLOCATE PREPARE \"pgmux_12\"", "26000"),
+            (b"do $$ begin execute 'DEALLOCATE pgmux_3'; end $$", "26000"),
+            (b"PREPARE pgmux_7 AS select 1", "42P05"),
+            (b"/* x */ EXECUTE pgmux_1(2)", "26000"),
+        ] {
+            assert_eq!(
+                reserved_statement_use(sql).map(|r| r.0),
+                Some(code),
+                "{sql:?}"
+            );
+        }
+        for sql in [
+            &b"select * from pgmux_stats"[..],
+            b"deallocate s1; select 'pgmux_0'",
+            b"prepare transaction 'pgmux_1'",
+            b"select undeallocate pgmux_1",
+            b"DEALLOCATE \"PGMUX_1\"",
+        ] {
+            assert_eq!(reserved_statement_use(sql), None, "{sql:?}");
+        }
     }
 
     #[test]

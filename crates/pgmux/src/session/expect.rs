@@ -44,6 +44,10 @@ pub enum Pending {
     /// give the client (kept in `Expect::raises`), and the server then
     /// skips to Sync exactly as for that error.
     Raise,
+    /// A client's simple Query that pgmux refused, replaced by one that
+    /// fails at the parser: its error is replaced by the refusal (kept in
+    /// `Expect::raises`), then ReadyForQuery.
+    RefusedQuery,
     /// The client ended COPY data here (CopyDone or CopyFail). Draws no
     /// reply; marks how far Syncs sent during COPY reach.
     CopyEnd,
@@ -69,9 +73,15 @@ impl Pending {
             Pending::Sync
                 | Pending::Query
                 | Pending::ForgetAllQuery
+                | Pending::RefusedQuery
                 | Pending::FunctionCall
                 | Pending::Deallocated(_)
         )
+    }
+
+    /// Carries an error of `Expect::raises`.
+    fn raises(self) -> bool {
+        matches!(self, Pending::Raise | Pending::RefusedQuery)
     }
 
     /// Draws no reply at all (see [`Pending::CopyEnd`], [`Pending::NameBound`]).
@@ -150,7 +160,7 @@ pub struct Expect {
     /// until the client's next Sync, and that Sync has not been sent yet:
     /// whatever the client sends before it draws no reply at all.
     skipping: bool,
-    /// The errors of the `Raise` entries, in queue order.
+    /// The errors of the `Raise` and `RefusedQuery` entries, in queue order.
     raises: VecDeque<(&'static str, Box<str>)>,
 }
 
@@ -175,9 +185,18 @@ impl Expect {
         self.queue.push_back(p);
     }
 
+    /// Take the front entry off (with its error, if it carries one).
+    fn pop(&mut self) -> Option<Pending> {
+        let p = self.queue.pop_front()?;
+        if p.raises() {
+            self.raises.pop_front();
+        }
+        Some(p)
+    }
+
     fn skip_markers(&mut self) {
         while self.queue.front().is_some_and(|p| p.is_marker()) {
-            self.queue.pop_front();
+            self.pop();
         }
     }
 
@@ -260,7 +279,7 @@ impl Expect {
             Some(Pending::Synth(tag)) => *tag,
             _ => return None,
         };
-        self.queue.pop_front();
+        self.pop();
         Some(canned)
     }
 
@@ -292,8 +311,18 @@ impl Expect {
     /// Owe the error `code`/`message` in place of a client message (see
     /// [`Pending::Raise`]).
     pub fn push_raise(&mut self, code: &'static str, message: &str) {
-        self.push(Pending::Raise);
-        if self.queue.back() == Some(&Pending::Raise) {
+        self.push_carrying(Pending::Raise, code, message);
+    }
+
+    /// Owe the error `code`/`message` for a simple Query pgmux refused,
+    /// then its ReadyForQuery (see [`Pending::RefusedQuery`]).
+    pub fn push_refusal(&mut self, code: &'static str, message: &str) {
+        self.push_carrying(Pending::RefusedQuery, code, message);
+    }
+
+    fn push_carrying(&mut self, p: Pending, code: &'static str, message: &str) {
+        self.push(p);
+        if self.queue.back() == Some(&p) {
             self.raises.push_back((code, message.into()));
         }
     }
@@ -302,7 +331,7 @@ impl Expect {
     /// SQLSTATE and message the client is to see instead.
     pub fn raise_at_front(&mut self) -> Option<(&'static str, &str)> {
         self.skip_markers();
-        if self.queue.front() != Some(&Pending::Raise) {
+        if !self.queue.front().is_some_and(|p| p.raises()) {
             return None;
         }
         self.raises
@@ -328,6 +357,7 @@ impl Expect {
                         p,
                         Pending::Query
                             | Pending::ForgetAllQuery
+                            | Pending::RefusedQuery
                             | Pending::FunctionCall
                             | Pending::Deallocated(_)
                     )
@@ -355,22 +385,19 @@ impl Expect {
                             Pending::Close {
                                 injected: Some(id), ..
                             } => undone.closes.push(id),
-                            Pending::Raise => {
-                                self.raises.pop_front();
-                            }
                             _ => {}
                         }
                         if p.ends_with_ready() {
                             self.ready_owed -= 1;
                         }
-                        self.queue.pop_front();
+                        self.pop();
                     }
                 }
                 Verdict::Forward
             }
             b'Z' => match front {
                 Some(p) if p.ends_with_ready() => {
-                    self.queue.pop_front();
+                    self.pop();
                     self.ready_owed -= 1;
                     // Whatever COPY there was is over.
                     self.in_copy = false;
@@ -387,7 +414,7 @@ impl Expect {
                     (b'2', Some(Pending::Bind { .. })) => false,
                     _ => return Err(desync()),
                 };
-                self.queue.pop_front();
+                self.pop();
                 if swallow {
                     Verdict::Drop
                 } else {
@@ -396,7 +423,7 @@ impl Expect {
             }
             b'T' | b'n' => {
                 if matches!(front, Some(Pending::Describe { .. })) {
-                    self.queue.pop_front();
+                    self.pop();
                 }
                 Verdict::Forward
             }
@@ -406,7 +433,7 @@ impl Expect {
             }
             b'C' | b'I' | b's' => match front {
                 Some(Pending::Execute | Pending::ForgetAllExecute) => {
-                    self.queue.pop_front();
+                    self.pop();
                     Verdict::Forward
                 }
                 _ => Verdict::Forward,

@@ -21,7 +21,7 @@ mod splice;
 #[cfg(test)]
 mod tests;
 
-pub use ddl::may_forget_statements;
+pub use ddl::{dropped_database, may_forget_statements};
 pub use expect::Expect;
 pub use server_flow::ServerFlow;
 

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::align::{align, client_error};
-use super::client_flow::{ClientFlow, Statements};
+use super::client_flow::{ClientFlow, Retry, Statements};
 use super::pinned::{inspect_session, pass_server_news, set_pins};
 use super::pinning::Pins;
 use super::release::{release_after_client, Leaving};
@@ -448,17 +448,32 @@ async fn forward_client_pass(
     }
     server.flow.watch.merge(&batch.watch);
     // A lone prepared execution outside a transaction can be sent again if
-    // a schema change made its statement stale: keep its bytes until the
+    // its statement turns out missing or stale: keep its bytes until the
     // reply (split off, not copied).
-    let replayable = batch.replayable
+    // A DROP DATABASE goes as it is. pgmux's own idle servers to that
+    // database would block it: they are closed first when the drop would
+    // otherwise pass (see `may_drop_database`), and as a second line, if
+    // PostgreSQL refuses it only for them, they are closed and the drop is
+    // sent once more. A refused drop costs nobody else anything.
+    let retry = match &batch.dropped_database {
+        Some(db) => {
+            if idle_before
+                && s.pools.idle_to(db) > 0
+                && may_drop_database(stream, server, db).await?
+            {
+                s.pools.close_idle_to(db);
+            }
+            Retry::IfDatabaseInUse
+        }
+        None => batch.retry,
+    };
+    let replayable = retry != Retry::Never
         && !replay.used
         && idle_before
         && server.flow.status == b'I'
         && batch.consumed <= REPLAY_LIMIT;
-    server.flow.retry_armed = replayable;
-    if let Some(database) = &batch.dropped_database {
-        s.pools.close_idle_to(database);
-    }
+    server.flow.retry_armed = if replayable { retry } else { Retry::Never };
+    replay.drops = batch.dropped_database.clone().filter(|_| replayable);
     let sent = match &batch.edited {
         Some(edited) => server.stream.write_all(edited).await,
         None => server.stream.write_all(&cbuf[..batch.consumed]).await,
@@ -507,7 +522,7 @@ pub(super) async fn forward_server_bytes(
         cache: Some(&s.pool.statements),
         own_pid: (server.backend_pid != s.cancel.pid).then_some((server.backend_pid, s.cancel.pid)),
     };
-    let batch = server
+    let mut batch = server
         .flow
         .process(&server.buf, &mut server.expect, &mut observers)
         .map_err(|e| Outcome::ServerFailed(ServerError::Protocol(e.to_string())))?;
@@ -518,9 +533,27 @@ pub(super) async fn forward_server_bytes(
     for _ in 0..batch.stale_retried {
         stats::statement_replanned(stats, true);
     }
+    for _ in 0..batch.missing_passed {
+        stats::statement_lost(stats, false);
+    }
+    for _ in 0..batch.missing_retried {
+        stats::statement_lost(stats, true);
+    }
+    let mut passed_held = None;
     if batch.retry {
-        replay.due = replay.kept.take();
-        replay.used = true;
+        let in_use_by = batch.database_in_use_by.unwrap_or(0);
+        let ours = replay.drops.as_deref().map_or(0, |db| s.pools.idle_to(db));
+        if batch.database_in_use_by.is_none() || in_use_by <= ours {
+            if let Some(database) = &replay.drops {
+                s.pools.close_idle_to(database);
+            }
+            replay.due = replay.kept.take();
+            replay.used = true;
+        } else {
+            // Someone else uses the database: the refusal stands.
+            replay.kept = None;
+            passed_held = batch.held.take();
+        }
     } else if server.expect.is_empty() {
         replay.kept = None;
     }
@@ -537,12 +570,57 @@ pub(super) async fn forward_server_bytes(
     for class in &batch.errors {
         stats::error_sent(stats, *class);
     }
-    let written = match &batch.edited {
-        Some(edited) => stream.write_all(edited).await,
-        None => stream.write_all(&server.buf[..batch.consumed]).await,
+    let written = match (&batch.edited, passed_held) {
+        (Some(edited), Some(held)) => {
+            // The refused drop's error and ReadyForQuery, held back to
+            // decide, go on after all.
+            stats::error_sent(stats, *b"55");
+            stats.queries.add(1);
+            stats.xacts.add(1);
+            let mut out = BytesMut::with_capacity(edited.len() + held.len());
+            out.extend_from_slice(edited);
+            out.extend_from_slice(&held);
+            stream.write_all(&out).await
+        }
+        (Some(edited), None) => stream.write_all(edited).await,
+        (None, _) => stream.write_all(&server.buf[..batch.consumed]).await,
     };
     server.buf.advance(batch.consumed);
     written.map_err(|_| Outcome::ClientLeft(None))
+}
+
+/// Whether a `DROP DATABASE` of `db` would pass PostgreSQL's checks but for
+/// the sessions using it: the database exists, is not the one the client
+/// is connected to, and the client's role may drop it (owner, a member of
+/// the owner role, or superuser). Asked on the client's own server, which
+/// owes nothing, before the drop is sent.
+async fn may_drop_database(
+    stream: &mut TcpStream,
+    server: &mut Server,
+    db: &str,
+) -> Result<bool, Outcome> {
+    let sql = format!(
+        "select 1 from pg_catalog.pg_database where datname = {} \
+         and datname <> pg_catalog.current_database() \
+         and pg_catalog.pg_has_role(datdba, 'USAGE')",
+        pgmux_wire::reply::quote_literal(db)
+    );
+    let mut passed = BytesMut::new();
+    let may = match server.query_rows(&sql, &mut passed).await {
+        Ok(rows) => !rows.is_empty(),
+        // The client's transaction is failed, or the like: let the server
+        // answer the drop itself.
+        Err(ServerError::Backend(_)) => false,
+        Err(e) => return Err(Outcome::ServerFailed(e)),
+    };
+    // Notifications that came meanwhile are the client's.
+    if !passed.is_empty() {
+        stream
+            .write_all(&passed)
+            .await
+            .map_err(|_| Outcome::ClientLeft(None))?;
+    }
+    Ok(may)
 }
 
 /// A request kept until its reply, in case it must be sent again.
@@ -554,6 +632,8 @@ pub(super) struct Replay {
     due: Option<Bytes>,
     /// This request was sent again already: a second failure passes through.
     used: bool,
+    /// The database the kept request drops.
+    drops: Option<String>,
 }
 
 /// Requests bigger than this are not kept for a replay.

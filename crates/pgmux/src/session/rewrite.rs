@@ -6,10 +6,9 @@
 
 use bytes::{BufMut, BytesMut};
 use pgmux_wire::frame::{write_message, HEADER_LEN};
-use pgmux_wire::reply::quote_literal;
 
 use super::client_flow::ClientFlowError;
-use super::ddl::deallocated_statement;
+use super::ddl::{deallocated_statement, reserved_statement_use, RESERVED_PREFIX};
 use super::expect::{Expect, Pending};
 use super::pinning::Watch;
 use super::splice::Splice;
@@ -50,41 +49,53 @@ impl<'a> Message<'a> {
     }
 }
 
-/// A simple Query that is exactly `DEALLOCATE name`: a name known only to
-/// pgmux is answered here (nothing is sent), and pgmux's own shared names
-/// are not the client's to drop. Returns whether the Query was handled.
-pub(super) fn rewrite_deallocate(
+/// A simple Query as transaction mode needs it. One that deallocates,
+/// prepares or executes a name reserved for pgmux's shared statements is
+/// refused (the pool's statements must keep working for everyone); one
+/// that is exactly `DEALLOCATE name` of the client's own name is answered
+/// in the client's name. Returns whether the Query was handled.
+pub(super) fn rewrite_query(
     sql: &[u8],
     message: Message<'_>,
     expect: &mut Expect,
     st: &mut Statements<'_>,
     splice: &mut Splice,
 ) -> bool {
+    let Message { input, start, end } = message;
+    if let Some((code, name)) = reserved_statement_use(sql) {
+        // A query that fails at the parser stands in for it; its error is
+        // replaced by this one on the way back.
+        splice.replace(input, start, end, REFUSED_QUERY);
+        expect.push_refusal(code, &reserved_message(code, &name));
+        return true;
+    }
     let Some(name) = deallocated_statement(sql) else {
         return false;
     };
-    let Message { input, start, end } = message;
-    if let Some(binding) = st.client.close(name.as_bytes()) {
-        // The server gets an empty query in its place: a simple Query ends
-        // an implicit transaction, drops the unnamed statement and its
-        // portals, and that must still happen (see `Pending::Deallocated`).
-        expect.push(Pending::Deallocated(binding));
-        splice.replace(input, start, end, b"Q\0\0\0\x05\0");
-        return true;
-    }
-    if !name.starts_with("pgmux_") || st.pinned {
+    let Some(binding) = st.client.close(name.as_bytes()) else {
         return false;
-    }
-    // What a direct connection would say of a name it never prepared.
-    let text = format!("prepared statement \"{name}\" does not exist");
-    let mut out = BytesMut::new();
-    write_message(&mut out, b'Q', |b| {
-        b.put_slice(raise_sql("26000", &text).as_bytes());
-        b.put_u8(0);
-    });
-    expect.push(Pending::Query);
-    splice.replace(input, start, end, &out);
+    };
+    // The server gets an empty query in its place: a simple Query ends an
+    // implicit transaction, drops the unnamed statement and its portals,
+    // and that must still happen (see `Pending::Deallocated`).
+    expect.push(Pending::Deallocated(binding));
+    splice.replace(input, start, end, b"Q\0\0\0\x05\0");
     true
+}
+
+/// A simple Query that fails at the parser, in any transaction state.
+const REFUSED_QUERY: &[u8] = b"Q\0\0\0\x1dpgmux refuses this query\0";
+
+/// What a client is told when its SQL uses a reserved statement name.
+fn reserved_message(code: &str, name: &str) -> String {
+    let what = if code == "42P05" {
+        "already exists"
+    } else {
+        "does not exist"
+    };
+    format!(
+        "prepared statement \"{name}\" {what} (names starting with {RESERVED_PREFIX} are reserved for the pgmux pooler's shared statements)"
+    )
 }
 
 /// Have the server parse a client's statement text under a scratch name
@@ -171,16 +182,6 @@ pub(super) fn raise(code: &'static str, message: &str, expect: &mut Expect, out:
     expect.push_raise(code, message);
 }
 
-/// A `DO` block that raises `code` with `message`, every part quoted.
-fn raise_sql(code: &str, message: &str) -> String {
-    let block = format!(
-        "BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}; END",
-        quote_literal(code),
-        quote_literal(message)
-    );
-    format!("DO {}", quote_literal(&block))
-}
-
 fn statement_name(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
@@ -201,6 +202,12 @@ pub(super) fn rewrite(
     match tag {
         b'P' => {
             let (name, definition) = cstr(body, tag)?;
+            let text = definition.split(|&b| b == 0).next().unwrap_or_default();
+            if let Some((code, reserved)) = reserved_statement_use(text) {
+                raise(code, &reserved_message(code, &reserved), expect, &mut out);
+                splice.replace(input, start, end, &out);
+                return Ok(());
+            }
             if name.is_empty() {
                 expect.push(Pending::Parse {
                     swallow: false,
@@ -292,7 +299,7 @@ pub(super) fn rewrite(
             }
             if tag == b'C' {
                 let closed = st.client.close(name);
-                if closed.is_none() && st.pinned {
+                if closed.is_none() && st.pinned && !name.starts_with(RESERVED_PREFIX.as_bytes()) {
                     // Perhaps the client's own SQL PREPARE: the server closes it.
                     expect.push(Pending::Close {
                         swallow: false,
@@ -340,7 +347,7 @@ fn unknown_name(
     expect: &mut Expect,
     out: &mut BytesMut,
 ) {
-    if st.pinned {
+    if st.pinned && !name.starts_with(RESERVED_PREFIX.as_bytes()) {
         expect.push(as_is);
         return;
     }

@@ -8,6 +8,7 @@ use pgmux_wire::backend;
 use pgmux_wire::frame::{peek_header, write_message, FrameError, HEADER_LEN};
 use pgmux_wire::reply::{self, Severity};
 
+use super::client_flow::Retry;
 use super::expect::{Desync, Expect, NameOp, Undone, Verdict};
 use super::pinning::Watch;
 use super::splice::Splice;
@@ -58,6 +59,15 @@ pub struct ServerBatch {
     /// error passed to the client / was held back for a retry.
     pub stale_passed: u32,
     pub stale_retried: u32,
+    /// Managed statements this server did not have (26000), whose error
+    /// passed to the client / was held back for a retry.
+    pub missing_passed: u32,
+    pub missing_retried: u32,
+    /// A DROP DATABASE was refused because this many other sessions use
+    /// the database; its replies are held back (`held`) for the relay to
+    /// decide: close pgmux's idle servers and send it again, or pass them.
+    pub database_in_use_by: Option<u32>,
+    pub held: Option<BytesMut>,
     /// The armed request failed on a stale statement and its error was
     /// held back: send it again.
     pub retry: bool,
@@ -80,11 +90,18 @@ pub struct ServerFlow {
     /// What the client's transactions may have left in the session since
     /// the last look (statement texts noted by the relay, tags here).
     pub watch: Watch,
-    /// The request in flight may be sent again if its statement is stale
-    /// (set by the relay for a replayable request; cleared by any reply).
-    pub retry_armed: bool,
+    /// Whether the request in flight may be sent again if its statement is
+    /// missing or stale (set by the relay; cleared by any reply).
+    pub retry_armed: Retry,
     /// Dropping the replies of a request that will be sent again.
     retrying: bool,
+    /// Replies the client already had when the request was held back
+    /// (a DROP DATABASE's BindComplete): dropped from the resend's.
+    answered_before_retry: u32,
+    /// Of those, still to drop from the resend's replies.
+    to_drop_on_resend: u32,
+    /// The replies held back while the relay decides (a refused drop's).
+    holding: Option<BytesMut>,
     undone: Undone,
 }
 
@@ -99,8 +116,11 @@ impl ServerFlow {
             at_ready: true,
             copy_in: false,
             watch: Watch::default(),
-            retry_armed: false,
+            retry_armed: Retry::Never,
             retrying: false,
+            answered_before_retry: 0,
+            to_drop_on_resend: 0,
+            holding: None,
             undone: Undone::default(),
         }
     }
@@ -124,6 +144,10 @@ impl ServerFlow {
             errors: Vec::new(),
             stale_passed: 0,
             stale_retried: 0,
+            missing_passed: 0,
+            missing_retried: 0,
+            database_in_use_by: None,
+            held: None,
             retry: false,
         };
         let mut pos = 0;
@@ -132,6 +156,7 @@ impl ServerFlow {
                 let take = self.remaining.min(input.len() - pos);
                 if self.dropping {
                     splice.replace(input, pos, pos + take, b"");
+                    self.keep_held(&input[pos..pos + take]);
                 }
                 self.remaining -= take;
                 pos += take;
@@ -178,33 +203,73 @@ impl ServerFlow {
                     let mut msg = BytesMut::new();
                     reply::error(&mut msg, Severity::Error, code, message);
                     replacement = Some(msg);
-                } else if let Some(id) = stale_statement(body, expect) {
-                    obs.statements.invalidate(id);
-                    if let Some(cache) = obs.cache {
-                        cache.retire(id);
-                    }
-                    hold_back = self.retry_armed;
+                } else if self.retry_armed == Retry::IfDatabaseInUse {
+                    batch.database_in_use_by = other_sessions(body);
+                    hold_back = batch.database_in_use_by.is_some();
                     if hold_back {
-                        batch.stale_retried += 1;
-                    } else {
-                        batch.stale_passed += 1;
+                        self.holding = Some(BytesMut::new());
+                    }
+                } else if let Some((id, trouble)) = statement_trouble(body, expect) {
+                    match trouble {
+                        Trouble::Stale => {
+                            // Closed before its name is prepared again, and
+                            // retired: the next Parse of its text is fresh.
+                            obs.statements.invalidate(id);
+                            if let Some(cache) = obs.cache {
+                                cache.retire(id);
+                            }
+                            hold_back = self.retry_armed == Retry::IfMissingOrStale;
+                            *if hold_back {
+                                &mut batch.stale_retried
+                            } else {
+                                &mut batch.stale_passed
+                            } += 1;
+                        }
+                        Trouble::Missing => {
+                            // Someone deallocated it behind pgmux's back:
+                            // the next use prepares it again.
+                            obs.statements.forget(id);
+                            hold_back = self.retry_armed != Retry::Never;
+                            *if hold_back {
+                                &mut batch.missing_retried
+                            } else {
+                                &mut batch.missing_passed
+                            } += 1;
+                        }
                     }
                 }
             }
             let mut verdict = expect.on_reply(tag, &mut self.undone)?;
             if hold_back {
                 self.retrying = true;
+                self.to_drop_on_resend = self.answered_before_retry;
+                verdict = Verdict::Drop;
+            }
+            let replies_to_requests = !matches!(tag, b'N' | b'A' | b'S');
+            if self.to_drop_on_resend > 0 && replies_to_requests && !self.retrying {
+                // The resend's first replies: the client has them already.
+                self.to_drop_on_resend -= 1;
                 verdict = Verdict::Drop;
             }
             if self.retrying && tag == b'Z' {
                 self.retrying = false;
                 batch.retry = true;
                 verdict = Verdict::Drop;
+                self.keep_held(&input[pos..whole_end]);
+                batch.held = self.holding.take();
             } else if self.retrying {
                 verdict = Verdict::Drop;
             }
-            if verdict == Verdict::Forward && !matches!(tag, b'N' | b'A' | b'S') {
-                self.retry_armed = false;
+            if verdict == Verdict::Forward && replies_to_requests {
+                // A DROP DATABASE stays armed through the replies that
+                // come before its execution's (they come again, the same).
+                let before_execution = matches!(tag, b'1' | b'2' | b't' | b'T' | b'n');
+                if self.retry_armed == Retry::IfDatabaseInUse && before_execution {
+                    self.answered_before_retry += 1;
+                } else {
+                    self.retry_armed = Retry::Never;
+                    self.answered_before_retry = 0;
+                }
             }
             for id in self.undone.statements.drain(..) {
                 obs.statements.forget(id);
@@ -235,7 +300,8 @@ impl ServerFlow {
                     self.failed = status == b'E';
                     self.at_ready = true;
                     self.copy_in = false;
-                    self.retry_armed = false;
+                    self.retry_armed = Retry::Never;
+                    self.answered_before_retry = 0;
                     // Replies to what pgmux itself sent are not the client's.
                     if verdict != Verdict::Drop {
                         batch.ready += 1;
@@ -290,12 +356,12 @@ impl ServerFlow {
                 continue;
             }
             self.dropping = verdict == Verdict::Drop;
-            if self.dropping {
-                splice.replace(input, pos, body_start, b"");
-            }
             let available = (input.len() - body_start).min(len);
             if self.dropping {
-                splice.replace(input, body_start, body_start + available, b"");
+                splice.replace(input, pos, body_start + available, b"");
+                if tag != b'Z' {
+                    self.keep_held(&input[pos..body_start + available]);
+                }
             }
             self.remaining = len - available;
             pos = body_start + available;
@@ -316,6 +382,13 @@ impl ServerFlow {
         batch.consumed = pos;
         batch.edited = splice.finish(input, pos);
         Ok(batch)
+    }
+
+    /// Keep bytes dropped while a refused drop's replies are held back.
+    fn keep_held(&mut self, bytes: &[u8]) {
+        if let Some(held) = self.holding.as_mut() {
+            held.extend_from_slice(bytes);
+        }
     }
 
     /// Replies pgmux owes that are due with no server message to wait for.
@@ -360,13 +433,49 @@ pub fn swap_notification_pids(messages: &mut [u8], pids: (u32, u32)) {
     }
 }
 
-/// The managed statement an ErrorResponse says is stale, if it says so.
-fn stale_statement(body: &[u8], expect: &mut Expect) -> Option<u64> {
-    let stale = backend::error_field(body, b'C') == Some(b"0A000")
-        && backend::error_field(body, b'M').is_some_and(|m| m.starts_with(STALE_PLAN));
-    if stale {
-        expect.statement_at_front()
-    } else {
-        None
+/// How many other sessions an ErrorResponse says keep a DROP DATABASE
+/// from running (55006, "There are 2 other sessions using the database."),
+/// when that is all that stops it. None for anything else: the current
+/// database, prepared transactions, or no count given.
+fn other_sessions(body: &[u8]) -> Option<u32> {
+    if backend::error_field(body, b'C') != Some(b"55006") {
+        return None;
     }
+    let detail = backend::error_field(body, b'D')?;
+    // Prepared transactions hold it too, and closing servers frees none.
+    if detail
+        .windows(8)
+        .any(|w| w.eq_ignore_ascii_case(b"prepared"))
+    {
+        return None;
+    }
+    let digits: Vec<u8> = detail
+        .iter()
+        .skip_while(|b| !b.is_ascii_digit())
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    let others = std::str::from_utf8(&digits).ok()?.parse::<u32>().ok()?;
+    (others > 0).then_some(others)
+}
+
+/// What an ErrorResponse says went wrong with a managed statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trouble {
+    /// A schema change made it stale (0A000).
+    Stale,
+    /// The server does not have it (26000).
+    Missing,
+}
+
+/// The managed statement an ErrorResponse is about, and what it says.
+fn statement_trouble(body: &[u8], expect: &mut Expect) -> Option<(u64, Trouble)> {
+    let trouble = match backend::error_field(body, b'C')? {
+        b"0A000" if backend::error_field(body, b'M').is_some_and(|m| m.starts_with(STALE_PLAN)) => {
+            Trouble::Stale
+        }
+        b"26000" => Trouble::Missing,
+        _ => return None,
+    };
+    Some((expect.statement_at_front()?, trouble))
 }

@@ -5,7 +5,7 @@ use bytes::{Buf, BytesMut};
 use pgmux_wire::frame::write_message;
 use proptest::prelude::*;
 
-use super::client_flow::{ClientFlow, Statements};
+use super::client_flow::{ClientFlow, Retry, Statements};
 use super::expect::{Expect, Pending};
 use super::server_flow::{Observers, ServerFlow};
 use crate::params::ParamMap;
@@ -260,10 +260,10 @@ impl Rig {
         (st, &mut self.expect)
     }
 
-    /// The bytes sent to the server, and whether the batch is replayable.
+    /// The bytes sent to the server, and when the batch may be sent again.
     /// Earlier requests whose replies this one would wait for are taken as
     /// answered, successfully.
-    fn send(&mut self, data: &[u8]) -> (Vec<u8>, bool) {
+    fn send(&mut self, data: &[u8]) -> (Vec<u8>, Retry) {
         if self.expect.statements_unsettled() {
             self.expect = Expect::default();
         }
@@ -273,7 +273,7 @@ impl Rig {
             .unwrap();
         assert_eq!(batch.consumed, data.len());
         let sent = batch.edited.map_or(data.to_vec(), |e| e.to_vec());
-        (sent, batch.replayable)
+        (sent, batch.retry)
     }
 }
 
@@ -379,8 +379,8 @@ fn a_stale_statement_is_closed_reprepared_and_its_request_replayed() {
     msg(&mut exec, b'D', b"P\0");
     msg(&mut exec, b'E', b"\0\0\0\0\0");
     msg(&mut exec, b'S', b"");
-    let (_, replayable) = rig.send(&exec);
-    assert!(replayable);
+    let (_, retry) = rig.send(&exec);
+    assert_eq!(retry, Retry::IfMissingOrStale);
 
     let mut replies = Vec::new();
     msg(
@@ -390,7 +390,7 @@ fn a_stale_statement_is_closed_reprepared_and_its_request_replayed() {
     );
     msg(&mut replies, b'Z', b"I");
     let mut flow = ServerFlow::new(1 << 20);
-    flow.retry_armed = true;
+    flow.retry_armed = Retry::IfMissingOrStale;
     let (mut sp, mut cp) = (ParamMap::default(), ParamMap::default());
     let mut obs = Observers {
         server_params: &mut sp,
@@ -417,20 +417,92 @@ fn a_stale_statement_is_closed_reprepared_and_its_request_replayed() {
     assert_ne!(rig.cache.intern(b"select * from t\0\0\0").id, id);
 }
 
+/// Someone deallocated pgmux's statement behind its back: the server says
+/// 26000 for a name pgmux believes it holds. The statement is prepared
+/// again, and a lone execution outside a transaction is sent again, with
+/// or without a Describe; its error never reaches the client.
 #[test]
-fn only_a_lone_prepared_execution_is_replayable() {
+fn a_statement_missing_on_its_server_is_prepared_again_and_its_request_replayed() {
+    let mut rig = Rig::new();
+    rig.prepare("s", "select 1");
+    let id = rig.client.get(b"s").unwrap().id;
+    let mut exec = Vec::new();
+    msg(&mut exec, b'B', b"\0s\0\0\0\0\0\0\0");
+    msg(&mut exec, b'E', b"\0\0\0\0\0");
+    msg(&mut exec, b'S', b"");
+    let (sent, retry) = rig.send(&exec);
+    assert_eq!(tags_of(&sent), b"BES", "the server is believed to have it");
+    assert_eq!(retry, Retry::IfMissing);
+
+    let mut replies = Vec::new();
+    msg(
+        &mut replies,
+        b'E',
+        format!("SERROR\0C26000\0Mprepared statement \"pgmux_{id}\" does not exist\0\0").as_bytes(),
+    );
+    msg(&mut replies, b'Z', b"I");
+    let mut flow = ServerFlow::new(1 << 20);
+    flow.retry_armed = retry;
+    let (mut sp, mut cp) = (ParamMap::default(), ParamMap::default());
+    let mut obs = Observers {
+        server_params: &mut sp,
+        client_params: Some(&mut cp),
+        statements: &mut rig.server,
+        client_statements: Some(&mut rig.client),
+        cache: Some(&rig.cache),
+        own_pid: None,
+    };
+    let batch = flow.process(&replies, &mut rig.expect, &mut obs).unwrap();
+    assert!(batch.retry && batch.missing_retried == 1 && batch.missing_passed == 0);
+    assert_eq!(batch.edited.as_deref(), Some(&b""[..]), "held back");
+    assert!(!rig.server.contains(id));
+    // Sent again: prepared first (same server name: the text is fine).
+    let (sent, _) = rig.send(&exec);
+    assert_eq!(tags_of(&sent), b"PBES");
+    assert_eq!(rig.cache.intern(b"select 1\0\0\0").id, id);
+
+    // Inside a transaction (the relay arms no retry) the error passes.
+    rig.expect = Expect::default();
+    for p in [
+        Pending::Bind { id: Some(id) },
+        Pending::Execute,
+        Pending::Sync,
+    ] {
+        rig.expect.push(p);
+    }
+    let mut flow = ServerFlow::new(1 << 20);
+    let mut obs = Observers {
+        server_params: &mut sp,
+        client_params: Some(&mut cp),
+        statements: &mut rig.server,
+        client_statements: Some(&mut rig.client),
+        cache: Some(&rig.cache),
+        own_pid: None,
+    };
+    let batch = flow.process(&replies, &mut rig.expect, &mut obs).unwrap();
+    assert!(!batch.retry && batch.missing_passed == 1);
+    assert!(batch.edited.is_none(), "passed on as it is");
+}
+
+#[test]
+fn only_a_lone_prepared_execution_may_be_sent_again() {
     let mut rig = Rig::new();
     let mut prepare = Vec::new();
     msg(&mut prepare, b'P', b"s\0select 1\0\0\0");
     msg(&mut prepare, b'S', b"");
-    assert!(!rig.send(&prepare).1, "a Parse is not replayed");
+    assert_eq!(
+        rig.send(&prepare).1,
+        Retry::Never,
+        "a Parse is not replayed"
+    );
     let mut without_describe = Vec::new();
     msg(&mut without_describe, b'B', b"\0s\0\0\0\0\0\0\0");
     msg(&mut without_describe, b'E', b"\0\0\0\0\0");
     msg(&mut without_describe, b'S', b"");
-    assert!(
-        !rig.send(&without_describe).1,
-        "no Describe: the client could not learn the new shape"
+    assert_eq!(
+        rig.send(&without_describe).1,
+        Retry::IfMissing,
+        "no Describe: the client could not learn a new shape, but a missing statement is the same again"
     );
     let mut two = Vec::new();
     for _ in 0..2 {
@@ -439,8 +511,9 @@ fn only_a_lone_prepared_execution_is_replayable() {
         msg(&mut two, b'E', b"\0\0\0\0\0");
     }
     msg(&mut two, b'S', b"");
-    assert!(
-        !rig.send(&two).1,
+    assert_eq!(
+        rig.send(&two).1,
+        Retry::Never,
         "two executions: the first may have been answered"
     );
 }
@@ -463,4 +536,67 @@ fn a_stale_copy_is_closed_before_its_name_is_prepared_again_even_mid_pipeline() 
     msg(&mut exec, b'S', b"");
     assert_eq!(tags_of(&rig.send(&exec).0), b"CPBES");
     assert!(!rig.server.has_closing());
+}
+
+/// A DROP DATABASE refused because other sessions use the database: its
+/// replies are held back with the count, so the relay can close its own
+/// idle servers and send the drop again, or pass the refusal on. Replies
+/// the client already had (BindComplete) are dropped from the resend's.
+#[test]
+fn a_drop_refused_for_sessions_in_use_is_held_for_the_relay() {
+    let mut expect = Expect::default();
+    for p in [Pending::Bind { id: None }, Pending::Execute, Pending::Sync] {
+        expect.push(p);
+    }
+    let mut replies = Vec::new();
+    msg(&mut replies, b'2', b"");
+    msg(
+        &mut replies,
+        b'E',
+        b"SERROR\0C55006\0Mdatabase \"x\" is being accessed by other users\0DThere are 2 other sessions using the database.\0\0",
+    );
+    msg(&mut replies, b'Z', b"I");
+    let mut flow = ServerFlow::new(1 << 20);
+    flow.retry_armed = Retry::IfDatabaseInUse;
+    let (mut sp, mut cp, mut st) = Default::default();
+    let mut obs = Observers {
+        server_params: &mut sp,
+        client_params: Some(&mut cp),
+        statements: &mut st,
+        client_statements: None,
+        cache: None,
+        own_pid: None,
+    };
+    let batch = flow.process(&replies, &mut expect, &mut obs).unwrap();
+    assert!(batch.retry);
+    assert_eq!(batch.database_in_use_by, Some(2));
+    assert_eq!(
+        tags_of(batch.edited.as_deref().unwrap()),
+        b"2",
+        "BindComplete passed"
+    );
+    assert_eq!(tags_of(&batch.held.unwrap()), b"EZ", "kept for the relay");
+    // The resend: its BindComplete is the client's already.
+    for p in [Pending::Bind { id: None }, Pending::Execute, Pending::Sync] {
+        expect.push(p);
+    }
+    let mut again = Vec::new();
+    msg(&mut again, b'2', b"");
+    msg(&mut again, b'C', b"DROP DATABASE\0");
+    msg(&mut again, b'Z', b"I");
+    let batch = flow.process(&again, &mut expect, &mut obs).unwrap();
+    assert_eq!(tags_of(batch.edited.as_deref().unwrap()), b"CZ");
+
+    // The current database, or no count: not pgmux's to fix.
+    expect.push(Pending::Query);
+    let mut current = Vec::new();
+    msg(
+        &mut current,
+        b'E',
+        b"SERROR\0C55006\0Mcannot drop the currently open database\0\0",
+    );
+    msg(&mut current, b'Z', b"I");
+    flow.retry_armed = Retry::IfDatabaseInUse;
+    let batch = flow.process(&current, &mut expect, &mut obs).unwrap();
+    assert!(!batch.retry && batch.edited.is_none());
 }

@@ -49,6 +49,7 @@ pub const METRICS: &[Metric] = &[
     m("pgmux_errors_total", Counter, "ErrorResponses sent to clients, by SQLSTATE `class` (first two characters)."),
     m("pgmux_session_checks_total", Counter, "Transaction mode: times pgmux read a client's session state (settings, pins) back from its server after a transaction that hinted at it; each costs one round trip."),
     m("pgmux_client_pins_total", Counter, "Times a client became pinned to its server, by `reason`: advisory_lock, listen, temp_table, with_hold_cursor, sql_prepare, session_authorization, untracked_setting."),
+    m("pgmux_statements_lost_total", Counter, "Prepared statements pgmux manages that a server no longer had (26000: deallocated behind pgmux's back); pgmux prepares them again, and `retried` says whether it also re-sent the request itself."),
     m("pgmux_statement_replans_total", Counter, "Prepared statements a schema change made stale on a server (0A000) and that pgmux prepares afresh; `retried` says whether pgmux also re-sent the request itself."),
     m("pgmux_client_wait_seconds", Histogram, "Time a client waited for a server connection, per request (0 when one was free)."),
     m("pgmux_transaction_duration_seconds", Histogram, "Time from a transaction's first request reaching a server to its ReadyForQuery back to idle."),

@@ -178,6 +178,16 @@ pub fn statement_replanned(pool: &PoolStats, retried: bool) {
     .increment(1);
 }
 
+/// A statement pgmux manages was missing on a server (26000: deallocated
+/// behind pgmux's back); `retried` when pgmux re-sent the request itself.
+pub fn statement_lost(pool: &PoolStats, retried: bool) {
+    counter!(
+        "pgmux_statements_lost_total",
+        &pool.labels_with("retried", if retried { "yes" } else { "no" })
+    )
+    .increment(1);
+}
+
 /// A level that goes up and down (clients connected, servers lent...).
 #[derive(Default)]
 pub struct Level(AtomicI64);
