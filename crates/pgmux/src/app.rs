@@ -15,6 +15,7 @@ use crate::pool::Pools;
 use crate::reload::ConfigSource;
 use crate::session::Shared;
 use crate::stats::CloseReason;
+use crate::workers::{self, Workers};
 use crate::{http, listener, reload, stats};
 
 /// Descriptors per pgmux needs besides one per client: servers, the
@@ -43,6 +44,7 @@ pub struct App {
     pub metrics_addr: Option<SocketAddr>,
     pub pools: Arc<Pools>,
     tasks: Vec<JoinHandle<()>>,
+    workers: Workers,
 }
 
 impl App {
@@ -78,6 +80,7 @@ impl App {
             listen_on(addr, backlog, reuse_port && addr.port() != 0)
                 .map_err(|source| StartError::Bind { addr, source })
         };
+        let worker_count = workers::count(pools.config().worker_threads);
         let client_listener = bind(listen, backlog)?;
         let addr = client_listener
             .local_addr()
@@ -85,11 +88,54 @@ impl App {
                 addr: listen,
                 source,
             })?;
-        let mut tasks = vec![tokio::spawn(listener::accept_loop(
-            client_listener,
+        // With so_reuseport each worker listens for itself; otherwise the
+        // one listener hands connections to the workers in turn.
+        let mut listeners = vec![Some(client_listener.into_std().map_err(|source| {
+            StartError::Bind {
+                addr: listen,
+                source,
+            }
+        })?)];
+        let own_listeners = reuse_port && addr.port() != 0 && worker_count > 1;
+        for _ in 1..worker_count {
+            listeners.push(if own_listeners {
+                Some(
+                    bind(addr, backlog)?
+                        .into_std()
+                        .map_err(|source| StartError::Bind { addr, source })?,
+                )
+            } else {
+                None
+            });
+        }
+        let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..worker_count)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let acceptor = Arc::new(listener::Acceptor {
             shared,
-            max_clients,
-        ))];
+            slots: Arc::new(tokio::sync::Semaphore::new(max_clients as usize)),
+            inboxes,
+        });
+        let hand_out = !own_listeners && worker_count > 1;
+        let mains: Vec<workers::WorkerMain> = listeners
+            .into_iter()
+            .zip(receivers)
+            .enumerate()
+            .map(|(index, (listener, inbox))| {
+                let acceptor = acceptor.clone();
+                let main: workers::WorkerMain = Box::new(move || {
+                    Box::pin(listener::run_worker(
+                        index, acceptor, listener, hand_out, inbox,
+                    ))
+                });
+                main
+            })
+            .collect();
+        let workers = Workers::start(mains).map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let mut tasks = Vec::new();
         tasks.push(tokio::spawn(stats::upkeep()));
         tasks.push(tokio::spawn(stats::stats_loop(pools.clone())));
         let mut metrics_addr = None;
@@ -101,12 +147,13 @@ impl App {
             );
             tasks.push(tokio::spawn(http::serve(l, pools.clone())));
         }
-        tracing::info!(%addr, metrics = ?metrics_addr, "pgmux is listening");
+        tracing::info!(%addr, metrics = ?metrics_addr, workers = worker_count, "pgmux is listening");
         Ok(App {
             addr,
             metrics_addr,
             pools,
             tasks,
+            workers,
         })
     }
 
@@ -186,6 +233,7 @@ impl App {
         for t in &self.tasks {
             t.abort();
         }
+        self.workers.stop();
     }
 }
 

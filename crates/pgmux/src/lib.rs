@@ -17,3 +17,4 @@ pub mod reload;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod workers;

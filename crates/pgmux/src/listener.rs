@@ -1,53 +1,129 @@
-//! The accept loop: caps clients at `max_client_conn` and hands each
-//! connection to its own session task, until a shutdown begins.
+//! Accepting clients: caps them at `max_client_conn` and starts each one's
+//! session on a worker, until a shutdown begins.
+//!
+//! With `so_reuseport` every worker has a listener of its own on the port
+//! and the kernel spreads connections among them; otherwise one listener,
+//! on worker 0, hands connections to the workers in turn (which costs the
+//! receiving worker a wake-up, and moving the socket between reactors).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::session::{self, Shared};
 use crate::stats::{self, LoginFailure};
 
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, max_clients: u32) {
-    let slots = Arc::new(Semaphore::new(max_clients as usize));
-    let lifecycle = shared.pools.lifecycle.clone();
+/// A connection handed to a worker by the one that accepted it.
+pub type Handoff = std::net::TcpStream;
+
+/// What accepting needs on every worker.
+pub struct Acceptor {
+    pub shared: Arc<Shared>,
+    /// `max_client_conn` places, shared by all workers.
+    pub slots: Arc<Semaphore>,
+    /// Where connections are handed to each worker.
+    pub inboxes: Vec<mpsc::UnboundedSender<Handoff>>,
+}
+
+/// Run worker `index`: accept on `listener` if it has one (handing
+/// connections to other workers when it is the only listener), and serve
+/// connections handed to it, until a drain begins.
+pub async fn run_worker(
+    index: usize,
+    acceptor: Arc<Acceptor>,
+    listener: Option<std::net::TcpListener>,
+    hand_out: bool,
+    mut inbox: mpsc::UnboundedReceiver<Handoff>,
+) {
+    let listener = match listener.map(TcpListener::from_std).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the client listener");
+            None
+        }
+    };
+    let lifecycle = acceptor.shared.pools.lifecycle.clone();
+    let mut next = index;
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        tokio::select! {
+            accepted = accept(listener.as_ref()) => match accepted {
+                Ok(stream) => {
+                    let target = if hand_out { next } else { index };
+                    next += 1;
+                    send_to(&acceptor, index, target, stream);
+                }
+                Err(e) => {
+                    // Out of file descriptors or similar: back off briefly
+                    // rather than spin; existing clients keep being served.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            handed = inbox.recv() => match handed {
+                Some(stream) => admit_std(stream, &acceptor),
+                None => break,
+            },
             _ = lifecycle.drain_started() => break,
-        };
-        match accepted {
-            Ok((stream, _)) => admit(stream, &shared, &slots),
-            Err(e) => {
-                // Out of file descriptors or similar: back off briefly
-                // rather than spin; existing clients keep being served.
-                tracing::error!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
         }
     }
     // Connections the kernel queued before we stopped would be reset when
     // the socket closes: take them, so they log in and are told why they
     // are closed (57P01) rather than refused.
-    if let Ok(std_listener) = listener.into_std() {
-        while let Ok((stream, _)) = std_listener.accept() {
-            if let Ok(stream) = stream
-                .set_nonblocking(true)
-                .and_then(|()| TcpStream::from_std(stream))
-            {
-                admit(stream, &shared, &slots);
+    if let Some(listener) = listener {
+        if let Ok(std_listener) = listener.into_std() {
+            while let Ok((stream, _)) = std_listener.accept() {
+                admit_std(stream, &acceptor);
             }
         }
+        tracing::info!(worker = index, "stopped accepting new clients");
     }
-    tracing::info!("stopped accepting new clients");
+    // Connections handed over meanwhile are served too.
+    while let Ok(stream) = inbox.try_recv() {
+        admit_std(stream, &acceptor);
+    }
 }
 
-fn admit(stream: TcpStream, shared: &Arc<Shared>, slots: &Arc<Semaphore>) {
-    let _ = stream.set_nodelay(true);
+/// The next connection on `listener` (never, without one).
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<TcpStream> {
+    match listener {
+        Some(l) => l.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+fn send_to(acceptor: &Acceptor, me: usize, target: usize, stream: TcpStream) {
+    let target = target % acceptor.inboxes.len().max(1);
+    if target == me {
+        return admit(stream, acceptor);
+    }
+    // Out of this worker's reactor, into the target's.
+    let moved = stream.into_std().map(|s| acceptor.inboxes[target].send(s));
+    match moved {
+        Ok(Ok(())) => {}
+        // That worker is gone (shutting down): serve it here.
+        Ok(Err(back)) => admit_std(back.0, acceptor),
+        Err(e) => tracing::warn!(error = %e, "cannot hand a client connection over"),
+    }
+}
+
+/// Start a session for a connection handed to this worker.
+fn admit_std(stream: std::net::TcpStream, acceptor: &Acceptor) {
+    match stream
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(stream))
+    {
+        Ok(s) => admit(s, acceptor),
+        Err(e) => tracing::warn!(error = %e, "cannot register a client connection"),
+    }
+}
+
+/// Start a session for `stream` on this worker.
+fn admit(stream: TcpStream, acceptor: &Acceptor) {
+    let shared = &acceptor.shared;
     let tracker = &shared.pools.lifecycle.sessions;
-    match slots.clone().try_acquire_owned() {
+    match acceptor.slots.clone().try_acquire_owned() {
         Ok(slot) => {
             tracker.spawn(session::serve(stream, shared.clone(), slot));
         }

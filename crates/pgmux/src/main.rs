@@ -71,11 +71,12 @@ fn main() -> ExitCode {
         }
     }
     init_logging(source.env.get("PGMUX_LOG"), cfg.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if cfg.worker_threads > 0 {
-        builder.worker_threads(cfg.worker_threads as usize);
-    }
-    let runtime = match builder.enable_all().build() {
+    // The control plane (signals, reloads, metrics, housekeeping); clients
+    // are served by the per-core workers that `App` starts.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgmux: cannot start the runtime: {e}");

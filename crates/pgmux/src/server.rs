@@ -82,6 +82,9 @@ pub struct Login {
 
 pub struct Server {
     pub stream: TcpStream,
+    /// The idle list (the worker's reactor) this server is registered with
+    /// (see [`crate::pool::idle`]).
+    pub home: usize,
     /// Read buffer, reused for the connection's life.
     pub buf: BytesMut,
     /// Settings as this server has them (reported, or set by pgmux).
@@ -166,6 +169,7 @@ impl Server {
         let id = next_id();
         let mut server = Server {
             stream,
+            home: crate::pool::idle::here(),
             buf: BytesMut::with_capacity(SERVER_BUFFER),
             params: ParamMap::default(),
             id,
@@ -398,7 +402,12 @@ impl Server {
     /// server killed within the last millisecond before the reactor
     /// has seen its close.
     pub fn is_healthy(&self, now: Instant) -> bool {
-        let result = if now.saturating_duration_since(self.last_used) >= PEEK_AFTER_IDLE {
+        self.check_health(now.saturating_duration_since(self.last_used) >= PEEK_AFTER_IDLE)
+    }
+
+    /// [`Server::is_healthy`], with a real peek or the reactor's readiness.
+    pub fn check_health(&self, peek: bool) -> bool {
+        let result = if peek {
             let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
             socket2::SockRef::from(&self.stream).peek(&mut probe)
         } else {
@@ -409,6 +418,16 @@ impl Server {
             Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
             Ok(_) => false,
         }
+    }
+
+    /// Move this server into the reactor of the thread calling (from the
+    /// worker that last used it): two `epoll_ctl` calls, once per move.
+    pub fn rehome(self: Box<Self>) -> std::io::Result<Box<Self>> {
+        let mut server = *self;
+        let std = server.stream.into_std()?;
+        server.stream = TcpStream::from_std(std)?;
+        server.home = crate::pool::idle::here();
+        Ok(Box::new(server))
     }
 
     pub fn cancel_target(&self) -> CancelTarget {

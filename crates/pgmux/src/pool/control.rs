@@ -10,7 +10,7 @@ use super::{lock, Pool, PoolSettings, USED_AFTER};
 use crate::config::Target;
 use crate::conninfo::ConnInfo;
 use crate::lifecycle::Stop;
-use crate::server::{Login, Server};
+use crate::server::Login;
 use crate::stats::{CloseReason, PoolLevels};
 
 impl Pool {
@@ -52,11 +52,7 @@ impl Pool {
 
     /// Close the longest-idle server, if any (to free a database slot).
     pub fn evict_one_idle(&self) -> bool {
-        let oldest = {
-            let mut idle = lock(&self.idle);
-            (!idle.is_empty()).then(|| idle.remove(0))
-        };
-        match oldest {
+        match self.idle.take_oldest() {
             Some(server) => {
                 self.discard(server, CloseReason::Idle);
                 true
@@ -72,8 +68,7 @@ impl Pool {
     }
 
     pub fn close_idle(&self, reason: CloseReason) {
-        let idle: Vec<Box<Server>> = std::mem::take(&mut *lock(&self.idle));
-        for server in idle {
+        for server in self.idle.take_where(|_| true) {
             self.discard(server, reason);
         }
     }
@@ -134,20 +129,20 @@ impl Pool {
     }
 
     pub fn idle_servers(&self) -> usize {
-        lock(&self.idle).len()
+        self.idle.len()
     }
 
     /// Levels for SHOW POOLS and /metrics that only the pool knows.
     pub fn levels(&self) -> PoolLevels {
         let now = Instant::now();
         let (mut idle, mut used) = (0, 0);
-        for server in lock(&self.idle).iter() {
+        self.idle.each(|server| {
             if now.saturating_duration_since(server.last_used) >= USED_AFTER {
                 used += 1;
             } else {
                 idle += 1;
             }
-        }
+        });
         PoolLevels {
             servers_idle: idle,
             servers_used: used,

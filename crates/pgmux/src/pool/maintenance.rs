@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::{lock, Pool};
+use super::Pool;
 use crate::stats::CloseReason;
 
 /// How often a pool is looked after. Lifetimes are minutes; a server past its
@@ -33,42 +33,36 @@ impl Pool {
     fn prune(&self, now: Instant) {
         let settings = self.settings();
         let generation = self.generation.load(Ordering::Acquire);
-        let mut closing = Vec::new();
-        {
-            let mut idle = lock(&self.idle);
-            let mut open = self.open.load(Ordering::Acquire);
-            let mut i = 0;
-            while i < idle.len() {
-                let s = &idle[i];
-                let expired = s.expires.is_some_and(|at| at <= now);
-                let unused = settings
-                    .idle_timeout
-                    .is_some_and(|t| now.duration_since(s.last_used) >= t)
-                    && open > settings.min_size;
-                // A reload shrank the pool, or RECONNECT asked for new ones.
-                let surplus = open > settings.size || s.info.generation < generation;
-                // Closed by PostgreSQL (restart, pg_terminate_backend) while
-                // unused: noticed here, so min_pool_size is kept for real.
-                let dead = !s.is_healthy(now);
-                let reason = if dead {
-                    Some(CloseReason::Error)
-                } else if expired {
-                    Some(CloseReason::Lifetime)
-                } else if surplus {
-                    Some(CloseReason::Reconnect)
-                } else if unused {
-                    Some(CloseReason::Idle)
-                } else {
-                    None
-                };
-                if let Some(reason) = reason {
-                    closing.push((idle.remove(i), reason));
-                    open = open.saturating_sub(1);
-                } else {
-                    i += 1;
-                }
+        // Decided per server; `open` counts down as servers are picked so
+        // that idle_timeout never takes the pool below min_pool_size.
+        let mut open = self.open.load(Ordering::Acquire);
+        let mut reasons = Vec::new();
+        let closing = self.idle.take_where(|s| {
+            let expired = s.expires.is_some_and(|at| at <= now);
+            let unused = settings
+                .idle_timeout
+                .is_some_and(|t| now.duration_since(s.last_used) >= t)
+                && open > settings.min_size;
+            let surplus = open > settings.size || s.info.generation < generation;
+            let dead = !s.is_healthy(now);
+            let reason = if dead {
+                Some(CloseReason::Error)
+            } else if expired {
+                Some(CloseReason::Lifetime)
+            } else if surplus {
+                Some(CloseReason::Reconnect)
+            } else if unused {
+                Some(CloseReason::Idle)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                reasons.push(reason);
+                open = open.saturating_sub(1);
             }
-        }
+            reason.is_some()
+        });
+        let closing = closing.into_iter().zip(reasons);
         for (server, reason) in closing {
             self.discard(server, reason);
         }
@@ -92,7 +86,7 @@ impl Pool {
             match self.open_server().await {
                 Ok(mut server) => {
                     server.last_used = Instant::now();
-                    lock(&self.idle).push(server);
+                    self.idle.push(server);
                     self.returned.notify_one();
                 }
                 // open_server has logged the failure.

@@ -5,6 +5,7 @@
 
 mod control;
 mod db_limit;
+pub mod idle;
 mod maintenance;
 mod registry;
 
@@ -110,10 +111,10 @@ pub struct Pool {
     /// Permits to retire as they come back, after a reload shrank the pool.
     permit_debt: AtomicU32,
     permits: Arc<Semaphore>,
-    /// Boxed so a checkout (held in every linked client's task) stays small
-    /// and servers move between pool and client as one pointer.
-    #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<Server>>>,
+    /// One list per worker (see [`idle`]); boxed so a checkout (held in
+    /// every linked client's task) stays small and servers move between
+    /// pool and client as one pointer.
+    idle: idle::IdleLists,
     /// Servers open or being opened; never above `settings.size`.
     open: AtomicU32,
     returned: Notify,
@@ -170,7 +171,7 @@ impl Pool {
             size: AtomicU32::new(settings.size),
             permit_debt: AtomicU32::new(0),
             settings: Mutex::new(settings),
-            idle: Mutex::new(Vec::new()),
+            idle: idle::IdleLists::default(),
             open: AtomicU32::new(0),
             returned: Notify::new(),
             backoff: Mutex::new(Backoff::default()),
@@ -276,20 +277,43 @@ impl Pool {
         }
     }
 
+    /// An idle server to lend: this worker's own first, another worker's
+    /// (moved into this worker's reactor) only when it has none.
     fn take_idle(&self) -> Option<Box<Server>> {
         loop {
-            let server = lock(&self.idle).pop()?;
+            let (server, moved) = match self.idle.pop_here() {
+                Some(s) => (s, false),
+                None => (self.idle.pop_elsewhere()?, true),
+            };
             let now = Instant::now();
             if server.expires.is_some_and(|at| at <= now) {
                 self.discard(server, CloseReason::Lifetime);
             } else if server.info.generation < self.generation.load(Ordering::Acquire) {
                 self.discard(server, CloseReason::Reconnect);
+            } else if moved {
+                match server.rehome() {
+                    // Its readiness is not known here yet: a real peek.
+                    Ok(server) if server.check_health(true) => return Some(server),
+                    Ok(server) => self.discard(server, CloseReason::Error),
+                    Err(e) => {
+                        // The socket is gone with the failed move.
+                        tracing::warn!(error = %e, "could not move a server between workers");
+                        self.forget_lost_server();
+                    }
+                }
             } else if !server.is_healthy(now) {
                 self.discard(server, CloseReason::Error);
             } else {
                 return Some(server);
             }
         }
+    }
+
+    /// A server whose socket was lost outside `discard`: free its slot.
+    fn forget_lost_server(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.stats.closed(CloseReason::Error);
+        self.returned.notify_one();
     }
 
     fn reserve_slot(&self) -> bool {
@@ -466,7 +490,7 @@ impl Checkout {
                 server.last_used = now;
                 server.info.set_state(State::Idle);
                 server.info.link(0);
-                lock(&pool.idle).push(server);
+                pool.idle.push(server);
                 pool.returned.notify_one();
                 if let Some(limit) = &pool.db_limit {
                     limit.idle_appeared.notify_waiters();

@@ -137,6 +137,17 @@ async fn wait_readable(
     .await
 }
 
+/// A read that filled less than the room it was given emptied the socket
+/// (readiness is edge-triggered): forget the readiness now, so the next
+/// wait sleeps in the reactor instead of trying a read that can only say
+/// EAGAIN. (tokio forgets it by itself only after an EAGAIN; the closure
+/// makes no syscall.)
+fn drained(stream: &TcpStream) {
+    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+    });
+}
+
 /// Read what the client has into `buf` (allocating it on first need).
 /// `Ok(false)` means the client closed its side.
 async fn read_client(
@@ -199,11 +210,15 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
             if cbuf.capacity() - cbuf.len() < 1024 {
                 cbuf.reserve(CLIENT_BUFFER);
             }
+            let room = cbuf.capacity() - cbuf.len();
             match stream.try_read_buf(&mut cbuf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => {
                     s.pool.stats.received.add(n as u64);
                     must_wait = false;
+                    if n < room {
+                        drained(stream);
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => must_wait = true,
                 Err(_) => return Err(ClientError::Gone),
