@@ -224,3 +224,39 @@ def test_asyncpg_client_side_error_right_after_a_prepare(pgmux):
             await conn.close()
 
     run(main())
+
+
+@pytest.mark.parametrize("cache", ["default", "none"])
+def test_asyncpg_unnamed_statements_bound_after_introspection(pgmux, table, cache):
+    """asyncpg sends a statement it does not cache (all of them with
+    statement_cache_size=0, what it recommends behind a transaction pooler;
+    any over max_cacheable_statement_size otherwise) as an unnamed one:
+    parsed, then bound only after it looked the types up with queries of
+    its own, each ending in a Sync. The unnamed statement exists on that one
+    server, so the client must keep it (pgmux once let the server go, and
+    its own session check dropped the statement)."""
+    settings = {"statement_cache_size": 0} if cache == "none" else {}
+    padding = "x" * 20000  # over max_cacheable_statement_size
+
+    async def main():
+        setup = await asyncpg.connect(**pgmux.asyncpg_kwargs())
+        await setup.execute(f"drop type if exists {table}_mood; create type {table}_mood as enum ('ok', 'sad')")
+        await setup.close()
+        clients = pgmux.pool_size or 4
+        if MODE == "transaction":
+            clients *= 2  # more clients than servers
+        conns = [await asyncpg.connect(**pgmux.asyncpg_kwargs(**settings)) for _ in range(clients)]
+
+        async def one(c, i):
+            for j in range(5):
+                mood = "ok" if (i + j) % 2 else "sad"
+                got = await c.fetchrow(f"select $1::{table}_mood, $2::int[], '{padding}'", mood, [i, j])
+                assert (got[0], got[1]) == (mood, [i, j])
+
+        try:
+            await asyncio.gather(*(one(c, i) for i, c in enumerate(conns)))
+        finally:
+            for c in conns:
+                await c.close()
+
+    run(main(), 60)

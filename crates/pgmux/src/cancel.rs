@@ -108,13 +108,20 @@ impl Cancels {
 }
 
 /// Ask the server to cancel whatever `target` is running.
+///
+/// Returns once PostgreSQL has closed the connection, which it does after
+/// it signalled the backend: a client waiting for its cancel connection to
+/// close (asyncpg does) then knows the cancel has landed, and cannot have
+/// it land on its next statement instead.
 pub async fn send_cancel(target: CancelTarget) {
     let send = async {
         let mut stream = TcpStream::connect(target.addr).await?;
         stream
             .write_all(&cancel_packet(target.pid, target.key))
             .await?;
-        stream.shutdown().await
+        let mut rest = [0u8; 64];
+        while tokio::io::AsyncReadExt::read(&mut stream, &mut rest).await? > 0 {}
+        Ok::<(), std::io::Error>(())
     };
     let result = tokio::time::timeout(Duration::from_secs(5), send).await;
     if let Err(e) = result.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {

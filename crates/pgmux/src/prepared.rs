@@ -112,6 +112,14 @@ impl StatementCache {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, s| s.id != id);
     }
+
+    /// Forget every statement: a schema change (DDL) may give the same
+    /// text other parameter or result types, which a Parse on a direct
+    /// connection would see. Clients keep the statements they hold, as
+    /// they would keep theirs on a direct connection.
+    pub fn retire_all(&self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }
 
 /// The statements one server has prepared, with a use stamp for LRU.

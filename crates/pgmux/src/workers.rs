@@ -9,9 +9,9 @@
 //! housekeeping) runs on the runtime that started the [`crate::app::App`].
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::watch;
 

@@ -199,7 +199,17 @@ async fn session_mode_gives_the_real_backend_pid() {
     let replies = c.until_ready().await;
     assert_eq!(raw::error_of(&replies).0, "57014");
 
-    // pg_terminate_backend of that pid ends the client's session.
+    // A cancel sent while the client is idle is over when its connection
+    // closes: it cannot land on the client's next statement (pgmux once
+    // closed it before PostgreSQL had acted on it).
+    for _ in 0..20 {
+        send_cancel(app.addr, pid, key).await;
+        let replies = c.exchange(&raw::query("select pg_sleep(0.01)")).await;
+        assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+    }
+
+    // pg_terminate_backend of that pid ends the client's session, with the
+    // server's own FATAL and nothing of pgmux's after it.
     let admin = cluster().admin().await;
     let killed: bool = admin
         .query_one("select pg_terminate_backend($1)", &[&(pid as i32)])
@@ -208,11 +218,33 @@ async fn session_mode_gives_the_real_backend_pid() {
         .get(0);
     assert!(killed);
     let last = c.until_closed().await;
-    assert!(
-        last.iter()
-            .any(|m| m.sqlstate().as_deref() == Some("57P01")),
-        "{last:?}"
-    );
+    assert_eq!(raw::tags(&last), "E", "{last:?}");
+    assert_eq!(last[0].sqlstate().as_deref(), Some("57P01"));
+}
+
+/// A schema change seen through the pool makes the next Parse of a text
+/// prepare afresh: a new client gets the parameter types of the new
+/// schema, as on a direct connection (pgmux once answered it from the
+/// statement another client prepared before the change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_is_seen_by_the_next_prepare() {
+    let db = fresh_database("edges_ddl").await;
+    let app = start_pgmux(|c| c.pool_size = 1).await;
+    let first = connect(app.addr, &db).await;
+    first
+        .batch_execute("create table t (v date)")
+        .await
+        .unwrap();
+    let old = first.prepare("insert into t values ($1)").await.unwrap();
+    assert_eq!(old.params(), &[tokio_postgres::types::Type::DATE]);
+    first
+        .batch_execute("drop table t; create table t (v int)")
+        .await
+        .unwrap();
+    let second = connect(app.addr, &db).await;
+    let new = second.prepare("insert into t values ($1)").await.unwrap();
+    assert_eq!(new.params(), &[tokio_postgres::types::Type::INT4]);
+    second.execute(&new, &[&42i32]).await.unwrap();
 }
 
 /// In transaction mode the pid is pgmux's own, and a notification the

@@ -28,7 +28,9 @@ pub struct IdleLists {
 
 impl Default for IdleLists {
     fn default() -> IdleLists {
-        let lists = (0..=workers::configured()).map(|_| Mutex::default()).collect();
+        let lists = (0..=workers::configured())
+            .map(|_| Mutex::default())
+            .collect();
         IdleLists { lists }
     }
 }

@@ -142,6 +142,10 @@ pub struct ClientFlow {
     /// always none).
     unnamed_may_forget_all: bool,
     portals_may_forget_all: Vec<Box<[u8]>>,
+    /// The client parsed an unnamed statement and has not bound it yet: it
+    /// lives on this server only (asyncpg without a statement cache parses,
+    /// looks up types with queries of their own, then binds).
+    unnamed_unbound: bool,
 }
 
 /// Where the client's buffered bytes stand before a server is borrowed.
@@ -160,11 +164,32 @@ impl ClientFlow {
             streaming_query: false,
             unnamed_may_forget_all: false,
             portals_may_forget_all: Vec::new(),
+            unnamed_unbound: false,
         }
     }
 
     pub fn at_boundary(&self) -> bool {
         self.remaining == 0
+    }
+
+    /// An unnamed statement the client parsed waits for its Bind: the
+    /// client must keep its server (transaction mode) until then.
+    pub fn awaits_unnamed_bind(&self) -> bool {
+        self.unnamed_unbound
+    }
+
+    /// Follow the client's unnamed statement through a message it sends.
+    fn note_unnamed(&mut self, tag: u8, body: &[u8]) {
+        match tag {
+            b'P' if body.first() == Some(&0) => self.unnamed_unbound = true,
+            b'B' if bound_statement(body).is_some_and(<[u8]>::is_empty) => {
+                self.unnamed_unbound = false
+            }
+            // A simple Query drops the unnamed statement; so does its Close.
+            b'Q' => self.unnamed_unbound = false,
+            b'C' if body.starts_with(b"S\0") => self.unnamed_unbound = false,
+            _ => {}
+        }
     }
 
     /// Look (without consuming) whether `buf`, which starts on a message
@@ -285,6 +310,7 @@ impl ClientFlow {
                 // (and a DEALLOCATE recognised) in one piece.
                 break;
             }
+            self.note_unnamed(tag, &input[body_start..whole_end.min(input.len())]);
             if stmts.is_some()
                 && expect.statements_unsettled()
                 && depends_on_names(tag, &input[body_start..whole_end.min(input.len())])

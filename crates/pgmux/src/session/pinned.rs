@@ -140,7 +140,12 @@ pub(super) async fn pass_server_news(
         }
         Err(Outcome::ServerFailed(e)) => {
             set_pins(s, Pins::default());
+            let told = pinned.server().flow.fatal_passed;
             pinned.discard(CloseReason::Error);
+            if told {
+                // The server's own FATAL reached the client.
+                return Err(ClientError::Gone);
+            }
             Err(ClientError::fatal(
                 e.sqlstate(),
                 format!("server connection lost while the client was pinned to it: {e}"),

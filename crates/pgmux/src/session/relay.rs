@@ -322,8 +322,14 @@ async fn serve_request(
             Err(closing(s))
         }
         Outcome::ServerFailed(e) => {
+            // The server's own FATAL (pg_terminate_backend, a shutdown)
+            // reached the client: close as a direct connection would.
+            let told = checkout.server().flow.fatal_passed;
             checkout.discard(CloseReason::Error);
             tracing::warn!(parent: &s.info.span, user = %s.pool.user, database = %s.pool.database, error = %e, "server connection failed");
+            if told {
+                return Err(ClientError::Gone);
+            }
             Err(ClientError::fatal(
                 e.sqlstate(),
                 format!("server connection lost: {e}"),
@@ -360,10 +366,11 @@ async fn relay_linked(
         // simple Query) is still arriving: stay linked and read it, or the
         // idle loop would hand it straight back here without reading.
         let gathering = !*terminating && cbuf.len() >= STREAM_AFTER;
-        if answered
-            && !gathering
-            && (*terminating || (transaction_mode && server.flow.status == b'I'))
-        {
+        // A client with an unnamed statement parsed and not yet bound keeps
+        // its server: the statement exists only there.
+        let may_release =
+            transaction_mode && server.flow.status == b'I' && !flow.awaits_unnamed_bind();
+        if answered && !gathering && (*terminating || may_release) {
             return Outcome::Done;
         }
         if *terminating && !finishes_alone(server) {

@@ -83,6 +83,9 @@ pub struct ServerFlow {
     /// The transaction is failed right now: the last ReadyForQuery said
     /// so, and no COMMIT or ROLLBACK has run since.
     failed: bool,
+    /// The server told the client a FATAL error (it is going away): the
+    /// client needs no word of pgmux's on top.
+    pub fatal_passed: bool,
     /// The last complete message was ReadyForQuery.
     pub at_ready: bool,
     /// The server waits for COPY data from the client.
@@ -113,6 +116,7 @@ impl ServerFlow {
             dropping: false,
             status: b'I',
             failed: false,
+            fatal_passed: false,
             at_ready: true,
             copy_in: false,
             watch: Watch::default(),
@@ -330,9 +334,15 @@ impl ServerFlow {
                 // An error ends COPY IN: the server reads no more data.
                 b'E' if verdict != Verdict::Drop => {
                     self.copy_in = false;
-                    if let Some(class) = backend::sqlstate_class(&input[body_start..whole_end]) {
+                    let body = &input[body_start..whole_end];
+                    if let Some(class) = backend::sqlstate_class(body) {
                         batch.errors.push(class);
                     }
+                    self.fatal_passed |= matches!(
+                        backend::error_field(body, b'V')
+                            .or_else(|| backend::error_field(body, b'S')),
+                        Some(b"FATAL" | b"PANIC")
+                    );
                 }
                 b'E' => self.copy_in = false,
                 b'C' => {
@@ -340,6 +350,11 @@ impl ServerFlow {
                     self.watch.note_tag(command_tag);
                     if ends_failed_block(command_tag) {
                         self.failed = false;
+                    }
+                    if changes_schema(command_tag) {
+                        if let Some(cache) = obs.cache {
+                            cache.retire_all();
+                        }
                     }
                     if forgets_statements(command_tag) {
                         obs.statements.clear();
@@ -397,6 +412,13 @@ impl ServerFlow {
             write_message(out, tag, |_| {});
         }
     }
+}
+
+/// A command that may change what a statement's text means (DDL).
+fn changes_schema(command_tag: &[u8]) -> bool {
+    [&b"CREATE "[..], b"ALTER ", b"DROP "]
+        .iter()
+        .any(|t| command_tag.starts_with(t))
 }
 
 /// A command that ends a failed transaction block (COMMIT in one answers
