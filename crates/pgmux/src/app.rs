@@ -62,6 +62,8 @@ impl App {
         config.validate()?;
         check_file_limit(&config)?;
         stats::recorder();
+        // Latency histograms are recorded only when /metrics can read them.
+        stats::record_histograms(config.metrics()?.is_some());
         let secrets = Arc::new(config.user_secrets()?);
         let listen = config.listen()?;
         let metrics = config.metrics()?;

@@ -124,11 +124,14 @@ async fn readiness(pools: &Pools) -> Result<(), String> {
 
 /// Publish the pools' current levels, then render everything recorded.
 pub fn render_metrics(pools: &Pools) -> String {
-    for pool in pools.all() {
+    let all = pools.all();
+    for pool in &all {
         pool.stats.publish(&pool.levels());
     }
     stats::recorder().run_upkeep();
-    stats::recorder().render()
+    let mut out = stats::recorder().render();
+    stats::catalog::render_histograms(&all, &mut out);
+    out
 }
 
 async fn respond(

@@ -13,6 +13,7 @@ use super::expect::{Expect, Pending};
 use super::pinning::Watch;
 use super::rewrite::{close_stale, rewrite, rewrite_query, stream_big_bind, Message, HEAD_LIMIT};
 use super::splice::Splice;
+use super::words::Words;
 
 pub use super::rewrite::Statements;
 
@@ -232,9 +233,13 @@ impl ClientFlow {
 
     /// A simple Query, or an Execute of a portal, that may drop every
     /// prepared statement draws its `ForgetAll` kind of reply.
-    fn forgetting(&self, p: Pending, body: &[u8]) -> Pending {
+    fn forgetting(&self, p: Pending, body: &[u8], words: Words) -> Pending {
         match p {
-            Pending::Query if may_forget_statements(body) => Pending::ForgetAllQuery,
+            Pending::Query
+                if words.any(Words::DEALLOCATE | Words::DISCARD) && may_forget_statements(body) =>
+            {
+                Pending::ForgetAllQuery
+            }
             Pending::Execute
                 if self
                     .portals_may_forget_all
@@ -319,6 +324,7 @@ impl ClientFlow {
                 // (see `Expect::statements_unsettled`): wait for them.
                 break;
             }
+            let mut words = Words::default();
             if matches!(tag, b'Q' | b'P') {
                 let body = &input[body_start..whole_end.min(input.len())];
                 // A Parse starts with the statement name.
@@ -327,8 +333,12 @@ impl ClientFlow {
                 } else {
                     body
                 };
-                if let Some(name) = dropped_database(sql) {
-                    batch.dropped_database = Some(name);
+                // Read once; each check below runs only if its word is in.
+                words = Words::of(&sql[..sql.len().min(HINT_SCAN_LIMIT)]);
+                if words.any(Words::DROP) {
+                    if let Some(name) = dropped_database(sql) {
+                        batch.dropped_database = Some(name);
+                    }
                 }
                 // A named statement's text is searched once, when pgmux
                 // first sees it (`Statement::hints`); otherwise here.
@@ -337,13 +347,13 @@ impl ClientFlow {
                 if self.watch_state && !managed_parse {
                     batch
                         .watch
-                        .note_text(&sql[..sql.len().min(HINT_SCAN_LIMIT)]);
+                        .note_text_with(&sql[..sql.len().min(HINT_SCAN_LIMIT)], words);
                 }
                 if stmts.is_some() && tag == b'P' && body.first() == Some(&0) {
                     // An Execute of it through a portal may drop every
                     // statement (see `Pending::ForgetAllExecute`). A "may":
                     // cleared only when no earlier error can skip this Parse.
-                    if may_forget_statements(sql) {
+                    if words.any(Words::DEALLOCATE | Words::DISCARD) && may_forget_statements(sql) {
                         self.unnamed_may_forget_all = true;
                     } else if expect.is_empty() {
                         self.unnamed_may_forget_all = false;
@@ -354,6 +364,7 @@ impl ClientFlow {
                         input,
                         start: pos,
                         end: whole_end,
+                        words,
                     };
                     if rewrite_query(sql, message, expect, st, &mut splice) {
                         shape.note(tag);
@@ -403,6 +414,7 @@ impl ClientFlow {
                     input,
                     start: pos,
                     end: whole_end,
+                    words,
                 };
                 if tag == b'B' {
                     let settled = expect.is_empty();
@@ -437,7 +449,7 @@ impl ClientFlow {
                     if !have_whole && tag == b'E' && !self.portals_may_forget_all.is_empty() {
                         break; // the portal name decides; it is a few bytes
                     }
-                    p = self.forgetting(p, &input[body_start..whole_end.min(input.len())]);
+                    p = self.forgetting(p, &input[body_start..whole_end.min(input.len())], words);
                 }
                 if p == Pending::ForgetAllExecute {
                     // What follows waits for its reply: have the server send

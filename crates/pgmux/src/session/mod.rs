@@ -3,6 +3,7 @@
 //! is the one state machine that lends it servers.
 
 mod align;
+mod buffers;
 mod client_flow;
 mod ddl;
 mod expect;
@@ -20,6 +21,7 @@ mod server_flow;
 mod splice;
 #[cfg(test)]
 mod tests;
+mod words;
 
 pub use ddl::{dropped_database, may_forget_statements};
 pub use expect::Expect;

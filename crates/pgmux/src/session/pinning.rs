@@ -19,12 +19,14 @@
 //! check itself is the server's truth.
 
 use pgmux_wire::backend;
+
+use super::words::Words;
 use pgmux_wire::reply::quote_literal;
 
 /// Words in a statement's text that call for a look at the session after
 /// the transaction: advisory locks and set_config() hide behind `SELECT`,
 /// and `CREATE TEMP TABLE ... AS` / `SELECT ... INTO TEMP` answer `SELECT n`.
-const TEXT_HINTS: &[&[u8]] = &[b"advisory", b"temp", b"set_config"];
+const HINT_WORDS: u16 = Words::ADVISORY | Words::TEMP | Words::SET_CONFIG;
 
 /// Custom setting names remembered between two looks at a session.
 const MAX_CUSTOM_SETTINGS: usize = 64;
@@ -50,9 +52,14 @@ impl Watch {
     /// What `sql` may leave behind (custom names are read only when the
     /// text gives a reason to).
     pub fn of_text(sql: &[u8]) -> Watch {
+        Watch::of_text_with(sql, Words::of(sql))
+    }
+
+    /// [`Watch::of_text`], given the words already found in `sql`.
+    pub fn of_text_with(sql: &[u8], words: Words) -> Watch {
         let mut watch = Watch {
-            look: text_hint(sql),
-            session_set: sets_session(sql),
+            look: words.any(HINT_WORDS),
+            session_set: words.any(Words::SET | Words::COMMENT) && sets_session(sql),
             ..Watch::default()
         };
         if watch.look || watch.session_set {
@@ -63,6 +70,10 @@ impl Watch {
 
     pub fn note_text(&mut self, sql: &[u8]) {
         self.merge(&Watch::of_text(sql));
+    }
+
+    pub fn note_text_with(&mut self, sql: &[u8], words: Words) {
+        self.merge(&Watch::of_text_with(sql, words));
     }
 
     /// A command tag the server sent.
@@ -104,17 +115,9 @@ impl Watch {
 }
 
 /// Whether `sql` may leave session state behind (ASCII case-insensitive).
+#[cfg(test)]
 fn text_hint(sql: &[u8]) -> bool {
-    sql.windows(4).enumerate().any(|(i, w)| {
-        let head = [w[0] | 0x20, w[1] | 0x20];
-        TEXT_HINTS
-            .iter()
-            .any(|needle| needle[..2] == head && starts_with_ignore_case(&sql[i..], needle))
-    })
-}
-
-fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
-    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+    Words::of(sql).any(HINT_WORDS)
 }
 
 /// Whether a statement of `sql` may be a session-level `SET`: one that

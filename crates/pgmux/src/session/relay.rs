@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::align::{align, client_error};
+use super::buffers::{self, CLIENT_BUFFER};
 use super::client_flow::{ClientFlow, Retry, Statements};
 use super::pinned::{inspect_session, pass_server_news, set_pins};
 use super::pinning::Pins;
@@ -25,8 +26,6 @@ use crate::pool::Checkout;
 use crate::server::{Server, ServerError};
 use crate::stats::{self, CloseReason, PoolStats};
 
-/// First read buffer for a client with something to say.
-const CLIENT_BUFFER: usize = 16 * 1024;
 /// A request bigger than this streams to a server before it is complete.
 const STREAM_AFTER: usize = 64 * 1024;
 
@@ -155,7 +154,9 @@ async fn read_client(
     buf: &mut BytesMut,
     stats: &PoolStats,
 ) -> Result<bool, ClientError> {
-    if buf.capacity() - buf.len() < 1024 {
+    if buf.capacity() == 0 {
+        *buf = buffers::take();
+    } else if buf.capacity() - buf.len() < 1024 {
         buf.reserve(CLIENT_BUFFER);
     }
     match stream.read_buf(buf).await {
@@ -187,8 +188,8 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
                     break;
                 }
             } else {
-                // Hold no buffer while waiting.
-                cbuf = BytesMut::new();
+                // Hold no buffer while waiting: it goes back to the worker.
+                buffers::give(std::mem::take(&mut cbuf));
                 must_wait = true;
             }
             if must_wait {
@@ -207,7 +208,9 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
             // Non-blocking: readiness can be stale (left over from the
             // login's reads), and a blocking read here would stop watching
             // the stop signal. WouldBlock clears it and we wait again.
-            if cbuf.capacity() - cbuf.len() < 1024 {
+            if cbuf.capacity() == 0 {
+                cbuf = buffers::take();
+            } else if cbuf.capacity() - cbuf.len() < 1024 {
                 cbuf.reserve(CLIENT_BUFFER);
             }
             let room = cbuf.capacity() - cbuf.len();
@@ -380,6 +383,9 @@ async fn relay_linked(
             return Outcome::Done;
         }
         tokio::select! {
+            // In order, without a random draw per poll: the stop signal
+            // first, then the client, then the server.
+            biased;
             _ = s.info.stop.reached(Stop::Now) => return Outcome::Aborted,
             read = read_client(stream, cbuf, &s.pool.stats), if !*terminating => match read {
                 Ok(true) => {}

@@ -12,6 +12,7 @@ use super::ddl::{deallocated_statement, reserved_statement_use, RESERVED_PREFIX}
 use super::expect::{Expect, Pending};
 use super::pinning::Watch;
 use super::splice::Splice;
+use super::words::Words;
 use crate::prepared::{server_name, ClientStatements, ServerStatements, Statement, StatementCache};
 
 /// The statement name pgmux parses a client's text under to see whether
@@ -41,6 +42,8 @@ pub(super) struct Message<'a> {
     pub input: &'a [u8],
     pub start: usize,
     pub end: usize,
+    /// The words of its statement text (Query, Parse), read once.
+    pub words: Words,
 }
 
 impl<'a> Message<'a> {
@@ -61,13 +64,25 @@ pub(super) fn rewrite_query(
     st: &mut Statements<'_>,
     splice: &mut Splice,
 ) -> bool {
-    let Message { input, start, end } = message;
-    if let Some((code, name)) = reserved_statement_use(sql) {
+    let Message {
+        input,
+        start,
+        end,
+        words,
+    } = message;
+    let reserved = words
+        .any(Words::PGMUX)
+        .then(|| reserved_statement_use(sql))
+        .flatten();
+    if let Some((code, name)) = reserved {
         // A query that fails at the parser stands in for it; its error is
         // replaced by this one on the way back.
         splice.replace(input, start, end, REFUSED_QUERY);
         expect.push_refusal(code, &reserved_message(code, &name));
         return true;
+    }
+    if !words.any(Words::DEALLOCATE) {
+        return false;
     }
     let Some(name) = deallocated_statement(sql) else {
         return false;
@@ -196,14 +211,21 @@ pub(super) fn rewrite(
     splice: &mut Splice,
     watch: &mut Watch,
 ) -> Result<(), ClientFlowError> {
-    let Message { input, start, end } = message;
+    let Message {
+        input, start, end, ..
+    } = message;
     let body = message.body();
     let mut out = BytesMut::new();
     match tag {
         b'P' => {
             let (name, definition) = cstr(body, tag)?;
             let text = definition.split(|&b| b == 0).next().unwrap_or_default();
-            if let Some((code, reserved)) = reserved_statement_use(text) {
+            let reserved = message
+                .words
+                .any(Words::PGMUX)
+                .then(|| reserved_statement_use(text))
+                .flatten();
+            if let Some((code, reserved)) = reserved {
                 raise(code, &reserved_message(code, &reserved), expect, &mut out);
                 splice.replace(input, start, end, &out);
                 return Ok(());

@@ -1,7 +1,7 @@
 //! Every series pgmux exports, with its HELP text: the one list that
 //! /metrics describes and the README documents (a test keeps them in step).
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{describe_counter, describe_gauge, Unit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -62,6 +62,19 @@ pub const METRICS: &[Metric] = &[
 ];
 
 /// Give every series its HELP line (and unit) in the recorder.
+/// The histograms' HELP and TYPE lines and every pool's series, in
+/// Prometheus' text format.
+pub fn render_histograms(pools: &[std::sync::Arc<crate::pool::Pool>], out: &mut String) {
+    for metric in METRICS.iter().filter(|m| m.kind == Histogram) {
+        out.push_str(&format!("# HELP {} {}\n", metric.name, metric.help));
+        out.push_str(&format!("# TYPE {} histogram\n", metric.name));
+        for pool in pools {
+            pool.stats.render_histogram(metric.name, out);
+        }
+        out.push('\n');
+    }
+}
+
 pub fn describe_all() {
     for metric in METRICS {
         let unit = if metric.name.ends_with("_seconds") {
@@ -76,8 +89,8 @@ pub fn describe_all() {
             (Counter, None) => describe_counter!(metric.name, metric.help),
             (Gauge, Some(u)) => describe_gauge!(metric.name, u, metric.help),
             (Gauge, None) => describe_gauge!(metric.name, metric.help),
-            (Histogram, Some(u)) => describe_histogram!(metric.name, u, metric.help),
-            (Histogram, None) => describe_histogram!(metric.name, metric.help),
+            // Rendered by pgmux itself (see `render_histograms`).
+            (Histogram, _) => {}
         }
     }
 }

@@ -1,35 +1,38 @@
-//! Statistics. Per-pool totals and levels are plain atomics (one relaxed
-//! add per event, no lookup), read alike by the admin console's SHOW and by
-//! /metrics, which copies them into the Prometheus recorder when scraped.
-//! Latency samples go straight into the recorder's histograms.
+//! Statistics. Per-pool totals, levels and latency histograms are kept in
+//! per-worker cells (one relaxed add on the worker's own cache line per
+//! event, no lookup; see [`cells`]), read alike by the admin console's SHOW
+//! and by /metrics, which copies totals and levels into the Prometheus
+//! recorder when scraped and renders the histograms itself.
 
 pub mod catalog;
+mod cells;
 mod periodic;
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{counter, gauge, Counter, Gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+pub use cells::{record_histograms, Histogram, Level, Total, LATENCY_BUCKETS};
 pub use periodic::{by_database, stats_loop, Averages, Period};
 
 static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Seconds; spans a fast checkout to a long queue wait or transaction.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
-];
+/// A label value as Prometheus' text format writes it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
 
 /// Install the process-wide Prometheus recorder (once; later calls reuse it).
 pub fn recorder() -> &'static PrometheusHandle {
     RECORDER.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-            .expect("bucket list is not empty");
-        let recorder = builder.build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         // A recorder installed earlier (by an embedding program) keeps working;
         // our handle then renders only what reaches ours.
@@ -186,35 +189,6 @@ pub fn statement_lost(pool: &PoolStats, retried: bool) {
         &pool.labels_with("retried", if retried { "yes" } else { "no" })
     )
     .increment(1);
-}
-
-/// A level that goes up and down (clients connected, servers lent...).
-#[derive(Default)]
-pub struct Level(AtomicI64);
-
-impl Level {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed).max(0) as u64
-    }
-}
-
-/// A monotonically growing total.
-#[derive(Default)]
-pub struct Total(AtomicU64);
-
-impl Total {
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// The counters PgBouncer's SHOW STATS reports, at one instant.
@@ -382,10 +356,10 @@ impl PoolStats {
             connects: Total::default(),
             connect_failures: Total::default(),
             closed: Default::default(),
-            wait_seconds: histogram!("pgmux_client_wait_seconds", &l),
-            xact_seconds: histogram!("pgmux_transaction_duration_seconds", &l),
-            query_seconds: histogram!("pgmux_query_duration_seconds", &l),
-            connect_seconds: histogram!("pgmux_server_connect_seconds", &l),
+            wait_seconds: Histogram::default(),
+            xact_seconds: Histogram::default(),
+            query_seconds: Histogram::default(),
+            connect_seconds: Histogram::default(),
             published: Published {
                 clients_active: gauge!("pgmux_clients_active", &l),
                 clients_waiting: gauge!("pgmux_clients_waiting", &l),
@@ -424,22 +398,22 @@ impl PoolStats {
 
     pub fn waited(&self, wait: Duration) {
         self.wait_us.add(wait.as_micros() as u64);
-        self.wait_seconds.record(wait.as_secs_f64());
+        self.wait_seconds.record(wait);
     }
 
     pub fn query_done(&self, took: Duration) {
         self.query_us.add(took.as_micros() as u64);
-        self.query_seconds.record(took.as_secs_f64());
+        self.query_seconds.record(took);
     }
 
     pub fn transaction_done(&self, took: Duration) {
         self.xact_us.add(took.as_micros() as u64);
-        self.xact_seconds.record(took.as_secs_f64());
+        self.xact_seconds.record(took);
     }
 
     pub fn connected(&self, took: Duration) {
         self.connects.add(1);
-        self.connect_seconds.record(took.as_secs_f64());
+        self.connect_seconds.record(took);
     }
 
     /// Clients logged in and holding no server, nor waiting for one.
@@ -460,6 +434,38 @@ impl PoolStats {
             wait_us: self.wait_us.get(),
             assignments: self.assignments.get(),
         }
+    }
+
+    /// The histogram named `name` (a `_seconds` series of the catalog).
+    fn histogram(&self, name: &str) -> Option<&Histogram> {
+        Some(match name {
+            "pgmux_client_wait_seconds" => &self.wait_seconds,
+            "pgmux_transaction_duration_seconds" => &self.xact_seconds,
+            "pgmux_query_duration_seconds" => &self.query_seconds,
+            "pgmux_server_connect_seconds" => &self.connect_seconds,
+            _ => return None,
+        })
+    }
+
+    /// Append this pool's series of histogram `name` in Prometheus' text
+    /// format.
+    pub fn render_histogram(&self, name: &str, out: &mut String) {
+        let Some(h) = self.histogram(name) else {
+            return;
+        };
+        let s = h.snapshot();
+        let labels = format!(
+            "database=\"{}\",user=\"{}\",pool_mode=\"{}\"",
+            escape(&self.labels.database),
+            escape(&self.labels.user),
+            self.labels.mode
+        );
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&s.cumulative) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", s.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", s.count);
     }
 
     /// Copy levels and totals into the recorder just before a scrape.
