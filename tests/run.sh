@@ -30,3 +30,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 tests/python/setup.sh
 
 cargo test --workspace --locked "$@"
+
+# The suite above ran on the backend `io_backend = auto` picks here
+# (io_uring where the kernel allows it); the end-to-end suite runs again on
+# the epoll fallback, which containers with default seccomp profiles get.
+PGMUX_IO_BACKEND=epoll cargo test -p pgmux-tests --locked --test proxy "$@"

@@ -34,6 +34,13 @@ pub fn test_config() -> Config {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    // PGMUX_IO_BACKEND picks the I/O backend the suite runs on; tests/run.sh
+    // runs it once on each.
+    .chain(
+        std::env::var("PGMUX_IO_BACKEND")
+            .ok()
+            .map(|v| ("PGMUX_IO_BACKEND".to_string(), v)),
+    )
     .collect();
     config::load(None, &env).unwrap()
 }

@@ -68,6 +68,8 @@ impl Proc {
             .arg(&path)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            // The suite's choice of I/O backend (see `test_config`).
+            .envs(std::env::var("PGMUX_IO_BACKEND").map(|v| ("PGMUX_IO_BACKEND", v)))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -133,7 +133,8 @@ impl App {
                 main
             })
             .collect();
-        let workers = Workers::start(mains).map_err(|source| StartError::Bind {
+        let backend = workers::backend(pools.config().io_backend);
+        let workers = Workers::start(mains, backend).map_err(|source| StartError::Bind {
             addr: listen,
             source,
         })?;
@@ -149,7 +150,7 @@ impl App {
             );
             tasks.push(tokio::spawn(http::serve(l, pools.clone())));
         }
-        tracing::info!(%addr, metrics = ?metrics_addr, workers = worker_count, "pgmux is listening");
+        tracing::info!(%addr, metrics = ?metrics_addr, workers = worker_count, io_backend = backend.name(), "pgmux is listening");
         Ok(App {
             addr,
             metrics_addr,
@@ -274,26 +275,12 @@ fn check_file_limit(config: &Config) -> Result<(), StartError> {
     }
 }
 
-#[allow(unsafe_code)]
+/// The open-file soft limit after raising it as far as the hard limit
+/// allows (`None` if it cannot be read).
 fn raise_nofile_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return None;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
-        }
+    let (soft, hard) = rlimit::Resource::NOFILE.get().ok()?;
+    if soft < hard && rlimit::Resource::NOFILE.set(hard, hard).is_ok() {
+        return Some(hard);
     }
-    Some(lim.rlim_cur)
+    Some(soft)
 }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use pgmux_wire::auth::ct_eq;
 use pgmux_wire::startup::cancel_packet;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// The server a client is currently linked to.
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +114,7 @@ impl Cancels {
 /// it land on its next statement instead.
 pub async fn send_cancel(target: CancelTarget) {
     let send = async {
-        let mut stream = TcpStream::connect(target.addr).await?;
+        let mut stream = crate::io::connect(target.addr).await?;
         stream
             .write_all(&cancel_packet(target.pid, target.key))
             .await?;
@@ -123,7 +122,7 @@ pub async fn send_cancel(target: CancelTarget) {
         while tokio::io::AsyncReadExt::read(&mut stream, &mut rest).await? > 0 {}
         Ok::<(), std::io::Error>(())
     };
-    let result = tokio::time::timeout(Duration::from_secs(5), send).await;
+    let result = crate::io::timeout(Duration::from_secs(5), send).await;
     if let Err(e) = result.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
         tracing::warn!(error = %e, "could not forward a cancel request");
     }

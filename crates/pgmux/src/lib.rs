@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod config;
 pub mod conninfo;
 pub mod http;
+pub mod io;
 pub mod lifecycle;
 pub mod listener;
 pub mod params;

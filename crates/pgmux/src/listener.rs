@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::io::{uring, Stream};
 use crate::session::{self, Shared};
 use crate::stats::{self, LoginFailure};
 
@@ -37,7 +37,7 @@ pub async fn run_worker(
     hand_out: bool,
     mut inbox: mpsc::UnboundedReceiver<Handoff>,
 ) {
-    let listener = match listener.map(TcpListener::from_std).transpose() {
+    let listener = match listener.map(Listening::new).transpose() {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "cannot watch the client listener");
@@ -58,7 +58,7 @@ pub async fn run_worker(
                     // Out of file descriptors or similar: back off briefly
                     // rather than spin; existing clients keep being served.
                     tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    crate::io::sleep(Duration::from_millis(50)).await;
                 }
             },
             handed = inbox.recv() => match handed {
@@ -73,6 +73,7 @@ pub async fn run_worker(
     // are closed (57P01) rather than refused.
     if let Some(listener) = listener {
         if let Ok(std_listener) = listener.into_std() {
+            let _ = std_listener.set_nonblocking(true);
             while let Ok((stream, _)) = std_listener.accept() {
                 admit_std(stream, &acceptor);
             }
@@ -85,21 +86,50 @@ pub async fn run_worker(
     }
 }
 
+/// A listening socket on this worker's backend.
+enum Listening {
+    Tokio(tokio::net::TcpListener),
+    Uring(uring::Listener),
+}
+
+impl Listening {
+    fn new(listener: std::net::TcpListener) -> std::io::Result<Listening> {
+        listener.set_nonblocking(true)?;
+        if uring::active() {
+            uring::Listener::from_std(listener).map(Listening::Uring)
+        } else {
+            tokio::net::TcpListener::from_std(listener).map(Listening::Tokio)
+        }
+    }
+
+    fn into_std(self) -> std::io::Result<std::net::TcpListener> {
+        match self {
+            Listening::Tokio(l) => l.into_std(),
+            Listening::Uring(l) => l.into_std(),
+        }
+    }
+}
+
 /// The next connection on `listener` (never, without one).
-async fn accept(listener: Option<&TcpListener>) -> std::io::Result<TcpStream> {
+async fn accept(listener: Option<&Listening>) -> std::io::Result<Stream> {
     match listener {
-        Some(l) => l.accept().await.map(|(stream, _)| stream),
+        Some(Listening::Tokio(l)) => l.accept().await.map(|(s, _)| Stream::Tokio(s)),
+        Some(Listening::Uring(l)) => l.accept().await.map(Stream::Uring),
         None => std::future::pending().await,
     }
 }
 
-fn send_to(acceptor: &Acceptor, me: usize, target: usize, stream: TcpStream) {
+fn send_to(acceptor: &Acceptor, me: usize, target: usize, stream: Stream) {
     let target = target % acceptor.inboxes.len().max(1);
     if target == me {
         return admit(stream, acceptor);
     }
     // Out of this worker's reactor, into the target's.
-    let moved = stream.into_std().map(|s| acceptor.inboxes[target].send(s));
+    let std = match stream {
+        Stream::Tokio(s) => s.into_std(),
+        Stream::Uring(s) => s.into_std(),
+    };
+    let moved = std.map(|s| acceptor.inboxes[target].send(s));
     match moved {
         Ok(Ok(())) => {}
         // That worker is gone (shutting down): serve it here.
@@ -110,34 +140,31 @@ fn send_to(acceptor: &Acceptor, me: usize, target: usize, stream: TcpStream) {
 
 /// Start a session for a connection handed to this worker.
 fn admit_std(stream: std::net::TcpStream, acceptor: &Acceptor) {
-    match stream
-        .set_nonblocking(true)
-        .and_then(|()| TcpStream::from_std(stream))
-    {
+    match Stream::from_std(stream) {
         Ok(s) => admit(s, acceptor),
         Err(e) => tracing::warn!(error = %e, "cannot register a client connection"),
     }
 }
 
 /// Start a session for `stream` on this worker.
-fn admit(stream: TcpStream, acceptor: &Acceptor) {
+fn admit(stream: Stream, acceptor: &Acceptor) {
     let shared = &acceptor.shared;
     let tracker = &shared.pools.lifecycle.sessions;
     match acceptor.slots.clone().try_acquire_owned() {
         Ok(slot) => {
-            tracker.spawn(session::serve(stream, shared.clone(), slot));
+            crate::io::spawn(tracker.track_future(session::serve(stream, shared.clone(), slot)));
         }
         Err(_) => {
             stats::login_failed(LoginFailure::TooManyClients);
             let mut stream = stream;
-            tracker.spawn(async move {
+            crate::io::spawn(tracker.track_future(async move {
                 session::refuse(
                     &mut stream,
                     "53300",
                     "sorry, too many clients already (max_client_conn)",
                 )
                 .await;
-            });
+            }));
         }
     }
 }

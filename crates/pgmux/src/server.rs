@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::io::Stream as TcpStream;
 use bytes::{BufMut, BytesMut};
 use pgmux_wire::backend::{self, ErrorFields};
 use pgmux_wire::frame::{take_frame, write_message, Frame};
@@ -12,7 +13,6 @@ use pgmux_wire::reply;
 use pgmux_wire::startup::startup_packet;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::cancel::CancelTarget;
 use crate::config::Target;
@@ -123,7 +123,7 @@ impl Server {
         (database, user): (&str, &str),
     ) -> Result<Server, ServerError> {
         let connected =
-            tokio::time::timeout(timeout, Self::connect_inner(target, login, max_message)).await;
+            crate::io::timeout(timeout, Self::connect_inner(target, login, max_message)).await;
         let mut server = match connected {
             Ok(result) => result?,
             Err(_) => return Err(ServerError::Timeout(timeout)),
@@ -154,14 +154,15 @@ impl Server {
             addr: where_.clone(),
             reason: e.to_string(),
         };
-        let stream = TcpStream::connect((target.host.as_str(), target.port))
+        let stream = connect_any(&target.host, target.port)
             .await
             .map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
         let keepalive = socket2::TcpKeepalive::new()
             .with_time(Duration::from_secs(60))
             .with_interval(Duration::from_secs(10));
-        socket2::SockRef::from(&stream)
+        stream
+            .socket()
             .set_tcp_keepalive(&keepalive)
             .map_err(connect_err)?;
         let addr = stream.peer_addr().map_err(connect_err)?;
@@ -407,25 +408,14 @@ impl Server {
 
     /// [`Server::is_healthy`], with a real peek or the reactor's readiness.
     pub fn check_health(&self, peek: bool) -> bool {
-        let result = if peek {
-            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-            socket2::SockRef::from(&self.stream).peek(&mut probe)
-        } else {
-            let mut probe = [0u8; 1];
-            self.stream.try_read(&mut probe)
-        };
-        match result {
-            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-            Ok(_) => false,
-        }
+        self.stream.quiet(peek)
     }
 
     /// Move this server into the reactor of the thread calling (from the
     /// worker that last used it): two `epoll_ctl` calls, once per move.
     pub fn rehome(self: Box<Self>) -> std::io::Result<Box<Self>> {
         let mut server = *self;
-        let std = server.stream.into_std()?;
-        server.stream = TcpStream::from_std(std)?;
+        server.stream = server.stream.rehome()?;
         server.home = crate::pool::idle::here();
         Ok(Box::new(server))
     }
@@ -440,12 +430,41 @@ impl Server {
 
     /// Send Terminate and drop the connection.
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(
+        let _ = crate::io::timeout(
             Duration::from_secs(1),
             self.stream.write_all(b"X\0\0\0\x04"),
         )
         .await;
     }
+}
+
+/// Connect to `host:port`, trying each address it resolves to. A name is
+/// resolved off the worker thread (a lookup can take seconds, and a worker
+/// serves many clients); an address literal needs no lookup.
+async fn connect_any(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let addrs: Vec<std::net::SocketAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![(ip, port).into()],
+        Err(_) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let name = format!("{host}:{port}");
+            std::thread::Builder::new()
+                .name("pgmux-resolve".into())
+                .spawn(move || {
+                    use std::net::ToSocketAddrs;
+                    let _ = tx.send(name.to_socket_addrs().map(Iterator::collect));
+                })?;
+            rx.await
+                .map_err(|_| std::io::Error::other("name lookup failed"))??
+        }
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match crate::io::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Start times for the query and transaction duration histograms.

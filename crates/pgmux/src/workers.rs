@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::watch;
 
+use crate::io::{uring, Backend};
+
 thread_local! {
     /// The worker this thread is, if it is one.
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
@@ -42,6 +44,27 @@ pub fn count(configured: u32) -> usize {
     }
 }
 
+/// The backend `io_backend` asks for (`auto`: io_uring where the kernel
+/// allows it); remembered for SHOW CONFIG.
+pub fn backend(configured: crate::config::IoBackend) -> Backend {
+    use crate::config::IoBackend;
+    let chosen = match configured {
+        IoBackend::Epoll => Backend::Epoll,
+        IoBackend::IoUring => Backend::IoUring,
+        IoBackend::Auto if uring::available() => Backend::IoUring,
+        IoBackend::Auto => Backend::Epoll,
+    };
+    let _ = IN_USE.set(chosen);
+    chosen
+}
+
+/// The backend the workers of this process run (the first App's).
+pub fn backend_in_use() -> Option<Backend> {
+    IN_USE.get().copied()
+}
+
+static IN_USE: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+
 /// What one worker runs until the workers stop.
 pub type WorkerMain = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
@@ -52,32 +75,47 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Start one worker thread per entry of `mains`.
-    pub fn start(mains: Vec<WorkerMain>) -> std::io::Result<Workers> {
+    /// Start one worker thread per entry of `mains`, on `backend`.
+    pub fn start(mains: Vec<WorkerMain>, backend: Backend) -> std::io::Result<Workers> {
         let (stop, _) = watch::channel(false);
         CONFIGURED.fetch_max(mains.len(), Ordering::Relaxed);
         let mut threads = Vec::with_capacity(mains.len());
         for (index, main) in mains.into_iter().enumerate() {
             let mut stopped = stop.subscribe();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let thread = std::thread::Builder::new()
-                .name(format!("pgmux-worker-{index}"))
-                .spawn(move || {
+            let thread = std::thread::Builder::new().name(format!("pgmux-worker-{index}"));
+            // The worker lives until it is told to stop: its sessions go on
+            // after its accepting ends (a drain). Tasks still running then
+            // are dropped with the runtime.
+            let thread = match backend {
+                Backend::Epoll => {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    thread.spawn(move || {
+                        CURRENT.with(|c| c.set(Some(index)));
+                        let local = tokio::task::LocalSet::new();
+                        local.block_on(&runtime, async move {
+                            let accepting = tokio::task::spawn_local(main());
+                            let _ = stopped.wait_for(|s| *s).await;
+                            accepting.abort();
+                        });
+                        drop(local);
+                        drop(runtime);
+                    })?
+                }
+                Backend::IoUring => thread.spawn(move || {
                     CURRENT.with(|c| c.set(Some(index)));
-                    // The worker lives until it is told to stop: its
-                    // sessions go on after its accepting ends (a drain).
-                    let local = tokio::task::LocalSet::new();
-                    local.block_on(&runtime, async move {
-                        let accepting = tokio::task::spawn_local(main());
-                        let _ = stopped.wait_for(|s| *s).await;
-                        accepting.abort();
-                    });
-                    drop(local);
-                    // Tasks still running are dropped with the runtime.
-                    drop(runtime);
-                })?;
+                    let run = uring::block_on(
+                        async move {
+                            uring::spawn(main());
+                            let _ = stopped.wait_for(|s| *s).await;
+                        },
+                    );
+                    if let Err(e) = run {
+                        tracing::error!(worker = index, error = %e, "the io_uring worker could not run");
+                    }
+                })?,
+            };
             threads.push(thread);
         }
         Ok(Workers { stop, threads })

@@ -184,6 +184,15 @@ async fn every_show_command_has_pgbouncers_columns() {
         config.get(config.row("key", "listen_addr"), "changeable"),
         "no"
     );
+    // io_backend names what was asked for and what runs.
+    let backend = config.get(config.row("key", "io_backend"), "value");
+    match std::env::var("PGMUX_IO_BACKEND") {
+        Ok(asked) => assert_eq!(backend, format!("{asked} ({asked})")),
+        Err(_) => assert!(
+            backend == "auto (io_uring)" || backend == "auto (epoll)",
+            "{backend}"
+        ),
+    }
     let dump = format!("{:?}", config.rows);
     assert!(!dump.contains(CONSOLE_ADMIN_PASSWORD) && !dump.contains(APP_PASSWORD));
 }

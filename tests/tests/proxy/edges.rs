@@ -108,6 +108,12 @@ async fn orderly_closes_mid_copy_and_mid_pipeline_leak_nothing() {
         pgmux.signal(libc::SIGTERM);
         assert_eq!(pgmux.wait_exit().await.code(), Some(0));
         assert!(pgmux.log_text().contains("shutdown complete"), "{mode:?}");
+        // The start-up line names the I/O backend that runs.
+        let expected = match std::env::var("PGMUX_IO_BACKEND") {
+            Ok(asked) => format!("io_backend=\"{asked}\""),
+            Err(_) => "io_backend=".to_string(),
+        };
+        assert!(pgmux.log_text().contains(&expected), "{mode:?}");
     }
 }
 

@@ -7,11 +7,11 @@ mod commands;
 
 use std::sync::Arc;
 
+use crate::io::Stream as TcpStream;
 use bytes::{Buf, BytesMut};
 use pgmux_wire::frame::take_frame;
 use pgmux_wire::reply::{self, Severity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 pub use command::Role;
 use command::{AdminError, Arg, Command, Ctx};

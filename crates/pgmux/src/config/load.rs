@@ -125,7 +125,8 @@ fn defaults(
         .set_default("log_disconnections", true)?
         .set_default("log_format", "text")?
         .set_default("wildcard_databases", true)?
-        .set_default("worker_threads", 0)
+        .set_default("worker_threads", 0)?
+        .set_default("io_backend", "auto")
 }
 
 /// BookTrader's variables, checked here so a bad value names the variable.

@@ -55,6 +55,17 @@ pub enum AuthType {
     Trust,
 }
 
+/// The workers' I/O backend (see [`crate::io`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoBackend {
+    /// io_uring when the kernel allows it (containers' default seccomp
+    /// profiles do not), epoll otherwise.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -106,8 +117,10 @@ pub struct Config {
     pub log_disconnections: bool,
     pub log_format: LogFormat,
     pub wildcard_databases: bool,
-    /// Runtime worker threads; 0 means one per CPU.
+    /// Worker threads (per-core event loops); 0 means one per CPU.
     pub worker_threads: u32,
+    /// The workers' I/O backend: `auto`, `io_uring` or `epoll`.
+    pub io_backend: IoBackend,
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
     #[serde(default)]
@@ -256,6 +269,7 @@ impl Config {
         "listen_backlog",
         "metrics_addr",
         "worker_threads",
+        "io_backend",
         "so_reuseport",
         "pool_mode",
         "max_client_conn",

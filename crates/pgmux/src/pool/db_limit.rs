@@ -56,7 +56,7 @@ impl DbLimit {
             }
         };
         match wait {
-            Some(limit) => tokio::time::timeout(limit, get)
+            Some(limit) => crate::io::timeout(limit, get)
                 .await
                 .map_err(|_| ServerError::DatabaseFull(self.max)),
             None => Ok(get.await),

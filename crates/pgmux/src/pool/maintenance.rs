@@ -14,8 +14,14 @@ use crate::stats::CloseReason;
 /// an unused one lingers.
 const PERIOD: Duration = Duration::from_millis(250);
 
-pub(super) fn spawn(pool: Weak<Pool>) {
-    tokio::spawn(async move {
+/// Run a pool's housekeeping on the control plane (`control`; pools are
+/// created on workers, which may not run tokio).
+pub(super) fn spawn(pool: Weak<Pool>, control: Option<tokio::runtime::Handle>) {
+    let Some(control) = control.or_else(|| tokio::runtime::Handle::try_current().ok()) else {
+        tracing::warn!("no control runtime: pool housekeeping does not run");
+        return;
+    };
+    control.spawn(async move {
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -255,7 +255,7 @@ impl Pool {
             self.permits.clone().acquire_owned().await
         };
         let result = match self.settings().query_wait_timeout {
-            Some(limit) => tokio::time::timeout(limit, acquire)
+            Some(limit) => crate::io::timeout(limit, acquire)
                 .await
                 .map_err(|_| CheckoutError::WaitTimeout(limit)),
             None => Ok(acquire.await),
@@ -407,7 +407,7 @@ impl Pool {
         lock(&self.servers).remove(&server.info.id);
         tracing::debug!(parent: &server.info.span, reason = ?reason, "server connection closed");
         self.returned.notify_one();
-        tokio::spawn(server.close());
+        crate::io::spawn(server.close());
     }
 
     /// Give a permit back, or retire it while a shrink is still owed.

@@ -53,6 +53,8 @@ pub struct Pools {
     pub lifecycle: Arc<Lifecycle>,
     /// Where to re-read the configuration from on reload.
     source: Mutex<Option<ConfigSource>>,
+    /// The control plane's runtime, where pools keep house.
+    control: Mutex<Option<tokio::runtime::Handle>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,7 @@ impl Pools {
             switches: Mutex::new(Switches::default()),
             lifecycle: Arc::new(Lifecycle::default()),
             source: Mutex::new(None),
+            control: Mutex::new(tokio::runtime::Handle::try_current().ok()),
         }
     }
 
@@ -146,7 +149,7 @@ impl Pools {
                 if self.is_paused(database) {
                     pool.pause();
                 }
-                maintenance::spawn(Arc::downgrade(&pool));
+                maintenance::spawn(Arc::downgrade(&pool), lock(&self.control).clone());
                 pool
             })
             .clone();

@@ -1,13 +1,13 @@
 //! From the first byte to ReadyForQuery: the startup packet, the password
 //! exchange, and the greeting (parameters, cancel key).
 
+use crate::io::Stream as TcpStream;
 use bytes::{Buf, BytesMut};
 use pgmux_wire::auth::{AuthError, ScramExchange, ScramVerifier, Secret};
 use pgmux_wire::frame::{read_cstr, take_frame};
 use pgmux_wire::reply::{self, Severity};
 use pgmux_wire::startup::{parse_startup, startup_body_len, StartupError, StartupRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::ClientError;
 use crate::config::AuthType;

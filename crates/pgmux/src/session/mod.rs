@@ -29,9 +29,9 @@ pub use server_flow::ServerFlow;
 
 use std::sync::Arc;
 
+use crate::io::Stream as TcpStream;
 use bytes::BytesMut;
 use pgmux_wire::auth::{ScramVerifier, Secret};
-use tokio::net::TcpStream;
 
 use crate::admin::{self, AdminSession, Role};
 use crate::cancel::Cancels;
@@ -152,7 +152,7 @@ async fn open_session(mut stream: TcpStream, shared: &Shared) -> Option<(TcpStre
     let peer = stream.peer_addr().ok();
     let span = tracing::info_span!("client", id = tracing::field::Empty, peer = ?peer);
     let login_timeout = shared.pools.config().client_login_timeout();
-    let opened = tokio::time::timeout(login_timeout, log_in(&mut stream, shared, &span)).await;
+    let opened = crate::io::timeout(login_timeout, log_in(&mut stream, shared, &span)).await;
     let (code, message) = match opened {
         Ok(Ok(Some(session))) => return Some((stream, session)),
         Ok(Ok(None)) | Ok(Err(ClientError::Gone)) => return None,
@@ -395,9 +395,10 @@ mod size_tests {
         let secrets = Arc::new(cfg.user_secrets().unwrap());
         let shared = Arc::new(Shared::new(Arc::new(Pools::new(Arc::new(cfg), secrets))));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let stream = TcpStream::connect(listener.local_addr().unwrap())
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
+        let stream = TcpStream::Tokio(stream);
         let slot = Arc::new(tokio::sync::Semaphore::new(1))
             .try_acquire_owned()
             .unwrap();

@@ -3,9 +3,9 @@
 //! accounting, and passing on what a pinned server says while its client
 //! is idle.
 
+use crate::io::Stream as TcpStream;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::pinning::{inspect_sql, Inspection, Pin, Pins, Watch};
 use super::relay::{forward_server_bytes, Outcome, Replay};

@@ -7,9 +7,9 @@
 //! In transaction mode the server goes back once nothing is owed and the
 //! last ReadyForQuery said idle (`I`); on `T`/`E` the client stays linked.
 
+use crate::io::Stream as TcpStream;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::align::{align, client_error};
 use super::buffers::{self, CLIENT_BUFFER};
@@ -115,7 +115,7 @@ enum Woke {
 /// idle client's task.
 async fn wait_readable(
     stream: &TcpStream,
-    pinned: Option<&TcpStream>,
+    pinned: Option<&crate::io::Stream>,
     stop: &StopSignal,
 ) -> Result<Woke, ClientError> {
     std::future::poll_fn(|cx| {
@@ -134,17 +134,6 @@ async fn wait_readable(
         }
     })
     .await
-}
-
-/// A read that filled less than the room it was given emptied the socket
-/// (readiness is edge-triggered): forget the readiness now, so the next
-/// wait sleeps in the reactor instead of trying a read that can only say
-/// EAGAIN. (tokio forgets it by itself only after an EAGAIN; the closure
-/// makes no syscall.)
-fn drained(stream: &TcpStream) {
-    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-    });
 }
 
 /// Read what the client has into `buf` (allocating it on first need).
@@ -213,15 +202,11 @@ async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientErro
             } else if cbuf.capacity() - cbuf.len() < 1024 {
                 cbuf.reserve(CLIENT_BUFFER);
             }
-            let room = cbuf.capacity() - cbuf.len();
             match stream.try_read_buf(&mut cbuf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => {
                     s.pool.stats.received.add(n as u64);
                     must_wait = false;
-                    if n < room {
-                        drained(stream);
-                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => must_wait = true,
                 Err(_) => return Err(ClientError::Gone),

@@ -113,7 +113,7 @@ pub(super) async fn release_after_client(
         }
         Ok::<u8, ServerError>(status)
     };
-    let cleaned = tokio::time::timeout(CLEANUP_TIMEOUT, clean).await;
+    let cleaned = crate::io::timeout(CLEANUP_TIMEOUT, clean).await;
     s.pool.stats.servers_tested.dec();
     match cleaned {
         Ok(Ok(b'I')) => checkout.checkin(),

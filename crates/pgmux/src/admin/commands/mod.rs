@@ -60,6 +60,6 @@ pub static ALL: &[&dyn Command] = &[
 /// PAUSE or WAIT_CLOSE is pending).
 async fn settle(mut done: impl FnMut() -> bool) {
     while !done() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        crate::io::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -37,7 +37,13 @@ fn show(current: &Config) -> Result<bytes::BytesMut, AdminError> {
         if value.is_table() {
             continue; // [databases] and [users]: SHOW DATABASES / SHOW USERS
         }
-        let value = text(value);
+        let mut value = text(value);
+        if key == "io_backend" {
+            // What was asked for, and what runs: `auto (io_uring)`.
+            if let Some(running) = crate::workers::backend_in_use() {
+                value = format!("{value} ({})", running.name());
+            }
+        }
         let default = defaults.get(key).map(text);
         let changeable = if restart_only.contains(&key.as_str()) || key == "profile" {
             "no"

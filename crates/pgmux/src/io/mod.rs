@@ -1,0 +1,227 @@
+//! The I/O beneath the workers, in two backends the same session code runs
+//! on (chosen by `io_backend`):
+//!
+//! - `epoll`: each worker is a single-threaded tokio runtime;
+//! - `io_uring` ([`uring`]): each worker is pgmux's own small runtime on an
+//!   io_uring instance, where one `io_uring_enter` hands the kernel every
+//!   send and receive queued during a turn and waits for completions.
+//!
+//! The flows and the relay see only [`Stream`] (tokio's `AsyncRead` and
+//! `AsyncWrite`, plus the few readiness calls the relay needs), [`spawn`],
+//! [`sleep`], [`timeout`] and [`connect`]; each picks the backend of the
+//! thread it runs on. The control plane (signals, metrics, housekeeping)
+//! always runs on tokio.
+
+pub mod uring;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Which backend the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Epoll,
+    IoUring,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Epoll => "epoll",
+            Backend::IoUring => "io_uring",
+        }
+    }
+}
+
+/// A connection, on whichever backend its worker runs.
+pub enum Stream {
+    Tokio(tokio::net::TcpStream),
+    Uring(uring::Stream),
+}
+
+impl Stream {
+    /// Adopt a connected socket on this thread's backend.
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<Stream> {
+        stream.set_nonblocking(true)?;
+        if uring::active() {
+            uring::Stream::from_std(stream).map(Stream::Uring)
+        } else {
+            tokio::net::TcpStream::from_std(stream).map(Stream::Tokio)
+        }
+    }
+
+    /// Read what has arrived without waiting (`WouldBlock` if nothing).
+    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Stream::Tokio(s) => {
+                let room = buf.capacity() - buf.len();
+                let n = s.try_read_buf(buf)?;
+                if n > 0 && n < room {
+                    // A read that filled less than its room emptied the
+                    // socket (readiness is edge-triggered): forget the
+                    // readiness now, so the next wait sleeps instead of
+                    // trying a read that can only say EAGAIN. (tokio
+                    // forgets it only after an EAGAIN; the closure makes
+                    // no syscall.)
+                    let _ = s.try_io(tokio::io::Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
+                Ok(n)
+            }
+            Stream::Uring(s) => s.try_read_buf(buf),
+        }
+    }
+
+    /// Ready when a read would not wait.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tokio(s) => s.poll_read_ready(cx),
+            Stream::Uring(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    /// Nothing has arrived on an idle connection and the peer has not
+    /// closed; with `peek`, asked of the kernel (a syscall).
+    pub fn quiet(&self, peek: bool) -> bool {
+        let result = match (self, peek) {
+            (Stream::Uring(s), false) => return s.looks_quiet(),
+            (Stream::Uring(s), true) if !s.looks_quiet() => return false,
+            (Stream::Tokio(s), false) => {
+                let mut probe = [0u8; 1];
+                s.try_read(&mut probe)
+            }
+            (s, true) => {
+                let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                s.socket().peek(&mut probe)
+            }
+        };
+        matches!(result, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// The socket beneath, for options and peeks.
+    pub fn socket(&self) -> socket2::SockRef<'_> {
+        match self {
+            Stream::Tokio(s) => socket2::SockRef::from(s),
+            Stream::Uring(s) => socket2::SockRef::from(s.socket()),
+        }
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Stream::Tokio(s) => s.peer_addr(),
+            Stream::Uring(s) => s.peer_addr(),
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Stream::Tokio(s) => s.local_addr(),
+            Stream::Uring(s) => s.local_addr(),
+        }
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.socket().set_tcp_nodelay(on)
+    }
+
+    /// Move into this thread's reactor (a server taken from another
+    /// worker). Only epoll needs it: a ring works on any descriptor.
+    pub fn rehome(self) -> io::Result<Stream> {
+        match self {
+            Stream::Tokio(s) => Stream::from_std(s.into_std()?),
+            uring @ Stream::Uring(_) => Ok(uring),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tokio(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Uring(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tokio(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Uring(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tokio(s) => Pin::new(s).poll_flush(cx),
+            Stream::Uring(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tokio(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Uring(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connect to `addr` on this thread's backend.
+pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
+    if uring::active() {
+        uring::connect(addr).await.map(Stream::Uring)
+    } else {
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .map(Stream::Tokio)
+    }
+}
+
+/// Run `task` on this thread's backend.
+pub fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    if uring::executor_active() {
+        uring::spawn(task);
+    } else {
+        tokio::spawn(task);
+    }
+}
+
+/// Wait `duration` on this thread's backend.
+pub async fn sleep(duration: Duration) {
+    if uring::executor_active() {
+        uring::sleep_until(std::time::Instant::now() + duration).await;
+    } else {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+/// The time ran out before the work was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("deadline has elapsed")]
+pub struct Elapsed;
+
+/// `work`, unless `duration` passes first.
+pub async fn timeout<F: Future>(duration: Duration, work: F) -> Result<F::Output, Elapsed> {
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        done = &mut work => Ok(done),
+        () = sleep(duration) => Err(Elapsed),
+    }
+}

@@ -1,0 +1,475 @@
+//! Sockets on the io_uring worker: a connection's receive and send state,
+//! shared by its stream, the ring operations in flight for it and whichever
+//! worker completes them (a server may move between workers).
+//!
+//! - Reading takes from the connection's inbox, filled by the receive in
+//!   flight (at most one); a reader that stops waiting loses nothing, the
+//!   data waits in the inbox for the next read.
+//! - Writing appends to the outbox and returns; one send at a time carries
+//!   the outbox to the kernel, and everything written while it is in
+//!   flight goes in the next. A writer waits only when the outbox is over
+//!   [`OUTBOX_HIGH`] (the peer is not reading).
+//! - Dropping the stream lets queued sends finish, then shuts the socket,
+//!   which ends a receive in flight; the descriptor closes with the last
+//!   operation.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use socket2::{Domain, SockRef, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::reactor::{self, Tag};
+
+/// A writer waits while this much is queued and unsent.
+const OUTBOX_HIGH: usize = 1 << 20;
+
+pub struct Conn {
+    socket: Socket,
+    state: Mutex<ConnState>,
+}
+
+#[derive(Default)]
+struct ConnState {
+    inbox: BytesMut,
+    eof: bool,
+    error: Option<io::ErrorKind>,
+    /// A receive is in flight.
+    receiving: bool,
+    reader: Option<Waker>,
+    /// Written, not yet handed to a send.
+    outbox: BytesMut,
+    /// The bytes of the send in flight.
+    sending: Option<Bytes>,
+    /// What a partial send left, to go first.
+    rest: Option<Bytes>,
+    writer: Option<Waker>,
+    /// The stream is gone: shut the socket once the sends are done.
+    closing: bool,
+    /// The socket is being taken back whole ([`Stream::into_std`]): the
+    /// stream's drop leaves it open.
+    detached: bool,
+}
+
+impl Conn {
+    fn lock(&self) -> MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// A receive completed with `result` and `data`.
+    pub fn received(self: &Arc<Self>, result: i32, data: &[u8]) {
+        let mut st = self.lock();
+        st.receiving = false;
+        match result {
+            n if n > 0 => st.inbox.extend_from_slice(data),
+            0 => st.eof = true,
+            // No buffer was free, or the receive was cancelled: the next
+            // read asks again.
+            e if e == -libc::ENOBUFS || e == -libc::ECANCELED || e == -libc::EINTR => {}
+            e => st.error = Some(io::Error::from_raw_os_error(-e).kind()),
+        }
+        if let Some(w) = st.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// A send completed with `result`: what is left of it stays for the
+    /// next send ([`Conn::after_send`], once the ring is free).
+    pub fn send_done(&self, result: i32) {
+        let mut st = self.lock();
+        let Some(sending) = st.sending.take() else {
+            return;
+        };
+        if result < 0 {
+            st.error = Some(io::Error::from_raw_os_error(-result).kind());
+            st.outbox.clear();
+        } else if (result as usize) < sending.len() {
+            st.rest = Some(sending.slice(result as usize..));
+        }
+    }
+
+    /// After a send completed: the next one, waiting writers, the close.
+    pub fn after_send(self: &Arc<Self>) {
+        self.push_sends();
+        let mut st = self.lock();
+        if st.sending.is_none() && st.outbox.len() < OUTBOX_HIGH {
+            if let Some(w) = st.writer.take() {
+                w.wake();
+            }
+        }
+        if st.closing && st.sending.is_none() && st.outbox.is_empty() {
+            st.closing = false;
+            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Start the next send if none is in flight and something waits.
+    fn push_sends(self: &Arc<Self>) {
+        let mut st = self.lock();
+        if st.error.is_some() {
+            return;
+        }
+        if st.sending.is_some() {
+            return;
+        }
+        let next = match st.rest.take() {
+            Some(rest) => rest,
+            None if st.outbox.is_empty() => return,
+            None => st.outbox.split().freeze(),
+        };
+        st.sending = Some(next.clone());
+        drop(st);
+        if !reactor::send(self.fd(), next.clone(), Tag::Send(self.clone())) {
+            // Not on a worker (the control plane closing a server): send
+            // directly, once; what does not fit is dropped with an error.
+            let result = match SockRef::from(&self.socket).send(&next) {
+                Ok(n) if n == next.len() => n as i32,
+                Ok(_) | Err(_) => -libc::EPIPE,
+            };
+            self.send_done(result);
+            let mut st = self.lock();
+            if st.closing {
+                st.closing = false;
+                let _ = self.socket.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    fn arm_receive(self: &Arc<Self>, st: &mut ConnState) {
+        if !st.receiving && !st.eof && st.error.is_none() {
+            st.receiving = reactor::recv(self.fd(), Tag::Recv(self.clone()));
+        }
+    }
+}
+
+/// A TCP connection served by the io_uring worker.
+pub struct Stream {
+    conn: Arc<Conn>,
+}
+
+impl Stream {
+    pub fn from_socket(socket: Socket) -> io::Result<Stream> {
+        socket.set_nonblocking(true)?;
+        Ok(Stream {
+            conn: Arc::new(Conn {
+                socket,
+                state: Mutex::new(ConnState::default()),
+            }),
+        })
+    }
+
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<Stream> {
+        Stream::from_socket(Socket::from(stream))
+    }
+
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Stream> {
+        Stream::from_socket(Socket::from(fd))
+    }
+
+    /// Take the socket back (a connection just accepted, to hand it to
+    /// another worker): only while no operation holds it.
+    pub fn into_std(self) -> io::Result<std::net::TcpStream> {
+        let conn = self.conn.clone();
+        conn.lock().detached = true;
+        drop(self);
+        match Arc::try_unwrap(conn) {
+            Ok(conn) => Ok(conn.socket.into()),
+            Err(conn) => {
+                let _ = conn.socket.shutdown(std::net::Shutdown::Both);
+                Err(io::Error::other("the connection has operations in flight"))
+            }
+        }
+    }
+
+    /// Read what has arrived, without waiting; `WouldBlock` if nothing has
+    /// (a receive is then in flight, so readiness is watched).
+    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut st = self.conn.lock();
+        if !st.inbox.is_empty() {
+            let n = st.inbox.len();
+            if buf.is_empty() && buf.capacity() < n {
+                // Hand the inbox over whole rather than copy it.
+                std::mem::swap(buf, &mut st.inbox);
+            } else {
+                buf.extend_from_slice(&st.inbox);
+                st.inbox.clear();
+            }
+            return Ok(n);
+        }
+        if let Some(kind) = st.error {
+            return Err(kind.into());
+        }
+        if st.eof {
+            return Ok(0);
+        }
+        self.conn.arm_receive(&mut st);
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// Ready when a read would not wait.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.conn.lock();
+        if !st.inbox.is_empty() || st.eof || st.error.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        st.reader = Some(cx.waker().clone());
+        self.conn.arm_receive(&mut st);
+        Poll::Pending
+    }
+
+    /// Nothing has arrived and the peer has not closed (a server checked
+    /// for health before it is lent).
+    pub fn looks_quiet(&self) -> bool {
+        let st = self.conn.lock();
+        st.inbox.is_empty() && !st.eof && st.error.is_none()
+    }
+
+    pub fn socket(&self) -> &Socket {
+        &self.conn.socket
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.conn
+            .socket
+            .peer_addr()?
+            .as_socket()
+            .ok_or_else(|| io::ErrorKind::Unsupported.into())
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.conn
+            .socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::ErrorKind::Unsupported.into())
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.conn.lock();
+        if !st.inbox.is_empty() {
+            let n = st.inbox.len().min(buf.remaining());
+            buf.put_slice(&st.inbox.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(kind) = st.error {
+            return Poll::Ready(Err(kind.into()));
+        }
+        if st.eof {
+            return Poll::Ready(Ok(()));
+        }
+        st.reader = Some(cx.waker().clone());
+        self.conn.arm_receive(&mut st);
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut st = self.conn.lock();
+        if let Some(kind) = st.error {
+            return Poll::Ready(Err(kind.into()));
+        }
+        if st.outbox.len() >= OUTBOX_HIGH {
+            st.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        st.outbox.extend_from_slice(data);
+        drop(st);
+        self.conn.push_sends();
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.conn.lock();
+        if let Some(kind) = st.error {
+            return Poll::Ready(Err(kind.into()));
+        }
+        if st.sending.is_none() && st.rest.is_none() && st.outbox.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        st.writer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.as_mut().poll_flush(cx) {
+            Poll::Ready(_) => {
+                let _ = self.conn.socket.shutdown(std::net::Shutdown::Write);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mut st = self.conn.lock();
+        if st.detached {
+            return;
+        }
+        if st.sending.is_some() || st.rest.is_some() || !st.outbox.is_empty() {
+            // Let what was written go first (refusals, Terminate).
+            st.closing = true;
+            drop(st);
+            self.conn.push_sends();
+        } else {
+            drop(st);
+            // Ends a receive in flight; the descriptor closes with the
+            // last operation holding it.
+            let _ = self.conn.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Connect to `addr` through the ring.
+pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    let done = Arc::new(Completion::default());
+    if !reactor::connect(socket.as_raw_fd(), addr.into(), Tag::Done(done.clone())) {
+        return Err(io::ErrorKind::Unsupported.into());
+    }
+    let result = std::future::poll_fn(|cx| done.poll(cx)).await;
+    if result < 0 {
+        return Err(io::Error::from_raw_os_error(-result));
+    }
+    Stream::from_socket(socket)
+}
+
+/// The result of a one-shot operation, and who waits for it.
+#[derive(Default)]
+pub struct Completion {
+    state: Mutex<(Option<i32>, Option<Waker>)>,
+}
+
+impl Completion {
+    pub fn complete(&self, result: i32) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 = Some(result);
+        if let Some(w) = st.1.take() {
+            w.wake();
+        }
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<i32> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.0 {
+            Some(r) => Poll::Ready(r),
+            None => {
+                st.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// A listening socket accepting through the ring (one multishot accept).
+pub struct Listener {
+    socket: Socket,
+    accepted: Arc<Accepted>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // The multishot accept holds the socket open: stop it.
+        let op = self
+            .accepted
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .op
+            .take();
+        if let Some(op) = op {
+            reactor::cancel(op);
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Accepted {
+    state: Mutex<AcceptState>,
+}
+
+#[derive(Default)]
+struct AcceptState {
+    ready: std::collections::VecDeque<io::Result<OwnedFd>>,
+    /// The multishot accept in flight.
+    op: Option<super::ring::OpId>,
+    waiter: Option<Waker>,
+}
+
+impl Accepted {
+    /// A completion of the multishot accept.
+    pub fn accepted(&self, result: i32, more: bool, fd: Option<OwnedFd>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !more {
+            st.op = None;
+        }
+        match fd {
+            Some(fd) => st.ready.push_back(Ok(fd)),
+            None if result < 0 && result != -libc::ECANCELED => st
+                .ready
+                .push_back(Err(io::Error::from_raw_os_error(-result))),
+            None => {}
+        }
+        if let Some(w) = st.waiter.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Listener {
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<Listener> {
+        listener.set_nonblocking(true)?;
+        Ok(Listener {
+            socket: Socket::from(listener),
+            accepted: Arc::default(),
+        })
+    }
+
+    pub async fn accept(&self) -> io::Result<Stream> {
+        let fd = std::future::poll_fn(|cx| {
+            let mut st = self
+                .accepted
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(next) = st.ready.pop_front() {
+                return Poll::Ready(next);
+            }
+            if st.op.is_none() {
+                st.op =
+                    reactor::accept(self.socket.as_raw_fd(), Tag::Accept(self.accepted.clone()));
+            }
+            st.waiter = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        Stream::from_fd(fd)
+    }
+
+    /// Take the socket back (a drain accepts what is queued directly).
+    pub fn into_std(self) -> io::Result<std::net::TcpListener> {
+        self.socket.try_clone().map(Into::into)
+    }
+}

@@ -1,0 +1,144 @@
+//! The io_uring worker's loop: run the tasks that are ready, fire the
+//! timers that are due, then hand every queued operation to the kernel and
+//! wait for completions in one `io_uring_enter`, and dispatch them.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::exec;
+use super::net::{Accepted, Completion, Conn};
+use super::ring::{OpId, Ring};
+
+/// What a ring operation is for.
+pub enum Tag {
+    Recv(Arc<Conn>),
+    Send(Arc<Conn>),
+    Accept(Arc<Accepted>),
+    Done(Arc<Completion>),
+    /// The loop's wake-up socket had a byte.
+    Wakeup,
+}
+
+thread_local! {
+    static RING: RefCell<Option<Ring<Tag>>> = const { RefCell::new(None) };
+    /// Connections whose send completed: their next send goes out once the
+    /// completions are dispatched (the ring is busy meanwhile).
+    static SENT: RefCell<Vec<Arc<Conn>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_ring<R>(f: impl FnOnce(&mut Ring<Tag>) -> R) -> Option<R> {
+    RING.with(|r| r.try_borrow_mut().ok()?.as_mut().map(f))
+}
+
+/// Queue a receive on this thread's ring; false if there is none.
+pub fn recv(fd: RawFd, tag: Tag) -> bool {
+    with_ring(|r| r.recv(fd, tag)).is_some()
+}
+
+pub fn send(fd: RawFd, bytes: Bytes, tag: Tag) -> bool {
+    with_ring(|r| r.send(fd, bytes, tag)).is_some()
+}
+
+pub fn connect(fd: RawFd, addr: socket2::SockAddr, tag: Tag) -> bool {
+    with_ring(|r| r.connect(fd, addr, tag)).is_some()
+}
+
+pub fn accept(fd: RawFd, tag: Tag) -> Option<OpId> {
+    with_ring(|r| r.accept_multi(fd, tag))
+}
+
+pub fn cancel(op: OpId) {
+    with_ring(|r| r.cancel(op));
+}
+
+/// Whether this thread runs an io_uring worker.
+pub fn active() -> bool {
+    RING.with(|r| r.borrow().is_some())
+}
+
+/// Run `main` and every task it spawns on this thread until `main` ends.
+pub fn block_on(main: impl Future<Output = ()> + 'static) -> std::io::Result<()> {
+    let wakeup = exec::install()?;
+    RING.with(|r| Ring::new().map(|ring| *r.borrow_mut() = Some(ring)))?;
+    let finished = std::rc::Rc::new(Cell::new(false));
+    let done = finished.clone();
+    exec::spawn(async move {
+        main.await;
+        done.set(true);
+    });
+    let mut wakeup_armed = false;
+    while !finished.get() {
+        exec::run_ready();
+        let next_timer = exec::fire_timers();
+        if exec::run_ready() > 0 || finished.get() {
+            // Timers woke tasks: run them before sleeping.
+            continue;
+        }
+        if !wakeup_armed {
+            wakeup_armed = arm_wakeup(&wakeup);
+        }
+        let asleep = exec::may_sleep();
+        let waited = with_ring(|r| {
+            if asleep {
+                r.wait(next_timer)
+            } else {
+                r.submit()
+            }
+        });
+        exec::woke_up();
+        if let Some(Err(e)) = waited {
+            tracing::error!(error = %e, "io_uring wait failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if dispatch() {
+            wakeup_armed = false;
+            drain(&wakeup);
+        }
+    }
+    exec::clear();
+    RING.with(|r| r.borrow_mut().take());
+    Ok(())
+}
+
+fn arm_wakeup(wakeup: &UnixStream) -> bool {
+    with_ring(|r| r.read_word(wakeup.as_raw_fd(), Tag::Wakeup)).is_some()
+}
+
+/// Empty the wake-up socket (wakes are counted by the shared queue).
+fn drain(wakeup: &UnixStream) {
+    let mut sink = [0u8; 64];
+    while matches!(std::io::Read::read(&mut &*wakeup, &mut sink), Ok(n) if n > 0) {}
+}
+
+/// Hand the completions to their connections; true if the wake-up socket
+/// fired.
+fn dispatch() -> bool {
+    let mut woke = false;
+    with_ring(|r| {
+        r.complete(|done| match done.tag {
+            Tag::Recv(conn) => conn.received(done.result, done.data),
+            Tag::Send(conn) => {
+                conn.send_done(done.result);
+                SENT.with(|s| s.borrow_mut().push(conn.clone()));
+            }
+            Tag::Done(c) => c.complete(done.result),
+            Tag::Accept(a) => {
+                let fd = (done.result >= 0).then(|| super::ring::adopt_fd(done.result));
+                a.accepted(done.result, done.more, fd);
+            }
+            Tag::Wakeup => woke = true,
+        })
+    });
+    // With the ring free again: next sends, waiting writers.
+    let sent = SENT.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    for conn in sent {
+        conn.after_send();
+    }
+    woke
+}

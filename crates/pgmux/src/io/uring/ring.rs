@@ -1,0 +1,372 @@
+//! The one module of pgmux allowed `unsafe`: an io_uring instance whose
+//! submissions only ever point at memory the ring itself owns until their
+//! completion has been reaped, which is what makes the API below safe.
+//!
+//! - Receives select a buffer from the ring's own arena (provided buffers,
+//!   buffer group [`GROUP`]): nothing of the caller's is lent to the
+//!   kernel, so a receive in flight for an idle client holds no memory, and
+//!   a caller that stops waiting cannot leave the kernel writing into freed
+//!   memory. The data is handed to the completion callback, then the buffer
+//!   is given back to the kernel.
+//! - A send owns its `Bytes`, a connect its socket address, the eventfd
+//!   read its 8 bytes, in the ring's table of operations in flight, until
+//!   the completion comes back.
+//! - On drop, whatever may still be in flight is cancelled and waited for
+//!   (briefly); anything the kernel may still touch after that is leaked,
+//!   never freed.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use bytes::Bytes;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+/// The buffer group the ring provides its arena's buffers in.
+pub const GROUP: u16 = 1;
+/// Receive buffers: how many, and how big.
+const BUFFERS: u16 = 1024;
+pub const BUFFER_SIZE: usize = 8 * 1024;
+/// Submission queue entries (completions: twice as many).
+const ENTRIES: u32 = 2048;
+/// `user_data` of submissions whose completion nobody waits for.
+const UNTRACKED: u64 = u64::MAX;
+
+/// What an operation in flight keeps alive for the kernel, and the
+/// caller's tag to hand back with its completion.
+struct InFlight<T> {
+    tag: T,
+    _keep: Keep,
+}
+
+/// Held only to keep memory alive for the kernel; never read.
+#[allow(dead_code)]
+enum Keep {
+    Nothing,
+    Bytes(Bytes),
+    Addr(Box<socket2::SockAddr>),
+    Word(Box<[u8; 8]>),
+}
+
+/// An operation in flight, to cancel it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpId(u64);
+
+pub struct Ring<T> {
+    ring: IoUring,
+    /// The receive buffers, `BUFFERS` of `BUFFER_SIZE`; lent to the kernel
+    /// for the ring's whole life (see `Drop`).
+    arena: Box<[u8]>,
+    ops: Vec<Option<InFlight<T>>>,
+    free: Vec<u64>,
+    in_flight: usize,
+    /// Completions taken off the queue, reused each turn.
+    reaped: Vec<cqueue::Entry>,
+}
+
+/// A completion, as the callback sees it.
+pub struct Done<'a, T> {
+    pub tag: &'a T,
+    /// The operation's result: bytes moved, a new descriptor, or -errno.
+    pub result: i32,
+    /// More completions of this (multishot) operation will come.
+    pub more: bool,
+    /// What a receive brought (in the ring's buffer, given back after the
+    /// callback returns).
+    pub data: &'a [u8],
+}
+
+impl<T> Ring<T> {
+    /// A ring for one worker thread, its receive buffers provided.
+    pub fn new() -> io::Result<Ring<T>> {
+        // Only this thread submits, and completions' work runs when it
+        // waits: fewer interruptions. Older kernels get a plain ring.
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(ENTRIES * 2)
+            .build(ENTRIES)
+            .or_else(|_| IoUring::builder().setup_cqsize(ENTRIES * 2).build(ENTRIES))?;
+        let mut ring = Ring {
+            ring,
+            arena: vec![0u8; usize::from(BUFFERS) * BUFFER_SIZE].into_boxed_slice(),
+            ops: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            reaped: Vec::new(),
+        };
+        ring.provide(0, BUFFERS);
+        ring.submit()?;
+        Ok(ring)
+    }
+
+    /// Whether this kernel lets the process use io_uring with the
+    /// operations pgmux needs (containers often forbid io_uring).
+    pub fn available() -> bool {
+        let Ok(ring) = IoUring::new(8) else {
+            return false;
+        };
+        let mut probe = io_uring::Probe::new();
+        if ring.submitter().register_probe(&mut probe).is_err() {
+            return false;
+        }
+        [
+            opcode::Recv::CODE,
+            opcode::Send::CODE,
+            opcode::Connect::CODE,
+            opcode::AcceptMulti::CODE,
+            opcode::ProvideBuffers::CODE,
+            opcode::AsyncCancel::CODE,
+            opcode::Read::CODE,
+        ]
+        .iter()
+        .all(|&op| probe.is_supported(op))
+    }
+
+    /// Operations in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn track(&mut self, tag: T, keep: Keep) -> u64 {
+        self.in_flight += 1;
+        let entry = Some(InFlight { tag, _keep: keep });
+        match self.free.pop() {
+            Some(id) => {
+                self.ops[id as usize] = entry;
+                id
+            }
+            None => {
+                self.ops.push(entry);
+                (self.ops.len() - 1) as u64
+            }
+        }
+    }
+
+    /// Queue `entry`, making room by submitting what is queued if the
+    /// submission queue is full.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer `entry` points at must stay valid until its completion
+    /// is reaped.
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: the caller vouches for the entry's buffers.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            // Full: hand the queued entries to the kernel, then retry.
+            if self.ring.submit().is_err() {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Give the kernel `count` buffers of the arena from buffer `first` on.
+    fn provide(&mut self, first: u16, count: u16) {
+        let start = usize::from(first) * BUFFER_SIZE;
+        let addr = self.arena[start..].as_mut_ptr();
+        let entry = opcode::ProvideBuffers::new(addr, BUFFER_SIZE as i32, count, GROUP, first)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(UNTRACKED);
+        // SAFETY: the arena is the ring's for its whole life and is never
+        // freed while the kernel may write into it (see `Drop`).
+        unsafe { self.push(entry) };
+    }
+
+    /// Receive into a buffer of the ring's choosing.
+    pub fn recv(&mut self, fd: RawFd, tag: T) -> OpId {
+        let id = self.track(tag, Keep::Nothing);
+        let entry = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), BUFFER_SIZE as u32)
+            .buf_group(GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(id);
+        // SAFETY: no buffer of ours: the kernel picks one of the arena's.
+        unsafe { self.push(entry) };
+        OpId(id)
+    }
+
+    /// Send `bytes` (kept here until the send completes).
+    pub fn send(&mut self, fd: RawFd, bytes: Bytes, tag: T) -> OpId {
+        let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
+        let id = self.track(tag, Keep::Bytes(bytes));
+        let entry = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(id);
+        // SAFETY: the `Bytes` are in `ops[id]` until the completion is
+        // reaped; their heap memory does not move with the value.
+        unsafe { self.push(entry) };
+        OpId(id)
+    }
+
+    /// Connect `fd` (a non-blocking socket) to `addr`.
+    pub fn connect(&mut self, fd: RawFd, addr: socket2::SockAddr, tag: T) -> OpId {
+        let addr = Box::new(addr);
+        let (ptr, len) = (addr.as_ptr(), addr.len());
+        let id = self.track(tag, Keep::Addr(addr));
+        let entry = opcode::Connect::new(types::Fd(fd), ptr.cast(), len)
+            .build()
+            .user_data(id);
+        // SAFETY: the boxed address is in `ops[id]` until the completion.
+        unsafe { self.push(entry) };
+        OpId(id)
+    }
+
+    /// Accept connections on `fd` until cancelled (one completion each).
+    pub fn accept_multi(&mut self, fd: RawFd, tag: T) -> OpId {
+        let id = self.track(tag, Keep::Nothing);
+        let entry = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+            .build()
+            .user_data(id);
+        // SAFETY: no buffer: the peer address is not asked for.
+        unsafe { self.push(entry) };
+        OpId(id)
+    }
+
+    /// Read an eventfd's counter (8 bytes, kept here until it completes).
+    pub fn read_word(&mut self, fd: RawFd, tag: T) -> OpId {
+        let mut word = Box::new([0u8; 8]);
+        let ptr = word.as_mut_ptr();
+        let id = self.track(tag, Keep::Word(word));
+        let entry = opcode::Read::new(types::Fd(fd), ptr, 8)
+            .build()
+            .user_data(id);
+        // SAFETY: the boxed word is in `ops[id]` until the completion.
+        unsafe { self.push(entry) };
+        OpId(id)
+    }
+
+    /// Ask the kernel to cancel `op`; its completion still comes.
+    pub fn cancel(&mut self, op: OpId) {
+        let entry = opcode::AsyncCancel::new(op.0)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(UNTRACKED);
+        // SAFETY: a cancel refers to no memory.
+        unsafe { self.push(entry) };
+    }
+
+    /// Hand what is queued to the kernel without waiting.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.ring.submit().map(|_| ())
+    }
+
+    /// Hand what is queued to the kernel and wait for at least one
+    /// completion, at most `timeout`.
+    ///
+    /// The kernel's minimum-wait batching (`min_wait_usec`, 6.12+) was
+    /// measured here and left out: at 16 pgbench clients it cut the
+    /// io_uring_enter calls by half but cost more CPU per transaction and
+    /// a fifth of the throughput (benches/RESULTS.md).
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let result = match timeout {
+            Some(t) => {
+                let ts = types::Timespec::new()
+                    .sec(t.as_secs())
+                    .nsec(t.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            // A timeout or a signal is an ordinary way to come back.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Hand every completion to `on`; receive buffers go back to the
+    /// kernel after it returns.
+    pub fn complete(&mut self, mut on: impl FnMut(Done<'_, T>)) {
+        let mut reaped = std::mem::take(&mut self.reaped);
+        reaped.extend(self.ring.completion());
+        for cqe in reaped.drain(..) {
+            let id = cqe.user_data();
+            if id == UNTRACKED {
+                continue;
+            }
+            let more = cqueue::more(cqe.flags());
+            let buffer = cqueue::buffer_select(cqe.flags());
+            let Some(Some(op)) = self.ops.get(id as usize) else {
+                // Not ours any more: a buffer it took still goes back.
+                if let Some(bid) = buffer {
+                    self.provide(bid, 1);
+                }
+                continue;
+            };
+            let data = match buffer {
+                Some(bid) if cqe.result() > 0 => {
+                    let start = usize::from(bid) * BUFFER_SIZE;
+                    &self.arena[start..start + cqe.result() as usize]
+                }
+                _ => &[],
+            };
+            on(Done {
+                tag: &op.tag,
+                result: cqe.result(),
+                more,
+                data,
+            });
+            if let Some(bid) = buffer {
+                self.provide(bid, 1);
+            }
+            if !more {
+                self.ops[id as usize] = None;
+                self.free.push(id);
+                self.in_flight -= 1;
+            }
+        }
+        self.reaped = reaped;
+    }
+}
+
+/// Own a descriptor the kernel just created for this process (an accepted
+/// connection, the result of an accept completion).
+pub fn adopt_fd(fd: i32) -> std::os::fd::OwnedFd {
+    // SAFETY: an accept completion's result is a new descriptor that the
+    // kernel opened for this process and that nothing else owns.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+}
+
+impl<T> Drop for Ring<T> {
+    fn drop(&mut self) {
+        // Cancel what is in flight and wait for it a little; whatever the
+        // kernel may still touch afterwards is leaked, not freed.
+        let ids: Vec<u64> = (0..self.ops.len() as u64)
+            .filter(|&i| self.ops[i as usize].is_some())
+            .collect();
+        for id in ids {
+            self.cancel(OpId(id));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while self.in_flight > 0 && std::time::Instant::now() < deadline {
+            if self.wait(Some(Duration::from_millis(50))).is_err() {
+                break;
+            }
+            self.complete(|_| {});
+        }
+        if self.in_flight > 0 {
+            // The kernel may still write into the arena or read a send's
+            // bytes: never free them. (With nothing in flight, the ring
+            // is closed before the arena is freed: fields drop in order.)
+            std::mem::forget(std::mem::take(&mut self.arena));
+            std::mem::forget(std::mem::take(&mut self.ops));
+        }
+    }
+}
