@@ -209,6 +209,10 @@ impl App {
         stats::set_shutting_down();
         tracing::info!(?timeout, "shutting down: draining clients");
         self.pools.begin_drain();
+        // Every worker first closes its listening socket and admits what
+        // was queued on it; only then is the set of sessions complete.
+        lifecycle.accepting.close();
+        let _ = tokio::time::timeout(timeout, lifecycle.accepting.wait()).await;
         lifecycle.sessions.close();
         if tokio::time::timeout(timeout, lifecycle.sessions.wait())
             .await
@@ -228,7 +232,13 @@ impl App {
             pool.close_idle(CloseReason::Reconnect);
         }
         tracing::info!("shutdown complete");
-        self.stop();
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Wait for the workers, so their sockets and rings are closed
+        // before the process is gone.
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || workers.join()).await;
     }
 
     /// Stop accepting and serving (tests use this between cases).

@@ -76,6 +76,9 @@ pub struct Lifecycle {
     draining: CancellationToken,
     /// Every client session, so shutdown can wait for the last one.
     pub sessions: TaskTracker,
+    /// Every worker's accepting, so shutdown knows every listening socket
+    /// has closed (and its queue was taken) before it waits for sessions.
+    pub accepting: TaskTracker,
     /// Asked for by the admin console's SHUTDOWN; the app runs it.
     shutdown_requested: Notify,
     requested: AtomicBool,
@@ -89,6 +92,7 @@ impl Default for Lifecycle {
             stopping,
             draining,
             sessions: TaskTracker::new(),
+            accepting: TaskTracker::new(),
             shutdown_requested: Notify::new(),
             requested: AtomicBool::new(false),
         }

@@ -45,6 +45,7 @@ pub async fn run_worker(
         }
     };
     let lifecycle = acceptor.shared.pools.lifecycle.clone();
+    let still_accepting = lifecycle.accepting.token();
     let mut next = index;
     loop {
         tokio::select! {
@@ -72,11 +73,21 @@ pub async fn run_worker(
     // the socket closes: take them, so they log in and are told why they
     // are closed (57P01) rather than refused.
     if let Some(listener) = listener {
+        for stream in listener.accepted_already() {
+            admit_std(stream, &acceptor);
+        }
         if let Ok(std_listener) = listener.into_std() {
             let _ = std_listener.set_nonblocking(true);
             while let Ok((stream, _)) = std_listener.accept() {
                 admit_std(stream, &acceptor);
             }
+            // Stop listening now rather than when the last reference goes:
+            // a ring's accept keeps the socket alive until the kernel tears
+            // the ring down, after the process exits, and meanwhile the
+            // kernel would keep queueing a shared port's connections here
+            // only to reset them. shutdown() leaves the SO_REUSEPORT group
+            // at once and ends that accept.
+            let _ = socket2::SockRef::from(&std_listener).shutdown(std::net::Shutdown::Read);
         }
         tracing::info!(worker = index, "stopped accepting new clients");
     }
@@ -84,6 +95,7 @@ pub async fn run_worker(
     while let Ok(stream) = inbox.try_recv() {
         admit_std(stream, &acceptor);
     }
+    drop(still_accepting);
 }
 
 /// A listening socket on this worker's backend.
@@ -99,6 +111,14 @@ impl Listening {
             uring::Listener::from_std(listener).map(Listening::Uring)
         } else {
             tokio::net::TcpListener::from_std(listener).map(Listening::Tokio)
+        }
+    }
+
+    /// Connections the ring accepted that no one has taken yet.
+    fn accepted_already(&self) -> Vec<std::net::TcpStream> {
+        match self {
+            Listening::Tokio(_) => Vec::new(),
+            Listening::Uring(l) => l.take_ready(),
         }
     }
 

@@ -468,6 +468,20 @@ impl Listener {
         Stream::from_fd(fd)
     }
 
+    /// Connections already accepted and not yet taken (a drain serves them).
+    pub fn take_ready(&self) -> Vec<std::net::TcpStream> {
+        let mut st = self
+            .accepted
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        st.ready
+            .drain(..)
+            .filter_map(Result::ok)
+            .map(std::net::TcpStream::from)
+            .collect()
+    }
+
     /// Take the socket back (a drain accepts what is queued directly).
     pub fn into_std(self) -> io::Result<std::net::TcpListener> {
         self.socket.try_clone().map(Into::into)
