@@ -264,10 +264,29 @@ fn listen_on(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Resul
         // Another pgmux may hold the port too (a restart that overlaps).
         socket.set_reuse_port(true)?;
     }
+    // Accepted sockets inherit TCP_NODELAY from the listener (Linux), so
+    // no login pays a setsockopt. Without it a reply written in two parts
+    // (SCRAM's final message, then AuthenticationOk) waits for the
+    // client's delayed ACK: 40 ms per login.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     TcpListener::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_clients_have_nagle_off_without_a_setsockopt_each() {
+        let listener = listen_on("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }
 
 /// Raise the open-file soft limit to the hard limit, then check it can
