@@ -275,20 +275,6 @@ fn listen_on(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Resul
     TcpListener::from_std(socket.into())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn accepted_clients_have_nagle_off_without_a_setsockopt_each() {
-        let listener = listen_on("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        assert!(accepted.nodelay().unwrap());
-    }
-}
-
 /// Raise the open-file soft limit to the hard limit, then check it can
 /// carry `max_client_conn`.
 fn check_file_limit(config: &Config) -> Result<(), StartError> {
@@ -312,4 +298,18 @@ fn raise_nofile_limit() -> Option<u64> {
         return Some(hard);
     }
     Some(soft)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_clients_have_nagle_off_without_a_setsockopt_each() {
+        let listener = listen_on("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }

@@ -73,7 +73,7 @@ pub struct ConnInfo {
     /// The id of the connection it is linked to, or 0.
     link: AtomicU64,
     /// For a client in transaction mode: the session state pinning it to
-    /// its server (a `session::pinning::Pins` set), kept here rather than
+    /// its server (a `session::state::pins::Pins` set), kept here rather than
     /// in the idle task.
     pins: AtomicU8,
 }

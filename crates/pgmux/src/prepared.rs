@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, Bytes, BytesMut};
 use pgmux_wire::frame::write_message;
 
-use crate::session::pinning::Watch;
+use crate::session::state::watch::Watch;
 
 /// Distinct statements a pool remembers before starting its map afresh.
 const MAX_PER_POOL: usize = 50_000;
@@ -40,7 +40,7 @@ pub struct Statement {
     /// The Parse body after the statement name: query, parameter types.
     pub definition: Bytes,
     /// What its text may leave in the session (searched once, here; see
-    /// [`crate::session::pinning`]).
+    /// [`crate::session::state::watch`]).
     pub watch: Watch,
     /// Its text may drop every prepared statement (`DEALLOCATE ALL`,
     /// `DISCARD ALL`).

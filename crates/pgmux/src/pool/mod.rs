@@ -3,6 +3,7 @@
 //! across an await. A [`Checkout`] lends a server; it goes back with
 //! [`Checkout::checkin`], and is closed if the checkout is dropped instead.
 
+mod checkout;
 mod control;
 mod db_limit;
 pub mod idle;
@@ -17,12 +18,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, PoolMode, Target};
-use crate::conninfo::{ConnInfo, State};
+use crate::conninfo::ConnInfo;
 use crate::params::{ParamMap, Spellings};
 use crate::prepared::StatementCache;
 use crate::server::{Login, Server, ServerError};
 use crate::stats::{CloseReason, PoolStats};
 
+pub use checkout::Checkout;
 pub use db_limit::DbLimit;
 pub use registry::{Pools, UnknownDatabase};
 
@@ -137,12 +139,6 @@ pub struct Pool {
     resumed: Notify,
     clients: Mutex<HashMap<u64, Arc<ConnInfo>>>,
     servers: Mutex<HashMap<u64, Arc<ConnInfo>>>,
-}
-
-pub struct Checkout {
-    server: Option<Box<Server>>,
-    pool: Arc<Pool>,
-    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Pool {
@@ -390,16 +386,6 @@ impl Pool {
         }
     }
 
-    fn lend(self: &Arc<Self>, server: Box<Server>, permit: OwnedSemaphorePermit) -> Checkout {
-        self.stats.servers_active.inc();
-        server.info.set_state(State::Active);
-        Checkout {
-            server: Some(server),
-            pool: self.clone(),
-            permit: Some(permit),
-        }
-    }
-
     /// Close a server and free its slot.
     fn discard(&self, server: Box<Server>, reason: CloseReason) {
         self.open.fetch_sub(1, Ordering::AcqRel);
@@ -460,63 +446,6 @@ impl Pool {
         let params = checkout.server().params.clone();
         checkout.checkin();
         Ok(lock(&self.defaults).clone().unwrap_or(params))
-    }
-}
-
-impl Checkout {
-    pub fn server(&self) -> &Server {
-        self.server
-            .as_ref()
-            .expect("a checkout holds its server until consumed")
-    }
-
-    pub fn server_mut(&mut self) -> &mut Server {
-        self.server
-            .as_mut()
-            .expect("a checkout holds its server until consumed")
-    }
-
-    /// Return a clean server (transaction status idle) to the pool.
-    pub fn checkin(mut self) {
-        if let Some(mut server) = self.server.take() {
-            let pool = &self.pool;
-            pool.stats.servers_active.dec();
-            let now = Instant::now();
-            if server.expires.is_some_and(|at| at <= now) {
-                pool.discard(server, CloseReason::Lifetime);
-            } else if server.info.generation < pool.generation.load(Ordering::Acquire) {
-                pool.discard(server, CloseReason::Reconnect);
-            } else {
-                server.last_used = now;
-                server.info.set_state(State::Idle);
-                server.info.link(0);
-                pool.idle.push(server);
-                pool.returned.notify_one();
-                if let Some(limit) = &pool.db_limit {
-                    limit.idle_appeared.notify_waiters();
-                }
-            }
-        }
-    }
-
-    /// Close the server instead of returning it.
-    pub fn discard(mut self, reason: CloseReason) {
-        if let Some(server) = self.server.take() {
-            self.pool.stats.servers_active.dec();
-            self.pool.discard(server, reason);
-        }
-    }
-}
-
-impl Drop for Checkout {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            self.pool.stats.servers_active.dec();
-            self.pool.discard(server, CloseReason::Error);
-        }
-        if let Some(permit) = self.permit.take() {
-            self.pool.release_permit(permit);
-        }
     }
 }
 

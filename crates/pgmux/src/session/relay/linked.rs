@@ -1,140 +1,23 @@
-//! The relay: the one loop that lends a logged-in client servers.
-//!
-//! Idle, a client holds only its socket. When it has sent a complete request
-//! (or enough bytes that it must be streaming), a server is checked out, set
-//! to the client's parameters, and bytes flow both ways through the two
-//! flows ([`ClientFlow`], [`ServerFlow`]), which account every reply owed.
-//! In transaction mode the server goes back once nothing is owed and the
-//! last ReadyForQuery said idle (`I`); on `T`/`E` the client stays linked.
+//! A client linked to a server: bytes flow both ways through the two flows
+//! until the link's work is done, with a request kept for a replay when its
+//! statement may turn out missing or stale, and `DROP DATABASE` eased past
+//! pgmux's own idle servers.
 
 use crate::io::Stream as TcpStream;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::align::{align, client_error};
 use super::buffers::{self, CLIENT_BUFFER};
-use super::client_flow::{ClientFlow, Retry, Statements};
-use super::pinned::{inspect_session, pass_server_news, set_pins};
-use super::pinning::Pins;
-use super::release::{release_after_client, Leaving};
-use super::server_flow::Observers;
-use super::{refuse, ClientError, Session};
+use super::{Outcome, STREAM_AFTER};
 use crate::config::PoolMode;
-use crate::conninfo::{now_micros, State};
-use crate::lifecycle::{Stop, StopSignal};
+use crate::lifecycle::Stop;
 use crate::pool::Checkout;
 use crate::server::{Server, ServerError};
-use crate::stats::{self, CloseReason, PoolStats};
-
-/// A request bigger than this streams to a server before it is complete.
-const STREAM_AFTER: usize = 64 * 1024;
-
-pub(super) enum Outcome {
-    /// Nothing is owed and the server may go back (or the client said
-    /// Terminate and everything it asked for was answered).
-    Done,
-    /// The client closed its socket, or broke the protocol, while linked.
-    ClientLeft(Option<ClientError>),
-    /// The server failed; the client must be told and closed.
-    ServerFailed(ServerError),
-    /// The pool was killed, or the shutdown timeout ran out.
-    Aborted,
-}
-
-/// Relay for a logged-in client until it leaves. A plain fn returning an
-/// `async move` block: the block owns `stream` and `session` once, where an
-/// `async fn` would store its arguments a second time in the task that
-/// every idle client keeps.
-#[allow(clippy::manual_async_fn)] // deliberate: see the doc comment
-pub fn run(
-    mut stream: TcpStream,
-    mut session: Session,
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        session.pool.stats.clients.inc();
-        let result = relay(&mut stream, &mut session).await;
-        match session.kept.take() {
-            Some(pinned) => {
-                Box::pin(release_after_client(
-                    *pinned,
-                    &mut session,
-                    Leaving::Politely,
-                ))
-                .await
-            }
-            // A pinned server that failed was discarded on the way out:
-            // the pin gauge still counts this client.
-            None => set_pins(&session, Pins::default()),
-        }
-        session.pool.stats.clients.dec();
-        session.pool.forget_client(session.info.id);
-        let span = &session.info.span;
-        match result {
-            Err(ClientError::Fatal { code, message }) => {
-                tracing::info!(parent: span, user = %session.pool.user, database = %session.pool.database, %code, %message, "closing client");
-                Box::pin(refuse(&mut stream, &code, &message)).await;
-            }
-            _ if session.pools.config().log_disconnections => {
-                tracing::info!(parent: span, user = %session.pool.user, database = %session.pool.database, "client disconnected");
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Why pgmux closes a client it would otherwise keep serving.
-fn closing(s: &Session) -> ClientError {
-    if s.pools.lifecycle.draining() {
-        ClientError::fatal(
-            "57P01",
-            "terminating connection: the pgmux proxy is shutting down".into(),
-        )
-    } else {
-        ClientError::fatal(
-            "57P01",
-            format!(
-                "terminating connection: database \"{}\" was killed by an administrator (KILL)",
-                s.pool.database
-            ),
-        )
-    }
-}
-
-/// What woke an idle client's wait.
-enum Woke {
-    Client,
-    /// The server a pinned client keeps has something to say.
-    Server,
-    Stop,
-}
-
-/// Wait until the client's socket is readable, a pinned client's server
-/// is, or the session's stop signal is raised. Hand-rolled rather than
-/// `select!` over `readable()`: `poll_read_ready` keeps the waker in the
-/// socket's own slot, where `readable()` carries a 150-byte waiter in every
-/// idle client's task.
-async fn wait_readable(
-    stream: &TcpStream,
-    pinned: Option<&crate::io::Stream>,
-    stop: &StopSignal,
-) -> Result<Woke, ClientError> {
-    std::future::poll_fn(|cx| {
-        if stop.poll(cx) != Stop::No {
-            return std::task::Poll::Ready(Ok(Woke::Stop));
-        }
-        if let std::task::Poll::Ready(ready) = stream.poll_read_ready(cx) {
-            return std::task::Poll::Ready(
-                ready.map(|()| Woke::Client).map_err(|_| ClientError::Gone),
-            );
-        }
-        match pinned.map(|server| server.poll_read_ready(cx)) {
-            // An error shows up on the read that follows.
-            Some(std::task::Poll::Ready(_)) => std::task::Poll::Ready(Ok(Woke::Server)),
-            _ => std::task::Poll::Pending,
-        }
-    })
-    .await
-}
+use crate::session::flow::client_flow::{ClientFlow, Statements};
+use crate::session::flow::retry::Retry;
+use crate::session::flow::server_flow::Observers;
+use crate::session::{ClientError, Session};
+use crate::stats::{self, PoolStats};
 
 /// Read what the client has into `buf` (allocating it on first need).
 /// `Ok(false)` means the client closed its side.
@@ -158,176 +41,8 @@ async fn read_client(
     }
 }
 
-async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientError> {
-    let transaction_mode = s.pool.mode == PoolMode::Transaction;
-    let mut flow = ClientFlow::new(s.pool.max_message, transaction_mode);
-    let mut cbuf = BytesMut::new();
-    loop {
-        // Idle: wait for a whole request. The buffer exists only while bytes do.
-        let mut must_wait = cbuf.is_empty();
-        loop {
-            if !cbuf.is_empty() {
-                if cbuf[0] == b'X' {
-                    return Ok(());
-                }
-                let state = flow.request_state(&cbuf).map_err(|e| {
-                    ClientError::fatal("08P01", format!("invalid message from client: {e}"))
-                })?;
-                if state.complete || cbuf.len() >= STREAM_AFTER {
-                    break;
-                }
-            } else {
-                // Hold no buffer while waiting: it goes back to the worker.
-                buffers::give(std::mem::take(&mut cbuf));
-                must_wait = true;
-            }
-            if must_wait {
-                // One wait in the loop: a second call site would store a
-                // second wait future in every idle client's task.
-                let pinned = s.kept.as_ref().map(|c| &c.server().stream);
-                match wait_readable(stream, pinned, &s.info.stop).await? {
-                    Woke::Client => {}
-                    Woke::Stop => return Err(closing(s)),
-                    Woke::Server => {
-                        Box::pin(pass_server_news(stream, s)).await?;
-                        continue;
-                    }
-                }
-            }
-            // Non-blocking: readiness can be stale (left over from the
-            // login's reads), and a blocking read here would stop watching
-            // the stop signal. WouldBlock clears it and we wait again.
-            if cbuf.capacity() == 0 {
-                cbuf = buffers::take();
-            } else if cbuf.capacity() - cbuf.len() < 1024 {
-                cbuf.reserve(CLIENT_BUFFER);
-            }
-            match stream.try_read_buf(&mut cbuf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => {
-                    s.pool.stats.received.add(n as u64);
-                    must_wait = false;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => must_wait = true,
-                Err(_) => return Err(ClientError::Gone),
-            }
-        }
-
-        // One allocation per request keeps the idle task small: everything
-        // a linked client needs lives in this boxed future, not in the task.
-        let keep_going = Box::pin(serve_request(
-            stream,
-            s,
-            &mut flow,
-            &mut cbuf,
-            transaction_mode,
-        ))
-        .await?;
-        if !keep_going {
-            return Ok(());
-        }
-    }
-}
-
-/// Lend the client a server for its request; `Ok(false)` when the session
-/// is over (Terminate, or the client left while linked).
-async fn serve_request(
-    stream: &mut TcpStream,
-    s: &mut Session,
-    flow: &mut ClientFlow,
-    cbuf: &mut BytesMut,
-    transaction_mode: bool,
-) -> Result<bool, ClientError> {
-    let now_us = now_micros();
-    s.info.requested(now_us);
-    let mut checkout = match s.kept.take() {
-        Some(pinned) => *pinned,
-        None => {
-            s.info.start_waiting(now_us);
-            tokio::select! {
-                checkout = s.pool.checkout() => checkout?,
-                _ = s.info.stop.reached(Stop::Now) => return Err(closing(s)),
-            }
-        }
-    };
-    let server_info = &checkout.server().info;
-    server_info.requested(now_us);
-    server_info.link(s.info.id);
-    s.info.link(server_info.id);
-    s.info.set_state(State::Active);
-    // Usually the client and server share one settings map (a pointer
-    // compare); the (large, boxed) alignment runs only when they differ.
-    if !s.params.shares_with(&checkout.server().params) {
-        if s.params.differs_from(&checkout.server().params) {
-            if let Err(e) = Box::pin(align(&mut s.params, &s.pool, checkout.server_mut())).await {
-                // The server may hold a pinned client's state: closed, not reused.
-                checkout.discard(CloseReason::Error);
-                return Err(client_error(e));
-            }
-        } else {
-            checkout.server_mut().params = s.params.clone();
-        }
-    }
-    s.cancel.link(checkout.server().cancel_target());
-    s.pool.stats.clients_active.inc();
-    let mut terminating = false;
-    let outcome = relay_linked(stream, s, &mut checkout, flow, cbuf, &mut terminating).await;
-    s.pool.stats.clients_active.dec();
-    s.cancel.unlink();
-    s.info.set_state(State::Idle);
-    s.info.link(0);
-    match outcome {
-        Outcome::Done if transaction_mode && !terminating => {
-            let watch = std::mem::take(&mut checkout.server_mut().flow.watch);
-            if watch.calls_for_look() {
-                if let Err(e) = Box::pin(inspect_session(stream, s, &mut checkout, &watch)).await {
-                    set_pins(s, Pins::default());
-                    checkout.discard(CloseReason::Error);
-                    return Err(e);
-                }
-            }
-            if s.pins().is_empty() {
-                checkout.checkin();
-            } else {
-                s.kept = Some(Box::new(checkout));
-            }
-            if s.info.stop.get() != Stop::No {
-                // Draining (or killed): the transaction is done; so is the client.
-                return Err(closing(s));
-            }
-            Ok(true)
-        }
-        Outcome::Done => {
-            Box::pin(release_after_client(checkout, s, Leaving::Politely)).await;
-            Ok(false)
-        }
-        Outcome::ClientLeft(err) => {
-            Box::pin(release_after_client(checkout, s, Leaving::Abruptly)).await;
-            err.map_or(Ok(false), Err)
-        }
-        Outcome::Aborted => {
-            Box::pin(release_after_client(checkout, s, Leaving::Abruptly)).await;
-            Err(closing(s))
-        }
-        Outcome::ServerFailed(e) => {
-            // The server's own FATAL (pg_terminate_backend, a shutdown)
-            // reached the client: close as a direct connection would.
-            let told = checkout.server().flow.fatal_passed;
-            checkout.discard(CloseReason::Error);
-            tracing::warn!(parent: &s.info.span, user = %s.pool.user, database = %s.pool.database, error = %e, "server connection failed");
-            if told {
-                return Err(ClientError::Gone);
-            }
-            Err(ClientError::fatal(
-                e.sqlstate(),
-                format!("server connection lost: {e}"),
-            ))
-        }
-    }
-}
-
 /// Bytes flow both ways until the link's work is done.
-async fn relay_linked(
+pub(super) async fn relay_linked(
     stream: &mut TcpStream,
     s: &mut Session,
     checkout: &mut Checkout,

@@ -9,9 +9,9 @@ use pgmux_wire::reply::{self, Severity};
 use pgmux_wire::startup::{parse_startup, startup_body_len, StartupError, StartupRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::ClientError;
 use crate::config::AuthType;
 use crate::pool::Pools;
+use crate::session::ClientError;
 
 /// Password messages are small; anything bigger during login is hostile.
 const MAX_LOGIN_MESSAGE: usize = 10_000;

@@ -4,10 +4,10 @@
 //! `UTF8`, `datestyle=iso,dmy` as `ISO, DMY`), so the client is told what a
 //! direct connection would tell it.
 
-use super::ClientError;
 use crate::params::{set_statements, ParamMap};
 use crate::pool::{Checkout, Pool};
 use crate::server::{Server, ServerError};
+use crate::session::ClientError;
 
 /// Bring `server`'s settings in line with `client`'s. Reported settings
 /// come back from the server in its own spelling, which the client adopts;
@@ -15,7 +15,7 @@ use crate::server::{Server, ServerError};
 ///
 /// A [`ServerError::Backend`] (the server refused a value) leaves the server
 /// idle and usable; any other error leaves it broken.
-pub(super) async fn align(
+pub(in crate::session) async fn align(
     client: &mut ParamMap,
     pool: &Pool,
     server: &mut Server,
@@ -61,7 +61,7 @@ pub(super) async fn align(
 /// would report them. Spellings already learnt cost nothing; an unknown
 /// one costs one round trip on a borrowed server, once per pool, and a
 /// value the server refuses refuses the login, as PostgreSQL would.
-pub(super) async fn spell_like_server(
+pub(in crate::session) async fn spell_like_server(
     pool: &std::sync::Arc<Pool>,
     defaults: &ParamMap,
     client: &mut ParamMap,
@@ -96,7 +96,7 @@ pub(super) async fn spell_like_server(
 /// refused a value, closed if it broke) and say what the client hears: a
 /// refused value in the server's own words, as a direct connection would
 /// give them, or a lost server.
-pub(super) fn failed(checkout: Checkout, e: ServerError) -> ClientError {
+pub(in crate::session) fn failed(checkout: Checkout, e: ServerError) -> ClientError {
     if matches!(e, ServerError::Backend(_)) {
         checkout.checkin();
     } else {
@@ -105,7 +105,7 @@ pub(super) fn failed(checkout: Checkout, e: ServerError) -> ClientError {
     client_error(e)
 }
 
-pub(super) fn client_error(e: ServerError) -> ClientError {
+pub(in crate::session) fn client_error(e: ServerError) -> ClientError {
     match e {
         ServerError::Backend(e) => ClientError::fatal(&e.code, e.message),
         e => ClientError::fatal(e.sqlstate(), format!("server connection lost: {e}")),

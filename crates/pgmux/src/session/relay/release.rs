@@ -5,17 +5,17 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::expect::Pending;
-use super::pinned::set_pins;
-use super::pinning::Pins;
-use super::rewrite::raise;
-use super::server_flow::Observers;
-use super::Session;
+use super::pin_tracking::set_pins;
 use crate::cancel::send_cancel;
 use crate::config::PoolMode;
 use crate::conninfo::State;
 use crate::pool::Checkout;
 use crate::server::{Server, ServerError};
+use crate::session::flow::expect::Pending;
+use crate::session::flow::rewrite::raise;
+use crate::session::flow::server_flow::Observers;
+use crate::session::state::pins::Pins;
+use crate::session::Session;
 use crate::stats::CloseReason;
 
 /// How long cleaning a server after a vanished client may take.

@@ -1,18 +1,20 @@
-//! The relay's side of pinning (see [`super::pinning`] for what pins):
-//! looking at the session after a hinted transaction, keeping the pin
-//! accounting, and passing on what a pinned server says while its client
-//! is idle.
+//! The relay's side of pinning (see [`crate::session::state::pins`] for
+//! what pins): looking at the session after a hinted transaction, keeping
+//! the pin accounting, and passing on what a pinned server says while its
+//! client is idle.
 
 use crate::io::Stream as TcpStream;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::pinning::{inspect_sql, Inspection, Pin, Pins, Watch};
-use super::relay::{forward_server_bytes, Outcome, Replay};
-use super::server_flow::swap_notification_pids;
-use super::{ClientError, Session};
+use super::linked::{forward_server_bytes, Replay};
+use super::Outcome;
 use crate::pool::Checkout;
 use crate::server::ServerError;
+use crate::session::flow::replies::swap_notification_pids;
+use crate::session::state::pins::{inspect_sql, Inspection, Pin, Pins};
+use crate::session::state::watch::Watch;
+use crate::session::{ClientError, Session};
 use crate::stats::{self, CloseReason};
 
 /// After a transaction that may have left session state: ask the server

@@ -1,5 +1,10 @@
 //! One backend connection: connect and log in, then the few things the proxy
 //! asks of it outside plain forwarding (internal queries, health, identity).
+//! Answering the server's authentication request is in [`auth`]; request
+//! and transaction start times, in [`timing`].
+
+mod auth;
+mod timing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use pgmux_wire::backend::{self, ErrorFields};
 use pgmux_wire::frame::{take_frame, write_message, Frame};
 use pgmux_wire::reply;
 use pgmux_wire::startup::startup_packet;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::authentication::sasl::ScramSha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cancel::CancelTarget;
@@ -20,7 +25,8 @@ use crate::conninfo::{next_id, ConnInfo, State};
 use crate::params::ParamMap;
 use crate::prepared::{forgets_statements, ServerStatements};
 use crate::session::{Expect, ServerFlow};
-use crate::stats::PoolStats;
+
+pub use timing::Timing;
 
 /// Idle this long, a server is probed with a real syscall before reuse.
 const PEEK_AFTER_IDLE: Duration = Duration::from_millis(1);
@@ -223,77 +229,6 @@ impl Server {
         }
     }
 
-    async fn authenticate(
-        &mut self,
-        frame: &Frame,
-        login: &Login,
-        scram: &mut Option<ScramSha256>,
-    ) -> Result<(), ServerError> {
-        let body = &frame.body[..];
-        let code = i32::from_be_bytes(
-            body.get(..4)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| ServerError::Protocol("short authentication request".into()))?,
-        );
-        let data = &body[4..];
-        let password = || {
-            login
-                .password
-                .as_deref()
-                .ok_or_else(|| ServerError::NoPassword(login.user.clone()))
-        };
-        let mut out = BytesMut::new();
-        match code {
-            0 => return Ok(()),
-            3 => password_message(&mut out, password()?.as_bytes()),
-            5 => {
-                let salt: [u8; 4] = data
-                    .try_into()
-                    .map_err(|_| ServerError::Protocol("bad MD5 salt".into()))?;
-                let hashed = postgres_protocol::authentication::md5_hash(
-                    login.user.as_bytes(),
-                    password()?.as_bytes(),
-                    salt,
-                );
-                password_message(&mut out, hashed.as_bytes());
-            }
-            10 => {
-                let offers_scram = data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
-                if !offers_scram {
-                    return Err(ServerError::UnsupportedAuth(code));
-                }
-                let client =
-                    ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
-                write_message(&mut out, b'p', |b| {
-                    b.put_slice(b"SCRAM-SHA-256\0");
-                    b.put_i32(client.message().len() as i32);
-                    b.put_slice(client.message());
-                });
-                *scram = Some(client);
-            }
-            11 => {
-                let client = scram
-                    .as_mut()
-                    .ok_or_else(|| ServerError::Protocol("SASL continue without a start".into()))?;
-                client
-                    .update(data)
-                    .map_err(|e| ServerError::Protocol(e.to_string()))?;
-                sasl_response(&mut out, client.message());
-            }
-            12 => {
-                let mut client = scram
-                    .take()
-                    .ok_or_else(|| ServerError::Protocol("SASL final without a start".into()))?;
-                client.finish(data).map_err(|e| {
-                    ServerError::Protocol(format!("server's SCRAM signature did not verify: {e}"))
-                })?;
-                return Ok(());
-            }
-            other => return Err(ServerError::UnsupportedAuth(other)),
-        }
-        self.stream.write_all(&out).await.map_err(ServerError::io)
-    }
-
     fn record_parameter(&mut self, body: &[u8]) {
         if let Some((name, value)) = backend::parameter_status(body) {
             self.params.set(&name, &value);
@@ -465,65 +400,4 @@ async fn connect_any(host: &str, port: u16) -> std::io::Result<TcpStream> {
         }
     }
     Err(last)
-}
-
-/// Start times for the query and transaction duration histograms.
-#[derive(Debug, Default)]
-pub struct Timing {
-    request: Option<Instant>,
-    transaction: Option<Instant>,
-}
-
-impl Timing {
-    /// A request went to a server that owed nothing; `status` is the
-    /// transaction status it last reported (`I`: this starts a transaction).
-    pub fn request_sent(&mut self, status: u8) {
-        let now = Instant::now();
-        self.request = Some(now);
-        if status == b'I' && self.transaction.is_none() {
-            self.transaction = Some(now);
-        }
-    }
-
-    /// ReadyForQuery arrived: record what it ended. `transactions_done`
-    /// is how many idle ReadyForQuery came; pipelined transactions that end
-    /// together share the elapsed time, so the histogram's count matches
-    /// pgmux_transactions_total and its sum the time spent.
-    pub fn replied(&mut self, stats: &PoolStats, request_done: bool, transactions_done: u32) {
-        if !request_done && transactions_done == 0 {
-            return;
-        }
-        let now = Instant::now();
-        if request_done {
-            if let Some(started) = self.request.take() {
-                stats.query_done(now.saturating_duration_since(started));
-            }
-        }
-        if transactions_done > 0 {
-            if let Some(started) = self.transaction.take() {
-                let each = now.saturating_duration_since(started) / transactions_done;
-                for _ in 0..transactions_done {
-                    stats.transaction_done(each);
-                }
-            }
-            if !request_done {
-                // The client pipelined more behind it: the next transaction
-                // starts as this one ends.
-                self.transaction = Some(now);
-            }
-        }
-    }
-}
-
-/// PasswordMessage: a C string (cleartext or MD5 answer).
-fn password_message(out: &mut BytesMut, data: &[u8]) {
-    write_message(out, b'p', |b| {
-        b.put_slice(data);
-        b.put_u8(0);
-    });
-}
-
-/// SASLResponse: raw bytes under the same tag.
-fn sasl_response(out: &mut BytesMut, data: &[u8]) {
-    write_message(out, b'p', |b| b.put_slice(data));
 }

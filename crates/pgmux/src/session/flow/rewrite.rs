@@ -8,12 +8,12 @@ use bytes::{BufMut, BytesMut};
 use pgmux_wire::frame::{write_message, HEADER_LEN};
 
 use super::client_flow::ClientFlowError;
-use super::ddl::{deallocated_statement, reserved_statement_use, RESERVED_PREFIX};
 use super::expect::{Expect, Pending};
-use super::pinning::Watch;
 use super::splice::Splice;
-use super::words::Words;
 use crate::prepared::{server_name, ClientStatements, ServerStatements, Statement, StatementCache};
+use crate::session::state::ddl::{deallocated_statement, reserved_statement_use, RESERVED_PREFIX};
+use crate::session::state::watch::Watch;
+use crate::session::state::words::Words;
 
 /// The statement name pgmux parses a client's text under to see whether
 /// it parses (and closes again at once).
@@ -189,7 +189,12 @@ fn close_injected(id: u64, expect: &mut Expect, out: &mut BytesMut) {
 /// (a failed unnamed Parse would drop it). The server then skips to Sync
 /// exactly as for the message's own error, and its syntax error is replaced
 /// by `code`/`message` on the way back (see [`Expect::raise_at_front`]).
-pub(super) fn raise(code: &'static str, message: &str, expect: &mut Expect, out: &mut BytesMut) {
+pub(in crate::session) fn raise(
+    code: &'static str,
+    message: &str,
+    expect: &mut Expect,
+    out: &mut BytesMut,
+) {
     write_message(out, b'P', |b| {
         b.put_slice(b"pgmux_raise\0pgmux: fail here in the client's name\0");
         b.put_i16(0);

@@ -1,0 +1,94 @@
+//! A server lent out of its pool: [`Checkout`], and [`Pool::lend`], which
+//! makes one. It goes back with [`Checkout::checkin`]; a checkout dropped
+//! instead closes its server, so a client that vanishes leaves no server
+//! half-used in the pool.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::Pool;
+use crate::conninfo::State;
+use crate::server::Server;
+use crate::stats::CloseReason;
+
+pub struct Checkout {
+    server: Option<Box<Server>>,
+    pool: Arc<Pool>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Pool {
+    pub(super) fn lend(
+        self: &Arc<Self>,
+        server: Box<Server>,
+        permit: OwnedSemaphorePermit,
+    ) -> Checkout {
+        self.stats.servers_active.inc();
+        server.info.set_state(State::Active);
+        Checkout {
+            server: Some(server),
+            pool: self.clone(),
+            permit: Some(permit),
+        }
+    }
+}
+
+impl Checkout {
+    pub fn server(&self) -> &Server {
+        self.server
+            .as_ref()
+            .expect("a checkout holds its server until consumed")
+    }
+
+    pub fn server_mut(&mut self) -> &mut Server {
+        self.server
+            .as_mut()
+            .expect("a checkout holds its server until consumed")
+    }
+
+    /// Return a clean server (transaction status idle) to the pool.
+    pub fn checkin(mut self) {
+        if let Some(mut server) = self.server.take() {
+            let pool = &self.pool;
+            pool.stats.servers_active.dec();
+            let now = Instant::now();
+            if server.expires.is_some_and(|at| at <= now) {
+                pool.discard(server, CloseReason::Lifetime);
+            } else if server.info.generation < pool.generation.load(Ordering::Acquire) {
+                pool.discard(server, CloseReason::Reconnect);
+            } else {
+                server.last_used = now;
+                server.info.set_state(State::Idle);
+                server.info.link(0);
+                pool.idle.push(server);
+                pool.returned.notify_one();
+                if let Some(limit) = &pool.db_limit {
+                    limit.idle_appeared.notify_waiters();
+                }
+            }
+        }
+    }
+
+    /// Close the server instead of returning it.
+    pub fn discard(mut self, reason: CloseReason) {
+        if let Some(server) = self.server.take() {
+            self.pool.stats.servers_active.dec();
+            self.pool.discard(server, reason);
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.pool.stats.servers_active.dec();
+            self.pool.discard(server, CloseReason::Error);
+        }
+        if let Some(permit) = self.permit.take() {
+            self.pool.release_permit(permit);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! When the request in flight and the open transaction began, for the
+//! query and transaction duration histograms.
+
+use std::time::Instant;
+
+use crate::stats::PoolStats;
+
+/// Start times for the query and transaction duration histograms.
+#[derive(Debug, Default)]
+pub struct Timing {
+    request: Option<Instant>,
+    transaction: Option<Instant>,
+}
+
+impl Timing {
+    /// A request went to a server that owed nothing; `status` is the
+    /// transaction status it last reported (`I`: this starts a transaction).
+    pub fn request_sent(&mut self, status: u8) {
+        let now = Instant::now();
+        self.request = Some(now);
+        if status == b'I' && self.transaction.is_none() {
+            self.transaction = Some(now);
+        }
+    }
+
+    /// ReadyForQuery arrived: record what it ended. `transactions_done`
+    /// is how many idle ReadyForQuery came; pipelined transactions that end
+    /// together share the elapsed time, so the histogram's count matches
+    /// pgmux_transactions_total and its sum the time spent.
+    pub fn replied(&mut self, stats: &PoolStats, request_done: bool, transactions_done: u32) {
+        if !request_done && transactions_done == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if request_done {
+            if let Some(started) = self.request.take() {
+                stats.query_done(now.saturating_duration_since(started));
+            }
+        }
+        if transactions_done > 0 {
+            if let Some(started) = self.transaction.take() {
+                let each = now.saturating_duration_since(started) / transactions_done;
+                for _ in 0..transactions_done {
+                    stats.transaction_done(each);
+                }
+            }
+            if !request_done {
+                // The client pipelined more behind it: the next transaction
+                // starts as this one ends.
+                self.transaction = Some(now);
+            }
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! One pool's statistics ([`PoolStats`]): its totals, levels and latency
+//! histograms, the recorder handles they are copied into at scrape time,
+//! the [`Snapshot`] SHOW STATS reads, and the counters labelled by pool
+//! (errors, pins, statements replanned or lost).
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use metrics::{counter, gauge, Counter, Gauge};
+
+use super::{escape, recorder, CloseReason, Histogram, Level, Period, Total, LATENCY_BUCKETS};
+
+/// Count an ErrorResponse sent to a client by its SQLSTATE class.
+pub fn error_sent(pool: &PoolStats, class: [u8; 2]) {
+    let class = if class.iter().all(u8::is_ascii_alphanumeric) {
+        String::from_utf8_lossy(&class).into_owned()
+    } else {
+        "??".to_string()
+    };
+    counter!(
+        "pgmux_errors_total",
+        &[
+            ("database", pool.labels.database.clone()),
+            ("user", pool.labels.user.clone()),
+            ("pool_mode", pool.labels.mode.to_string()),
+            ("class", class),
+        ]
+    )
+    .increment(1);
+}
+
+/// A client became pinned to its server, for `reason` (a [`Pin`] label).
+///
+/// [`Pin`]: crate::session::state::pins::Pin
+pub fn pinned(pool: &PoolStats, reason: &'static str) {
+    counter!(
+        "pgmux_client_pins_total",
+        &pool.labels_with("reason", reason)
+    )
+    .increment(1);
+}
+
+/// A managed statement was stale on a server (0A000) and is prepared
+/// afresh; `retried` when pgmux also sent the request again itself.
+pub fn statement_replanned(pool: &PoolStats, retried: bool) {
+    counter!(
+        "pgmux_statement_replans_total",
+        &pool.labels_with("retried", if retried { "yes" } else { "no" })
+    )
+    .increment(1);
+}
+
+/// A statement pgmux manages was missing on a server (26000: deallocated
+/// behind pgmux's back); `retried` when pgmux re-sent the request itself.
+pub fn statement_lost(pool: &PoolStats, retried: bool) {
+    counter!(
+        "pgmux_statements_lost_total",
+        &pool.labels_with("retried", if retried { "yes" } else { "no" })
+    )
+    .increment(1);
+}
+
+/// The counters PgBouncer's SHOW STATS reports, at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub xacts: u64,
+    pub queries: u64,
+    pub received: u64,
+    pub sent: u64,
+    pub xact_us: u64,
+    pub query_us: u64,
+    pub wait_us: u64,
+    pub assignments: u64,
+}
+
+impl Snapshot {
+    pub fn minus(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            xacts: self.xacts.saturating_sub(earlier.xacts),
+            queries: self.queries.saturating_sub(earlier.queries),
+            received: self.received.saturating_sub(earlier.received),
+            sent: self.sent.saturating_sub(earlier.sent),
+            xact_us: self.xact_us.saturating_sub(earlier.xact_us),
+            query_us: self.query_us.saturating_sub(earlier.query_us),
+            wait_us: self.wait_us.saturating_sub(earlier.wait_us),
+            assignments: self.assignments.saturating_sub(earlier.assignments),
+        }
+    }
+
+    pub fn plus(&self, other: &Snapshot) -> Snapshot {
+        Snapshot {
+            xacts: self.xacts + other.xacts,
+            queries: self.queries + other.queries,
+            received: self.received + other.received,
+            sent: self.sent + other.sent,
+            xact_us: self.xact_us + other.xact_us,
+            query_us: self.query_us + other.query_us,
+            wait_us: self.wait_us + other.wait_us,
+            assignments: self.assignments + other.assignments,
+        }
+    }
+}
+
+struct Labels {
+    database: String,
+    user: String,
+    mode: &'static str,
+}
+
+pub struct PoolStats {
+    labels: Labels,
+    /// Logged-in clients of the pool.
+    pub clients: Level,
+    pub clients_active: Level,
+    pub clients_waiting: Level,
+    pub servers_active: Level,
+    pub servers_login: Level,
+    pub servers_tested: Level,
+    /// Clients holding on to their server for session state (transaction mode).
+    pub clients_pinned: Level,
+    /// Session state read back from a server after a hinted transaction.
+    pub session_checks: Total,
+    pub xacts: Total,
+    pub queries: Total,
+    pub received: Total,
+    pub sent: Total,
+    pub xact_us: Total,
+    pub query_us: Total,
+    pub wait_us: Total,
+    pub assignments: Total,
+    pub logins: Total,
+    pub connects: Total,
+    pub connect_failures: Total,
+    closed: [Total; 5],
+    wait_seconds: Histogram,
+    xact_seconds: Histogram,
+    query_seconds: Histogram,
+    connect_seconds: Histogram,
+    published: Published,
+    /// The totals at the start of the current stats period, and what the
+    /// last full period added (SHOW STATS_AVERAGES and the stats log line).
+    pub(crate) period: Mutex<Period>,
+}
+
+/// Recorder handles the levels and totals are copied into at scrape time.
+struct Published {
+    clients_active: Gauge,
+    clients_waiting: Gauge,
+    clients_idle: Gauge,
+    servers_active: Gauge,
+    servers_idle: Gauge,
+    servers_used: Gauge,
+    servers_login: Gauge,
+    servers_tested: Gauge,
+    clients_pinned: Gauge,
+    max_wait: Gauge,
+    pool_size: Gauge,
+    paused: Gauge,
+    xacts: Counter,
+    queries: Counter,
+    received: Counter,
+    sent: Counter,
+    assignments: Counter,
+    logins: Counter,
+    connects: Counter,
+    connect_failures: Counter,
+    session_checks: Counter,
+    closed: [Counter; 5],
+}
+
+/// The pool's levels only it knows, handed in at scrape time.
+pub struct PoolLevels {
+    pub servers_idle: u64,
+    pub servers_used: u64,
+    pub max_wait: Duration,
+    pub pool_size: u32,
+    pub paused: bool,
+}
+
+impl PoolStats {
+    fn labels_with(&self, key: &'static str, value: &'static str) -> [(&'static str, String); 4] {
+        [
+            ("database", self.labels.database.clone()),
+            ("user", self.labels.user.clone()),
+            ("pool_mode", self.labels.mode.to_string()),
+            (key, value.to_string()),
+        ]
+    }
+
+    pub fn new(database: &str, user: &str, mode: &'static str) -> PoolStats {
+        recorder();
+        let l = [
+            ("database", database.to_string()),
+            ("user", user.to_string()),
+            ("pool_mode", mode.to_string()),
+        ];
+        let closed = |reason: CloseReason| {
+            let mut labels = l.to_vec();
+            labels.push(("reason", reason.label().to_string()));
+            counter!("pgmux_server_closed_total", &labels)
+        };
+        PoolStats {
+            labels: Labels {
+                database: database.to_string(),
+                user: user.to_string(),
+                mode,
+            },
+            clients: Level::default(),
+            clients_active: Level::default(),
+            clients_waiting: Level::default(),
+            servers_active: Level::default(),
+            servers_login: Level::default(),
+            servers_tested: Level::default(),
+            clients_pinned: Level::default(),
+            session_checks: Total::default(),
+            xacts: Total::default(),
+            queries: Total::default(),
+            received: Total::default(),
+            sent: Total::default(),
+            xact_us: Total::default(),
+            query_us: Total::default(),
+            wait_us: Total::default(),
+            assignments: Total::default(),
+            logins: Total::default(),
+            connects: Total::default(),
+            connect_failures: Total::default(),
+            closed: Default::default(),
+            wait_seconds: Histogram::default(),
+            xact_seconds: Histogram::default(),
+            query_seconds: Histogram::default(),
+            connect_seconds: Histogram::default(),
+            published: Published {
+                clients_active: gauge!("pgmux_clients_active", &l),
+                clients_waiting: gauge!("pgmux_clients_waiting", &l),
+                clients_idle: gauge!("pgmux_clients_idle", &l),
+                servers_active: gauge!("pgmux_servers_active", &l),
+                servers_idle: gauge!("pgmux_servers_idle", &l),
+                servers_used: gauge!("pgmux_servers_used", &l),
+                servers_login: gauge!("pgmux_servers_login", &l),
+                servers_tested: gauge!("pgmux_servers_tested", &l),
+                clients_pinned: gauge!("pgmux_clients_pinned", &l),
+                max_wait: gauge!("pgmux_max_wait_seconds", &l),
+                pool_size: gauge!("pgmux_pool_size", &l),
+                paused: gauge!("pgmux_paused", &l),
+                xacts: counter!("pgmux_transactions_total", &l),
+                queries: counter!("pgmux_queries_total", &l),
+                received: counter!("pgmux_received_bytes_total", &l),
+                sent: counter!("pgmux_sent_bytes_total", &l),
+                assignments: counter!("pgmux_server_assignments_total", &l),
+                logins: counter!("pgmux_client_logins_total", &l),
+                connects: counter!("pgmux_server_connects_total", &l),
+                connect_failures: counter!("pgmux_server_connect_failures_total", &l),
+                session_checks: counter!("pgmux_session_checks_total", &l),
+                closed: CloseReason::ALL.map(closed),
+            },
+            period: Mutex::new(Period::default()),
+        }
+    }
+
+    pub fn closed(&self, reason: CloseReason) {
+        self.closed[reason as usize].add(1);
+    }
+
+    pub fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.closed[reason as usize].get()
+    }
+
+    pub fn waited(&self, wait: Duration) {
+        self.wait_us.add(wait.as_micros() as u64);
+        self.wait_seconds.record(wait);
+    }
+
+    pub fn query_done(&self, took: Duration) {
+        self.query_us.add(took.as_micros() as u64);
+        self.query_seconds.record(took);
+    }
+
+    pub fn transaction_done(&self, took: Duration) {
+        self.xact_us.add(took.as_micros() as u64);
+        self.xact_seconds.record(took);
+    }
+
+    pub fn connected(&self, took: Duration) {
+        self.connects.add(1);
+        self.connect_seconds.record(took);
+    }
+
+    /// Clients logged in and holding no server, nor waiting for one.
+    pub fn clients_idle(&self) -> u64 {
+        self.clients
+            .get()
+            .saturating_sub(self.clients_active.get() + self.clients_waiting.get())
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            xacts: self.xacts.get(),
+            queries: self.queries.get(),
+            received: self.received.get(),
+            sent: self.sent.get(),
+            xact_us: self.xact_us.get(),
+            query_us: self.query_us.get(),
+            wait_us: self.wait_us.get(),
+            assignments: self.assignments.get(),
+        }
+    }
+
+    /// The histogram named `name` (a `_seconds` series of the catalog).
+    fn histogram(&self, name: &str) -> Option<&Histogram> {
+        Some(match name {
+            "pgmux_client_wait_seconds" => &self.wait_seconds,
+            "pgmux_transaction_duration_seconds" => &self.xact_seconds,
+            "pgmux_query_duration_seconds" => &self.query_seconds,
+            "pgmux_server_connect_seconds" => &self.connect_seconds,
+            _ => return None,
+        })
+    }
+
+    /// Append this pool's series of histogram `name` in Prometheus' text
+    /// format.
+    pub fn render_histogram(&self, name: &str, out: &mut String) {
+        let Some(h) = self.histogram(name) else {
+            return;
+        };
+        let s = h.snapshot();
+        let labels = format!(
+            "database=\"{}\",user=\"{}\",pool_mode=\"{}\"",
+            escape(&self.labels.database),
+            escape(&self.labels.user),
+            self.labels.mode
+        );
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&s.cumulative) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", s.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", s.count);
+    }
+
+    /// Copy levels and totals into the recorder just before a scrape.
+    pub fn publish(&self, levels: &PoolLevels) {
+        let p = &self.published;
+        p.clients_active.set(self.clients_active.get() as f64);
+        p.clients_waiting.set(self.clients_waiting.get() as f64);
+        p.clients_idle.set(self.clients_idle() as f64);
+        p.servers_active.set(self.servers_active.get() as f64);
+        p.servers_idle.set(levels.servers_idle as f64);
+        p.servers_used.set(levels.servers_used as f64);
+        p.servers_login.set(self.servers_login.get() as f64);
+        p.servers_tested.set(self.servers_tested.get() as f64);
+        p.clients_pinned.set(self.clients_pinned.get() as f64);
+        p.max_wait.set(levels.max_wait.as_secs_f64());
+        p.pool_size.set(f64::from(levels.pool_size));
+        p.paused.set(if levels.paused { 1.0 } else { 0.0 });
+        p.xacts.absolute(self.xacts.get());
+        p.queries.absolute(self.queries.get());
+        p.received.absolute(self.received.get());
+        p.sent.absolute(self.sent.get());
+        p.assignments.absolute(self.assignments.get());
+        p.logins.absolute(self.logins.get());
+        p.connects.absolute(self.connects.get());
+        p.connect_failures.absolute(self.connect_failures.get());
+        p.session_checks.absolute(self.session_checks.get());
+        for (counter, total) in p.closed.iter().zip(&self.closed) {
+            counter.absolute(total.get());
+        }
+    }
+}
