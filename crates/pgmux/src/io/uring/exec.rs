@@ -78,6 +78,10 @@ thread_local! {
     static SHARED: RefCell<Option<Arc<Shared>>> = const { RefCell::new(None) };
     static TIMERS: RefCell<BTreeMap<(Instant, u64), Waker>> = const { RefCell::new(BTreeMap::new()) };
     static TIMER_SEQ: Cell<u64> = const { Cell::new(0) };
+    /// Set while the executor is torn down: a task dropped then may spawn
+    /// another (a server handed back spawns its close), which is dropped
+    /// at once instead of landing in a task list that is gone.
+    static CLOSING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Make this thread an executor; returns the socket end the loop must
@@ -93,6 +97,7 @@ pub fn install() -> std::io::Result<UnixStream> {
         kick,
     });
     SHARED.with(|s| *s.borrow_mut() = Some(shared));
+    CLOSING.with(|c| c.set(false));
     Ok(wakeup)
 }
 
@@ -102,6 +107,9 @@ pub fn active() -> bool {
 
 /// Run `task` on this thread's executor.
 pub fn spawn(task: impl Future<Output = ()> + 'static) {
+    if CLOSING.with(Cell::get) {
+        return;
+    }
     let Some(shared) = SHARED.with(|s| s.borrow().clone()) else {
         return;
     };
@@ -223,6 +231,7 @@ pub fn fire_timers() -> Option<Duration> {
 
 /// Drop every task (the worker is stopping).
 pub fn clear() {
+    CLOSING.with(|c| c.set(true));
     let tasks = TASKS.with(|t| std::mem::take(&mut *t.borrow_mut()));
     drop(tasks);
     LOCAL.with(|l| l.borrow_mut().clear());
@@ -275,5 +284,42 @@ impl Drop for Sleep {
             // The thread may be tearing down its timers already.
             let _ = TIMERS.try_with(|t| t.borrow_mut().remove(&key));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spawns a task when dropped, as a checked-out server does.
+    struct SpawnsOnDrop(Arc<AtomicBool>);
+
+    impl Drop for SpawnsOnDrop {
+        fn drop(&mut self) {
+            let ran = self.0.clone();
+            spawn(async move { ran.store(true, Ordering::Release) });
+        }
+    }
+
+    #[test]
+    fn a_task_dropped_at_teardown_may_spawn_without_harm() {
+        std::thread::spawn(|| {
+            let _wakeup = install().unwrap();
+            let ran = Arc::new(AtomicBool::new(false));
+            let guard = SpawnsOnDrop(ran.clone());
+            spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await
+            });
+            run_ready();
+            clear();
+            assert!(
+                !ran.load(Ordering::Acquire),
+                "the late task is dropped, not run"
+            );
+            assert_eq!(TASKS.with(|t| t.borrow().len()), 0);
+        })
+        .join()
+        .unwrap();
     }
 }
