@@ -261,8 +261,19 @@ pub(super) fn rewrite(
             let binding = st.client.insert(name, s.clone());
             if st.server.contains(s.id) {
                 if st.server_status != b'E' && !expect.closed_request_pending() {
-                    // Already there: answer it ourselves.
-                    expect.push(Pending::Synth(b'1'));
+                    // Already there, as far as pgmux knows: prepared again
+                    // all the same (closed first), so that a Describe or
+                    // Bind after it cannot meet a statement that SQL
+                    // deallocated behind pgmux's back (issue 12). A
+                    // client's Parse costs the server what it would cost
+                    // without pgmux; executions of shared statements stay
+                    // free.
+                    close_injected(s.id, expect, &mut out);
+                    s.parse_message(&mut out);
+                    expect.push(Pending::Parse {
+                        swallow: false,
+                        id: Some(s.id),
+                    });
                 } else {
                     // The transaction may have failed, and PostgreSQL then
                     // refuses the Parse: let the server say.

@@ -129,14 +129,14 @@ fn run_server(data: &[u8], cuts: &[usize]) -> (Vec<u8>, u8, Option<String>) {
 }
 
 #[test]
-fn a_repeated_parse_is_answered_by_pgmux_and_names_are_rewritten() {
+fn a_repeated_parse_is_prepared_again_and_names_are_rewritten() {
     let (sent, owed) = run_client(&client_stream(), &[]);
     assert_eq!(owed, 3);
     let text = String::from_utf8_lossy(&sent);
     assert_eq!(
         text.matches("pgmux_0").count(),
-        3,
-        "one Parse and two Binds renamed: {text:?}"
+        5,
+        "two Parses, a Close between them and two Binds, renamed: {text:?}"
     );
     assert!(
         !text.contains("s1\0") && !text.contains("s2\0"),
@@ -144,8 +144,13 @@ fn a_repeated_parse_is_answered_by_pgmux_and_names_are_rewritten() {
     );
     assert_eq!(
         text.matches("select $1::int").count(),
-        1,
-        "the second Parse is not sent"
+        2,
+        "the second Parse reaches the server too, so that the statement \
+         exists there whatever SQL did to it"
+    );
+    assert!(
+        text.contains("C\0\0\0\x0dSpgmux_0\0"),
+        "closed before it is parsed again"
     );
 }
 
