@@ -25,6 +25,12 @@ async fn an_outage_gives_errors_then_service_resumes() {
     assert!(before.until_ready().await.iter().any(|m| m.tag == b'D'));
 
     relay.down().await;
+    // pgmux peeks at a pooled server before lending it only once it has
+    // been idle for a millisecond (PEEK_AFTER_IDLE: a server used moments
+    // ago is trusted to the reactor's view, which may not have seen a close
+    // yet). Let that much time pass, so the case under test is the one
+    // pgmux promises to catch; this waits for no event.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     // The pooled server is dead and must not be handed out; the reconnect is
     // refused, and the client hears so at once (the exact bytes: a FATAL
     // 08001 naming the refusal, then the close).
