@@ -3,8 +3,14 @@
 //! worker completes them (a server may move between workers).
 //!
 //! - Reading takes from the connection's inbox, filled by the receive in
-//!   flight (at most one); a reader that stops waiting loses nothing, the
-//!   data waits in the inbox for the next read.
+//!   flight (at most one): a multishot receive, armed once and completing
+//!   each time data arrives, so a busy connection costs no submission per
+//!   read. A reader that stops waiting loses nothing, the data waits in the
+//!   inbox for the next read; past [`INBOX_HIGH`] unread the receive is
+//!   ended and the kernel holds the rest (TCP flow control), and a
+//!   connection whose reader moved to another worker (a server lent across
+//!   workers) has its receive ended so the next one starts on the reader's
+//!   ring.
 //! - Writing appends to the outbox and returns; one send at a time carries
 //!   the outbox to the kernel, and everything written while it is in
 //!   flight goes in the next. A writer waits only when the outbox is over
@@ -17,6 +23,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -28,6 +35,12 @@ use super::reactor::{self, Tag};
 
 /// A writer waits while this much is queued and unsent.
 const OUTBOX_HIGH: usize = 1 << 20;
+/// The multishot receive stops while this much waits unread.
+const INBOX_HIGH: usize = 64 * 1024;
+
+/// Multishot receives work here (Linux 6.0 and later); cleared for good
+/// at the first one the kernel refuses, and single receives take over.
+static MULTISHOT: AtomicBool = AtomicBool::new(true);
 
 pub struct Conn {
     socket: Socket,
@@ -41,6 +54,10 @@ struct ConnState {
     error: Option<io::ErrorKind>,
     /// A receive is in flight.
     receiving: bool,
+    /// The multishot receive in flight; taken when it is asked to end.
+    multishot: Option<super::ring::OpId>,
+    /// The ring of the thread that last waited to read.
+    reader_ring: u64,
     reader: Option<Waker>,
     /// Written, not yet handed to a send.
     outbox: BytesMut,
@@ -65,21 +82,44 @@ impl Conn {
         self.socket.as_raw_fd()
     }
 
-    /// A receive completed with `result` and `data`.
-    pub fn received(self: &Arc<Self>, result: i32, data: &[u8]) {
+    /// A receive completed with `result` and `data`; `more`: a multishot
+    /// receive goes on. Returns a multishot receive to end (on this ring).
+    pub fn received(
+        self: &Arc<Self>,
+        result: i32,
+        more: bool,
+        data: &[u8],
+    ) -> Option<super::ring::OpId> {
         let mut st = self.lock();
-        st.receiving = false;
+        let was_multishot = st.multishot.is_some();
+        if !more {
+            st.receiving = false;
+            st.multishot = None;
+        }
         match result {
             n if n > 0 => st.inbox.extend_from_slice(data),
             0 => st.eof = true,
+            // This kernel has no multishot receive: single ones from now.
+            e if e == -libc::EINVAL && was_multishot && !more => {
+                MULTISHOT.store(false, Ordering::Relaxed);
+            }
             // No buffer was free, or the receive was cancelled: the next
             // read asks again.
             e if e == -libc::ENOBUFS || e == -libc::ECANCELED || e == -libc::EINTR => {}
             e => st.error = Some(io::Error::from_raw_os_error(-e).kind()),
         }
+        let mut end = None;
+        if more {
+            let here = reactor::ring_id();
+            let stop = st.inbox.len() >= INBOX_HIGH || st.reader_ring != here;
+            if stop {
+                end = st.multishot.take();
+            }
+        }
         if let Some(w) = st.reader.take() {
             w.wake();
         }
+        end
     }
 
     /// A send completed with `result`: what is left of it stays for the
@@ -145,7 +185,15 @@ impl Conn {
     }
 
     fn arm_receive(self: &Arc<Self>, st: &mut ConnState) {
-        if !st.receiving && !st.eof && st.error.is_none() {
+        let here = reactor::ring_id();
+        st.reader_ring = here;
+        if st.receiving || st.eof || st.error.is_some() || here == 0 {
+            return;
+        }
+        if MULTISHOT.load(Ordering::Relaxed) {
+            st.multishot = reactor::recv_multi(self.fd(), Tag::Recv(self.clone()));
+            st.receiving = st.multishot.is_some();
+        } else {
             st.receiving = reactor::recv(self.fd(), Tag::Recv(self.clone()));
         }
     }

@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +26,14 @@ pub enum Tag {
     Wakeup,
 }
 
+/// Numbers the rings, so a connection can tell which ring its multishot
+/// receive runs on.
+static RINGS: AtomicU64 = AtomicU64::new(0);
+
 thread_local! {
     static RING: RefCell<Option<Ring<Tag>>> = const { RefCell::new(None) };
+    /// This thread's ring's number (0: none).
+    static RING_ID: Cell<u64> = const { Cell::new(0) };
     /// Connections whose send completed: their next send goes out once the
     /// completions are dispatched (the ring is busy meanwhile).
     static SENT: RefCell<Vec<Arc<Conn>>> = const { RefCell::new(Vec::new()) };
@@ -39,6 +46,16 @@ fn with_ring<R>(f: impl FnOnce(&mut Ring<Tag>) -> R) -> Option<R> {
 /// Queue a receive on this thread's ring; false if there is none.
 pub fn recv(fd: RawFd, tag: Tag) -> bool {
     with_ring(|r| r.recv(fd, tag)).is_some()
+}
+
+/// Start a multishot receive on this thread's ring.
+pub fn recv_multi(fd: RawFd, tag: Tag) -> Option<OpId> {
+    with_ring(|r| r.recv_multi(fd, tag))
+}
+
+/// This thread's ring's number; 0 off the workers.
+pub fn ring_id() -> u64 {
+    RING_ID.with(Cell::get)
 }
 
 pub fn send(fd: RawFd, bytes: Bytes, tag: Tag) -> bool {
@@ -66,6 +83,7 @@ pub fn active() -> bool {
 pub fn block_on(main: impl Future<Output = ()> + 'static) -> std::io::Result<()> {
     let wakeup = exec::install()?;
     RING.with(|r| Ring::new().map(|ring| *r.borrow_mut() = Some(ring)))?;
+    RING_ID.with(|id| id.set(RINGS.fetch_add(1, Ordering::Relaxed) + 1));
     let finished = std::rc::Rc::new(Cell::new(false));
     let done = finished.clone();
     exec::spawn(async move {
@@ -103,6 +121,7 @@ pub fn block_on(main: impl Future<Output = ()> + 'static) -> std::io::Result<()>
     }
     exec::clear();
     RING.with(|r| r.borrow_mut().take());
+    RING_ID.with(|id| id.set(0));
     Ok(())
 }
 
@@ -121,8 +140,15 @@ fn drain(wakeup: &UnixStream) {
 fn dispatch() -> bool {
     let mut woke = false;
     with_ring(|r| {
+        // Multishot receives to end: issued once the completions are
+        // handed out (the ring is busy meanwhile).
+        let mut to_cancel = Vec::new();
         r.complete(|done| match done.tag {
-            Tag::Recv(conn) => conn.received(done.result, done.data),
+            Tag::Recv(conn) => {
+                if let Some(op) = conn.received(done.result, done.more, done.data) {
+                    to_cancel.push(op);
+                }
+            }
             Tag::Send(conn) => {
                 conn.send_done(done.result);
                 SENT.with(|s| s.borrow_mut().push(conn.clone()));
@@ -133,7 +159,10 @@ fn dispatch() -> bool {
                 a.accepted(done.result, done.more, fd);
             }
             Tag::Wakeup => woke = true,
-        })
+        });
+        for op in to_cancel {
+            r.cancel(op);
+        }
     });
     // With the ring free again: next sends, waiting writers.
     let sent = SENT.with(|s| std::mem::take(&mut *s.borrow_mut()));

@@ -44,6 +44,9 @@ const UNTRACKED: u64 = u64::MAX;
 /// caller's tag to hand back with its completion.
 struct InFlight<T> {
     tag: T,
+    /// Which use of its slot this is: a cancel names the slot and the use,
+    /// so it can never reach a later operation that took the slot over.
+    seq: u32,
     _keep: Keep,
 }
 
@@ -68,6 +71,8 @@ pub struct Ring<T> {
     ops: Vec<Option<InFlight<T>>>,
     free: Vec<u64>,
     in_flight: usize,
+    /// Numbers the uses of slots (see [`InFlight::seq`]).
+    seq: u32,
     /// Completions taken off the queue, reused each turn.
     reaped: Vec<cqueue::Entry>,
 }
@@ -101,6 +106,7 @@ impl<T> Ring<T> {
             ops: Vec::new(),
             free: Vec::new(),
             in_flight: 0,
+            seq: 0,
             reaped: Vec::new(),
         };
         ring.provide(0, BUFFERS);
@@ -136,19 +142,29 @@ impl<T> Ring<T> {
         self.in_flight
     }
 
+    /// Keep `tag` (and `keep`) for an operation; its `user_data`: the
+    /// slot in the low half, the use of the slot in the high half.
     fn track(&mut self, tag: T, keep: Keep) -> u64 {
         self.in_flight += 1;
-        let entry = Some(InFlight { tag, _keep: keep });
-        match self.free.pop() {
-            Some(id) => {
-                self.ops[id as usize] = entry;
-                id
+        // Never all ones: that is UNTRACKED's high half.
+        self.seq = self.seq.wrapping_add(1) % u32::MAX;
+        let seq = self.seq;
+        let entry = Some(InFlight {
+            tag,
+            seq,
+            _keep: keep,
+        });
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.ops[slot as usize] = entry;
+                slot
             }
             None => {
                 self.ops.push(entry);
                 (self.ops.len() - 1) as u64
             }
-        }
+        };
+        u64::from(seq) << 32 | slot
     }
 
     /// Queue `entry`, making room by submitting what is queued if the
@@ -197,6 +213,20 @@ impl<T> Ring<T> {
         OpId(id)
     }
 
+    /// A multishot receive on `fd`: a completion (with a buffer of the
+    /// arena) each time data arrives, until it ends (no `more` flag: an
+    /// error, end of file, no free buffer, or a cancel).
+    pub fn recv_multi(&mut self, fd: RawFd, tag: T) -> OpId {
+        let id = self.track(tag, Keep::Nothing);
+        let entry = opcode::RecvMulti::new(types::Fd(fd), GROUP)
+            .build()
+            .user_data(id);
+        // SAFETY: no buffer of ours: the kernel picks one of the arena's
+        // for each completion.
+        unsafe { self.push(entry) };
+        OpId(id)
+    }
+
     /// Send `bytes` (kept here until the send completes).
     pub fn send(&mut self, fd: RawFd, bytes: Bytes, tag: T) -> OpId {
         let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
@@ -205,7 +235,7 @@ impl<T> Ring<T> {
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(id);
-        // SAFETY: the `Bytes` are in `ops[id]` until the completion is
+        // SAFETY: the `Bytes` are in the op's slot until the completion is
         // reaped; their heap memory does not move with the value.
         unsafe { self.push(entry) };
         OpId(id)
@@ -219,7 +249,7 @@ impl<T> Ring<T> {
         let entry = opcode::Connect::new(types::Fd(fd), ptr.cast(), len)
             .build()
             .user_data(id);
-        // SAFETY: the boxed address is in `ops[id]` until the completion.
+        // SAFETY: the boxed address is in the op's slot until the completion.
         unsafe { self.push(entry) };
         OpId(id)
     }
@@ -244,7 +274,7 @@ impl<T> Ring<T> {
         let entry = opcode::Read::new(types::Fd(fd), ptr, 8)
             .build()
             .user_data(id);
-        // SAFETY: the boxed word is in `ops[id]` until the completion.
+        // SAFETY: the boxed word is in the op's slot until the completion.
         unsafe { self.push(entry) };
         OpId(id)
     }
@@ -307,9 +337,10 @@ impl<T> Ring<T> {
             if id == UNTRACKED {
                 continue;
             }
+            let (slot, seq) = ((id & u64::from(u32::MAX)) as usize, (id >> 32) as u32);
             let more = cqueue::more(cqe.flags());
             let buffer = cqueue::buffer_select(cqe.flags());
-            let Some(Some(op)) = self.ops.get(id as usize) else {
+            let Some(Some(op)) = self.ops.get(slot).filter(|op| op.as_ref().is_some_and(|op| op.seq == seq)) else {
                 // Not ours any more: a buffer it took still goes back.
                 if let Some(bid) = buffer {
                     self.provide(bid, 1);
@@ -333,8 +364,8 @@ impl<T> Ring<T> {
                 self.provide(bid, 1);
             }
             if !more {
-                self.ops[id as usize] = None;
-                self.free.push(id);
+                self.ops[slot] = None;
+                self.free.push(slot as u64);
                 self.in_flight -= 1;
             }
         }
@@ -354,8 +385,11 @@ impl<T> Drop for Ring<T> {
     fn drop(&mut self) {
         // Cancel what is in flight and wait for it a little; whatever the
         // kernel may still touch afterwards is leaked, not freed.
-        let ids: Vec<u64> = (0..self.ops.len() as u64)
-            .filter(|&i| self.ops[i as usize].is_some())
+        let ids: Vec<u64> = self
+            .ops
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, op)| op.as_ref().map(|op| u64::from(op.seq) << 32 | slot as u64))
             .collect();
         for id in ids {
             self.cancel(OpId(id));
