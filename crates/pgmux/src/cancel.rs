@@ -4,9 +4,16 @@
 //! can equal another client's random one). A CancelRequest is checked in
 //! constant time against every client with its pid and forwarded, on a
 //! fresh connection, to whichever server that client is linked to.
+//!
+//! A cancel must land on the request it was meant for: a client's server
+//! goes back to the pool only once every cancel forwarded for that client
+//! has been delivered (PostgreSQL closes the cancel connection after it
+//! signalled the backend), so a late signal cannot reach the next
+//! client's statement on that server.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +31,8 @@ pub struct CancelTarget {
 
 struct Slot {
     key: u32,
+    /// Cancels forwarded for this client and not yet delivered.
+    in_flight: AtomicU32,
     target: Mutex<Option<CancelTarget>>,
 }
 
@@ -31,6 +40,23 @@ struct Slot {
 pub struct Cancels {
     /// By pid; almost always one slot each.
     slots: Mutex<HashMap<u32, Vec<Arc<Slot>>>>,
+    /// Raised whenever a forwarded cancel was delivered (rare: one for
+    /// all clients, each waiter checks its own count).
+    delivered: tokio::sync::Notify,
+}
+
+/// Counts a cancel in flight for a slot; done when dropped, whether the
+/// forwarding finished or was abandoned.
+struct InFlight<'a> {
+    slot: &'a Slot,
+    cancels: &'a Cancels,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.cancels.delivered.notify_waiters();
+    }
 }
 
 /// A client's registration; unregisters on drop.
@@ -69,6 +95,7 @@ impl Cancels {
         let key: u32 = rand::random();
         let slot = Arc::new(Slot {
             key,
+            in_flight: AtomicU32::new(0),
             target: Mutex::new(None),
         });
         slots.entry(pid).or_default().push(slot.clone());
@@ -99,8 +126,19 @@ impl Cancels {
             found
         };
         let Some(slot) = slot else { return };
-        let Some(target) = *lock(&slot.target) else {
-            return;
+        // Counted under the same lock that unlinking takes: a client that
+        // unlinks after this sees the count.
+        let target = {
+            let target = lock(&slot.target);
+            if target.is_some() {
+                slot.in_flight.fetch_add(1, Ordering::AcqRel);
+            }
+            *target
+        };
+        let Some(target) = target else { return };
+        let _in_flight = InFlight {
+            slot: &slot,
+            cancels: self,
         };
         send_cancel(target).await;
     }
@@ -132,8 +170,21 @@ impl CancelKey {
     pub fn link(&self, target: CancelTarget) {
         *lock(&self.slot.target) = Some(target);
     }
-    pub fn unlink(&self) {
+    /// The client is done with its server: no cancel is forwarded to it
+    /// from now on, and this returns once those already forwarded have
+    /// been delivered (at once, unless a cancel raced the end of the
+    /// client's request).
+    pub async fn unlink(&self) {
         *lock(&self.slot.target) = None;
+        while self.slot.in_flight.load(Ordering::Acquire) > 0 {
+            let delivered = self.cancels.delivered.notified();
+            tokio::pin!(delivered);
+            delivered.as_mut().enable();
+            if self.slot.in_flight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            delivered.await;
+        }
     }
 }
 
@@ -166,5 +217,45 @@ mod tests {
         assert!(Arc::ptr_eq(&lock(&cancels.slots)[&pid][0], &shared.slot));
         drop(shared);
         assert!(lock(&cancels.slots).is_empty());
+    }
+
+    /// The server's end of a cancel connection is a bare listener here: it
+    /// reads the CancelRequest and closes only when told, which is when
+    /// PostgreSQL would have signalled the backend.
+    #[tokio::test]
+    async fn a_server_goes_back_only_after_its_clients_cancel_was_delivered() {
+        use futures_util::FutureExt;
+        use tokio::io::AsyncReadExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cancels = Arc::new(Cancels::default());
+        let key = cancels.register();
+        key.link(CancelTarget {
+            addr: listener.local_addr().unwrap(),
+            pid: 4242,
+            key: 7,
+        });
+        let forwarding = tokio::spawn({
+            let cancels = cancels.clone();
+            let (pid, secret) = (key.pid, key.key);
+            async move { cancels.cancel(pid, secret).await }
+        });
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 16];
+        conn.read_exact(&mut request).await.unwrap();
+        assert_eq!(request, cancel_packet(4242, 7)[..]);
+
+        let mut unlinking = Box::pin(key.unlink());
+        assert!(
+            unlinking.as_mut().now_or_never().is_none(),
+            "the server stays the client's while its cancel is undelivered"
+        );
+        drop(conn);
+        unlinking.await;
+        forwarding.await.unwrap();
+        assert_eq!(key.slot.in_flight.load(Ordering::Acquire), 0);
+        // Unlinked: a cancel now reaches nobody and waits for nothing.
+        cancels.cancel(key.pid, key.key).await;
+        key.unlink().await;
     }
 }

@@ -260,7 +260,7 @@ async fn serve_request(
     let mut terminating = false;
     let outcome = relay_linked(stream, s, &mut checkout, flow, cbuf, &mut terminating).await;
     s.pool.stats.clients_active.dec();
-    s.cancel.unlink();
+    s.cancel.unlink().await;
     s.info.set_state(State::Idle);
     s.info.link(0);
     match outcome {
