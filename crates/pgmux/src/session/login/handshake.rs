@@ -70,17 +70,18 @@ fn startup_error(e: StartupError) -> ClientError {
     ClientError::fatal(code, e.to_string())
 }
 
-/// Run the password exchange `auth_type` calls for. On success the caller
-/// sends AuthenticationOk.
+/// Run the password exchange `auth_type` calls for. On success, returns
+/// what is still owed to the client before AuthenticationOk (SCRAM's final
+/// message), for the caller to send in one write with the greeting.
 pub async fn authenticate(
     stream: &mut TcpStream,
     pools: &Pools,
     decoy: &ScramVerifier,
     user: &str,
-) -> Result<(), ClientError> {
+) -> Result<BytesMut, ClientError> {
     let auth_type = pools.config().auth_type;
     if auth_type == AuthType::Trust {
-        return Ok(());
+        return Ok(BytesMut::new());
     }
     let secret = pools.secret(user);
     let wrong = || {
@@ -108,7 +109,7 @@ pub async fn authenticate(
             let password = read_cstr(&mut s).ok_or_else(malformed)?;
             let password = std::str::from_utf8(password).map_err(|_| malformed())?;
             match &secret {
-                Some(secret) if secret.check_plain(user, password) => Ok(()),
+                Some(secret) if secret.check_plain(user, password) => Ok(BytesMut::new()),
                 _ => Err(wrong()),
             }
         }
@@ -121,7 +122,7 @@ pub async fn authenticate(
             let response = read_cstr(&mut s).ok_or_else(malformed)?;
             let response = std::str::from_utf8(response).map_err(|_| malformed())?;
             match &secret {
-                Some(secret) if secret.check_md5(user, salt, response) => Ok(()),
+                Some(secret) if secret.check_md5(user, salt, response) => Ok(BytesMut::new()),
                 _ => Err(wrong()),
             }
         }
@@ -148,7 +149,7 @@ pub async fn authenticate(
             }
             out.clear();
             reply::auth_sasl_final(&mut out, server_final.as_bytes());
-            stream.write_all(&out).await.map_err(ClientError::io)
+            Ok(out)
         }
     }
 }

@@ -8,7 +8,6 @@ mod handshake;
 use std::sync::Arc;
 
 use crate::io::Stream as TcpStream;
-use bytes::BytesMut;
 
 use super::state::align;
 use super::{ClientError, Session, Shared};
@@ -108,14 +107,13 @@ async fn log_in(
     // A connection accepted before a drain began still logs in (it was
     // not refused); it is then closed like any idle client, with 57P01.
     if admin::is_console(&database) {
-        handshake::authenticate(stream, pools, &shared.decoy, &user).await?;
+        let mut out = handshake::authenticate(stream, pools, &shared.decoy, &user).await?;
         let role = Role::of(&pools.config(), &user).ok_or_else(|| {
             ClientError::fatal(
                 "28000",
                 format!("user \"{user}\" is not allowed into the pgmux admin console (admin_users, stats_users)"),
             )
         })?;
-        let mut out = BytesMut::new();
         admin::greeting(&mut out);
         tokio::io::AsyncWriteExt::write_all(stream, &out)
             .await
@@ -133,7 +131,7 @@ async fn log_in(
     }
     // Authenticate before any pool exists for this (database, user): a
     // stranger trying random names must not make pgmux allocate for them.
-    handshake::authenticate(stream, pools, &shared.decoy, &user).await?;
+    let mut out = handshake::authenticate(stream, pools, &shared.decoy, &user).await?;
     let pool = pools.get(&database, &user).map_err(unknown)?;
     let joined = match pool.mode {
         PoolMode::Session => Box::pin(join_session_pool(&pool, &params, &shared.cancels)).await,
@@ -146,7 +144,6 @@ async fn log_in(
             return Err(e);
         }
     };
-    let mut out = BytesMut::new();
     handshake::greeting(
         &mut out,
         &client_params,
