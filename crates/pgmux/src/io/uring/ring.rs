@@ -34,6 +34,8 @@ pub const GROUP: u16 = 1;
 /// arena gets touched: its size is resident memory, and 1 MiB is what a
 /// thousand idle clients would otherwise cost.
 const BUFFERS: u16 = 128;
+// A buffer ring's size must be a power of two.
+const _: () = assert!(BUFFERS.is_power_of_two());
 pub const BUFFER_SIZE: usize = 8 * 1024;
 /// Submission queue entries (completions: twice as many).
 const ENTRIES: u32 = 2048;
@@ -73,6 +75,10 @@ pub struct Ring<T> {
     in_flight: usize,
     /// Numbers the uses of slots (see [`InFlight::seq`]).
     seq: u32,
+    /// Where the kernel finds free receive buffers, if this kernel shares a
+    /// buffer ring (5.19 and later); otherwise each buffer goes back with
+    /// a ProvideBuffers submission.
+    buf_ring: Option<BufRing>,
     /// Completions taken off the queue, reused each turn.
     reaped: Vec<cqueue::Entry>,
 }
@@ -108,7 +114,9 @@ impl<T> Ring<T> {
             in_flight: 0,
             seq: 0,
             reaped: Vec::new(),
+            buf_ring: None,
         };
+        ring.buf_ring = BufRing::register(&ring.ring);
         ring.provide(0, BUFFERS);
         ring.submit()?;
         Ok(ring)
@@ -189,6 +197,15 @@ impl<T> Ring<T> {
 
     /// Give the kernel `count` buffers of the arena from buffer `first` on.
     fn provide(&mut self, first: u16, count: u16) {
+        if let Some(buf_ring) = &mut self.buf_ring {
+            let base = self.arena.as_mut_ptr();
+            for bid in first..first + count {
+                let addr = base.wrapping_add(usize::from(bid) * BUFFER_SIZE);
+                buf_ring.push(addr as u64, bid);
+            }
+            buf_ring.publish();
+            return;
+        }
         let start = usize::from(first) * BUFFER_SIZE;
         let addr = self.arena[start..].as_mut_ptr();
         let entry = opcode::ProvideBuffers::new(addr, BUFFER_SIZE as i32, count, GROUP, first)
@@ -340,7 +357,11 @@ impl<T> Ring<T> {
             let (slot, seq) = ((id & u64::from(u32::MAX)) as usize, (id >> 32) as u32);
             let more = cqueue::more(cqe.flags());
             let buffer = cqueue::buffer_select(cqe.flags());
-            let Some(Some(op)) = self.ops.get(slot).filter(|op| op.as_ref().is_some_and(|op| op.seq == seq)) else {
+            let Some(Some(op)) = self
+                .ops
+                .get(slot)
+                .filter(|op| op.as_ref().is_some_and(|op| op.seq == seq))
+            else {
                 // Not ours any more: a buffer it took still goes back.
                 if let Some(bid) = buffer {
                     self.provide(bid, 1);
@@ -370,6 +391,71 @@ impl<T> Ring<T> {
             }
         }
         self.reaped = reaped;
+    }
+}
+
+/// A ring of buffer entries shared with the kernel: pgmux writes an entry
+/// and moves the tail; the kernel takes entries from the head as receives
+/// complete. `BUFFERS` entries in one page, allocated here and never freed
+/// while the ring lives (leaked with the arena, see `Ring`'s `Drop`).
+struct BufRing {
+    entries: *mut types::BufRingEntry,
+    /// The tail as pgmux has written it; published with `publish`.
+    tail: u16,
+}
+
+impl BufRing {
+    const PAGE: usize = 4096;
+
+    fn register(ring: &IoUring) -> Option<BufRing> {
+        let size = usize::from(BUFFERS) * std::mem::size_of::<types::BufRingEntry>();
+        let layout = std::alloc::Layout::from_size_align(size.max(Self::PAGE), Self::PAGE).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let entries = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
+        if entries.is_null() {
+            return None;
+        }
+        // SAFETY: `entries` is page-aligned, zeroed memory for `BUFFERS`
+        // entries that stays allocated as long as the kernel may read it:
+        // on success it is never freed; on failure the kernel holds nothing.
+        let registered = unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(entries as u64, BUFFERS, GROUP, 0)
+        };
+        match registered {
+            Ok(()) => Some(BufRing { entries, tail: 0 }),
+            Err(_) => {
+                // SAFETY: allocated above with this layout; not registered.
+                unsafe { std::alloc::dealloc(entries.cast(), layout) };
+                None
+            }
+        }
+    }
+
+    /// Write buffer `bid` at `addr` into the next entry (not yet visible).
+    fn push(&mut self, addr: u64, bid: u16) {
+        let index = usize::from(self.tail & (BUFFERS - 1));
+        // SAFETY: `index` is below `BUFFERS`, the entries' count; the
+        // kernel reads only entries before the published tail, and this one
+        // is past it. Only the address, length and id are written: the
+        // first entry's reserved field is the shared tail.
+        let entry = unsafe { &mut *self.entries.add(index) };
+        entry.set_addr(addr);
+        entry.set_len(BUFFER_SIZE as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Make the entries pushed so far visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: `entries` is the page-aligned base of the ring, as
+        // `tail` requires; the tail field is a u16 the kernel reads
+        // atomically, so it is written through an atomic with Release
+        // ordering, after the entries it publishes.
+        let tail = unsafe {
+            &*types::BufRingEntry::tail(self.entries).cast::<std::sync::atomic::AtomicU16>()
+        };
+        tail.store(self.tail, std::sync::atomic::Ordering::Release);
     }
 }
 
