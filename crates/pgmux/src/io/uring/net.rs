@@ -42,6 +42,41 @@ const INBOX_HIGH: usize = 64 * 1024;
 /// at the first one the kernel refuses, and single receives take over.
 static MULTISHOT: AtomicBool = AtomicBool::new(true);
 
+thread_local! {
+    /// Empty buffers that connections gave up once all they held was read
+    /// or sent: an idle connection holds no buffer, and a busy one takes
+    /// the next from here instead of allocating.
+    static SPARE: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+/// Spare buffers kept per thread, their size when new, and the largest kept.
+const SPARE_MAX: usize = 64;
+const SPARE_SIZE: usize = 2048;
+const SPARE_LARGEST: usize = 16 * 1024;
+
+/// Give `buf`, emptied, back to this thread's spares (or free it).
+fn give_back(buf: &mut BytesMut) {
+    let mut taken = std::mem::take(buf);
+    // The whole allocation, if nothing else shares it any more.
+    if !taken.try_reclaim(SPARE_SIZE) || taken.capacity() > SPARE_LARGEST {
+        return;
+    }
+    SPARE.with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.len() < SPARE_MAX {
+            spare.push(taken);
+        }
+    });
+}
+
+/// Make sure `buf` has room, from this thread's spares if it has none.
+fn take_spare(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        *buf = SPARE
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(SPARE_SIZE));
+    }
+}
+
 pub struct Conn {
     socket: Socket,
     state: Mutex<ConnState>,
@@ -97,7 +132,10 @@ impl Conn {
             st.multishot = None;
         }
         match result {
-            n if n > 0 => st.inbox.extend_from_slice(data),
+            n if n > 0 => {
+                take_spare(&mut st.inbox);
+                st.inbox.extend_from_slice(data)
+            }
             0 => st.eof = true,
             // This kernel has no multishot receive: single ones from now.
             e if e == -libc::EINVAL && was_multishot && !more => {
@@ -149,6 +187,9 @@ impl Conn {
         if st.closing && st.sending.is_none() && st.outbox.is_empty() {
             st.closing = false;
             let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+        if st.sending.is_none() && st.rest.is_none() && st.outbox.is_empty() {
+            give_back(&mut st.outbox);
         }
     }
 
@@ -250,6 +291,7 @@ impl Stream {
             } else {
                 buf.extend_from_slice(&st.inbox);
                 st.inbox.clear();
+                give_back(&mut st.inbox);
             }
             return Ok(n);
         }
@@ -311,7 +353,11 @@ impl AsyncRead for Stream {
         let mut st = self.conn.lock();
         if !st.inbox.is_empty() {
             let n = st.inbox.len().min(buf.remaining());
-            buf.put_slice(&st.inbox.split_to(n));
+            buf.put_slice(&st.inbox[..n]);
+            bytes::Buf::advance(&mut st.inbox, n);
+            if st.inbox.is_empty() {
+                give_back(&mut st.inbox);
+            }
             return Poll::Ready(Ok(()));
         }
         if let Some(kind) = st.error {
@@ -340,6 +386,7 @@ impl AsyncWrite for Stream {
             st.writer = Some(cx.waker().clone());
             return Poll::Pending;
         }
+        take_spare(&mut st.outbox);
         st.outbox.extend_from_slice(data);
         drop(st);
         self.conn.push_sends();
