@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# benches/compare.sh - pgbench side by side: PostgreSQL direct, PgBouncer, pgmux.
+# benches/compare.sh - pgbench side by side: PostgreSQL direct, PgBouncer, and
+# pgmux on each of its I/O backends (io_uring and epoll).
 #
 # Starts a throwaway PostgreSQL, PgBouncer (Debian package) and pgmux (release
-# build), all on 127.0.0.1, runs pgbench against the three interleaved
-# (A B C A B C ... for every scenario in every round, so machine drift hits
-# all three alike), measures each proxy's own CPU time per transaction from
-# /proc/<pid>/stat and the RSS each proxy spends per idle authenticated
-# client, and prints a Markdown report for benches/RESULTS.md.
+# build), all on 127.0.0.1, runs pgbench against every target interleaved
+# (A B C D A B C D ... for every scenario in every round, so machine drift
+# hits all alike), and measures per transaction each proxy's own CPU time
+# (/proc/<pid>/stat), context switches (/proc/<pid>/task/*/status) and, in one
+# extra counting round under `perf stat`, its system calls. Then the RSS each
+# proxy spends per idle authenticated client, how many transactions one
+# pinned core serves, whether two pgmux workers both carry load, and a
+# Markdown report for benches/RESULTS.md.
 #
 # Run as root from anywhere:   benches/compare.sh
 # Knobs (environment):
@@ -20,6 +24,17 @@
 #                           direct, pgbench to both proxies, and the proxies
 #                           to PostgreSQL
 #   BENCH_SCENARIOS="select-c16 select-c200 extended-c50 prepared-c50 tpcb-c50 connect-c16"
+#   BENCH_TARGETS="direct pgbouncer pgmux-uring pgmux-epoll"
+#                           pgmux-uring / pgmux-epoll run pgmux with
+#                           io_backend forced to io_uring / epoll
+#   BENCH_PGMUX_WORKERS=1   pgmux worker_threads in the main rounds (PgBouncer
+#                           is one thread; the scaling section runs 2)
+#   BENCH_COUNT=1           one extra round under `perf stat` counting each
+#                           proxy's system calls (0 = skip; needs perf). It is
+#                           kept apart because counting a tracepoint costs the
+#                           traced process CPU, more for whoever makes more
+#                           calls.
+#   BENCH_SCALING=1         the pinned-core and two-worker runs (0 = skip)
 #   BENCH_PGB_SECRET=verifier  what PgBouncer's userlist holds when BENCH_AUTH
 #                           is scram-sha-256: "verifier" (the SCRAM verifier
 #                           copied from pg_authid, PgBouncer's recommended
@@ -55,11 +70,15 @@ BENCH_IDLE_AUTH=${BENCH_IDLE_AUTH:-md5}
 BENCH_PGB_SECRET=${BENCH_PGB_SECRET:-verifier}
 BENCH_IDLE_BATCH=${BENCH_IDLE_BATCH:-100}
 BENCH_NO_BUILD=${BENCH_NO_BUILD:-0}
+BENCH_TARGETS=${BENCH_TARGETS:-direct pgbouncer pgmux-uring pgmux-epoll}
+BENCH_PGMUX_WORKERS=${BENCH_PGMUX_WORKERS:-1}
+BENCH_COUNT=${BENCH_COUNT:-1}
+BENCH_SCALING=${BENCH_SCALING:-1}
 
 DB_USER=bench
 DB_NAME=bench
 DB_PASS="bench-$(date +%s)-$$"
-TARGETS=(direct pgbouncer pgmux)
+read -r -a TARGETS <<< "$BENCH_TARGETS"
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STARTED_AT=$(date +%s)
@@ -76,7 +95,10 @@ id postgres >/dev/null 2>&1 || die "no 'postgres' user (install postgresql)"
 case "$BENCH_AUTH" in scram-sha-256|md5) ;; *) die "BENCH_AUTH must be scram-sha-256 or md5" ;; esac
 case "$BENCH_IDLE_AUTH" in md5|plain) ;; *) die "BENCH_IDLE_AUTH must be md5 or plain" ;; esac
 case "$BENCH_PGB_SECRET" in verifier|plain) ;; *) die "BENCH_PGB_SECRET must be verifier or plain" ;; esac
-for v in BENCH_SECONDS BENCH_ROUNDS BENCH_WARMUP BENCH_SCALE BENCH_POOL_SIZE BENCH_IDLE_BATCH; do
+for t in "${TARGETS[@]}"; do
+    case "$t" in direct|pgbouncer|pgmux-uring|pgmux-epoll) ;; *) die "unknown target $t" ;; esac
+done
+for v in BENCH_SECONDS BENCH_ROUNDS BENCH_WARMUP BENCH_SCALE BENCH_POOL_SIZE BENCH_IDLE_BATCH BENCH_PGMUX_WORKERS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
 done
 [ "$BENCH_ROUNDS" -ge 1 ] && [ "$BENCH_SECONDS" -ge 1 ] || die "BENCH_ROUNDS and BENCH_SECONDS must be >= 1"
@@ -85,6 +107,7 @@ done
 scenario_args() {
     case "$1" in
         select-c16)   echo "-S -c 16" ;;
+        select-c50)   echo "-S -c 50" ;;
         select-c200)  echo "-S -c 200" ;;
         extended-c50) echo "-M extended -S -c 50" ;;
         prepared-c50) echo "-M prepared -S -c 50" ;;
@@ -104,6 +127,14 @@ for b in initdb pg_ctl postgres pgbench psql; do
     [ -x "$PGBIN/$b" ] || die "$PGBIN/$b not found"
 done
 command -v python3 >/dev/null || die "python3 is required"
+if [ "$BENCH_COUNT" = 1 ] && ! perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+    log "perf cannot count raw_syscalls:sys_enter here (apt-get install linux-perf); no syscall counts"
+    BENCH_COUNT=0
+fi
+if [ "$BENCH_SCALING" = 1 ] && { [ "$(nproc)" -lt 2 ] || ! command -v taskset >/dev/null; }; then
+    log "the scaling runs need 2 CPUs and taskset; skipped"
+    BENCH_SCALING=0
+fi
 
 if ! command -v pgbouncer >/dev/null 2>&1; then
     log "pgbouncer missing: apt-get install -y pgbouncer"
@@ -160,9 +191,9 @@ PGDATA=$TMP/pgdata
 cp "$PGMUX_BIN" "$TMP/pgmux" || die "cannot copy $PGMUX_BIN"
 PGMUX_SRC=$PGMUX_BIN
 PGMUX_BIN=$TMP/pgmux
-PGB_PID=""
-PGMUX_PID=""
+declare -A PID=() PORT=()
 IDLE_PID=""
+PERF_PID=""
 PG_STARTED=0
 
 alive() {
@@ -190,14 +221,16 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     [ -n "$IDLE_PID" ] && stop_proc "$IDLE_PID" TERM
-    stop_proc "$PGMUX_PID" TERM
-    stop_proc "$PGB_PID" INT
+    [ -n "$PERF_PID" ] && stop_proc "$PERF_PID" INT
+    for t in "${!PID[@]}"; do
+        case "$t" in pgbouncer) stop_proc "${PID[$t]}" INT ;; *) stop_proc "${PID[$t]}" TERM ;; esac
+    done
     if [ "$PG_STARTED" = 1 ]; then
         runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -t 30 -w stop >/dev/null 2>&1 \
             || runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -t 30 -w stop >/dev/null 2>&1
     fi
-    for f in postgres.log pgbouncer.log pgmux.log; do
-        [ -f "$TMP/$f" ] && cp "$TMP/$f" "$OUT/$f"
+    for f in "$TMP"/*.log; do
+        [ -f "$f" ] && cp "$f" "$OUT/"
     done
     rm -rf "$TMP"
     log "raw output and logs kept in $OUT"
@@ -207,10 +240,10 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
 # ---------------------------------------------------------------- ports
-read -r PG_PORT PGB_PORT PGMUX_PORT < <(python3 - <<'PY'
+read -r PG_PORT PORT[pgbouncer] PORT[pgmux-uring] PORT[pgmux-epoll] PORT[pgmux-2w] < <(python3 - <<'PY'
 import random, socket
 ports, tries = [], 0
-while len(ports) < 3 and tries < 1000:
+while len(ports) < 5 and tries < 1000:
     tries += 1
     p = random.randint(15000, 32000)   # below the ephemeral range
     if p in ports:
@@ -226,21 +259,30 @@ while len(ports) < 3 and tries < 1000:
 print(*ports)
 PY
 )
-[ -n "${PGMUX_PORT:-}" ] || die "could not find free loopback ports"
-log "ports: postgres $PG_PORT, pgbouncer $PGB_PORT, pgmux $PGMUX_PORT; temp $TMP"
+[ -n "${PORT[pgmux-2w]:-}" ] || die "could not find free loopback ports"
+PORT[direct]=$PG_PORT
+log "ports: postgres $PG_PORT, pgbouncer ${PORT[pgbouncer]}, pgmux-uring ${PORT[pgmux-uring]}, pgmux-epoll ${PORT[pgmux-epoll]}, pgmux-2w ${PORT[pgmux-2w]}; temp $TMP"
 
 export PGPASSWORD=$DB_PASS PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10
 unset PGHOST PGPORT PGUSER PGDATABASE PGSERVICE PGOPTIONS
 
-port_of() {
-    case "$1" in direct) echo "$PG_PORT" ;; pgbouncer) echo "$PGB_PORT" ;; pgmux) echo "$PGMUX_PORT" ;; esac
-}
-pid_of() {
-    case "$1" in direct) echo "" ;; pgbouncer) echo "$PGB_PID" ;; pgmux) echo "$PGMUX_PID" ;; esac
-}
+port_of() { echo "${PORT[$1]}"; }
+pid_of() { echo "${PID[$1]:-}"; }
 
 # utime+stime of a whole process (all threads), in clock ticks.
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+# Context switches, voluntary and not, summed over a process's threads.
+ctx_switches() {
+    cat /proc/"$1"/task/*/status 2>/dev/null \
+        | awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ {n += $2} END {print n + 0}'
+}
+# "name ticks" for each thread of a process (utime+stime).
+thread_ticks() {
+    local f
+    for f in /proc/"$1"/task/*/stat; do
+        sed 's/^[0-9]* (\(.*\)) /\1 /' "$f" 2>/dev/null | awk '{print $1, $13 + $14}'
+    done
+}
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -323,7 +365,7 @@ start_pgbouncer() { # auth_type
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $PGB_PORT
+listen_port = ${PORT[pgbouncer]}
 unix_socket_dir =
 auth_type = $1
 auth_file = $TMP/userlist.txt
@@ -342,40 +384,56 @@ EOF
     echo "=== pgbouncer start $(date +%T) auth $1" >> "$TMP/pgbouncer.log"
     ( cd "$TMP" && exec setpriv --reuid=postgres --regid=postgres --init-groups -- \
         "$PGBOUNCER" "$TMP/pgbouncer.ini" ) >>"$TMP/pgbouncer.log" 2>&1 &
-    PGB_PID=$!
-    wait_ready pgbouncer "$PGB_PORT" "$PGB_PID"
+    PID[pgbouncer]=$!
+    wait_ready pgbouncer "${PORT[pgbouncer]}" "${PID[pgbouncer]}"
 }
 
-start_pgmux() { # auth_type
+start_pgmux() { # target auth_type [worker_threads]
+    local t=$1 backend workers=${3:-$BENCH_PGMUX_WORKERS}
+    [ "$t" = pgmux-2w ] && workers=2
+    case "$t" in pgmux-epoll) backend=epoll ;; *) backend=io_uring ;; esac
     mkdir -p "$TMP/pgmux-run"   # no proxy.toml here: configuration is env only
-    echo "=== pgmux start $(date +%T) auth $1" >> "$TMP/pgmux.log"
+    echo "=== $t start $(date +%T) auth $2, io_backend $backend, worker_threads $workers" >> "$TMP/$t.log"
     ( cd "$TMP/pgmux-run" && exec env -i PATH="$PATH" HOME="$TMP/pgmux-run" \
         PGMUX_LOG=warn \
-        PGMUX_LISTEN_ADDR="127.0.0.1:$PGMUX_PORT" \
+        PGMUX_LOG_CONNECTIONS=false \
+        PGMUX_IO_BACKEND="$backend" \
+        PGMUX_WORKER_THREADS="$workers" \
+        PGMUX_LISTEN_ADDR="127.0.0.1:${PORT[$t]}" \
         PGMUX_METRICS_ADDR="" \
         PGMUX_POOL_MODE=transaction \
         PGMUX_POOL_SIZE="$BENCH_POOL_SIZE" \
         PGMUX_MAX_CLIENT_CONN="$MAX_CLIENT" \
-        PGMUX_AUTH_TYPE="$1" \
+        PGMUX_AUTH_TYPE="$2" \
         DB_HOST=127.0.0.1 DB_PORT="$PG_PORT" DB_NAME="$DB_NAME" \
         DB_USER="$DB_USER" DB_PASSWORD="$DB_PASS" \
-        "$PGMUX_BIN" ) >>"$TMP/pgmux.log" 2>&1 &
-    PGMUX_PID=$!
-    wait_ready pgmux "$PGMUX_PORT" "$PGMUX_PID"
+        "$PGMUX_BIN" ) >>"$TMP/$t.log" 2>&1 &
+    PID[$t]=$!
+    wait_ready "$t" "${PORT[$t]}" "${PID[$t]}"
 }
 
-start_target() { case "$1" in pgbouncer) start_pgbouncer "$2" ;; pgmux) start_pgmux "$2" ;; esac; }
+start_target() { # target auth_type [worker_threads]
+    case "$1" in
+        direct) ;;
+        pgbouncer) start_pgbouncer "$2" ;;
+        *) start_pgmux "$@" ;;
+    esac
+}
 stop_target() {
     case "$1" in
-        pgbouncer) stop_proc "$PGB_PID" INT; PGB_PID="" ;;
-        pgmux) stop_proc "$PGMUX_PID" TERM; PGMUX_PID="" ;;
+        direct) ;;
+        pgbouncer) stop_proc "${PID[pgbouncer]:-}" INT ;;
+        *) stop_proc "${PID[$1]:-}" TERM ;;
     esac
+    unset "PID[$1]"
 }
 
 # ---------------------------------------------------------------- pgbench runs
 RAW=$OUT/raw/pgbench.tsv
-printf 'round\tscenario\ttarget\tstatus\ttps\tlatency_ms\ttransactions\tfailed\tproxy_cpu_ticks\n' > "$RAW"
+printf 'round\tscenario\ttarget\tstatus\ttps\tlatency_ms\ttransactions\tfailed\tproxy_cpu_ticks\tproxy_cs\tproxy_syscalls\n' > "$RAW"
 FAILURES=$OUT/failures.txt
+THREADS=$OUT/raw/threads.tsv
+printf 'round\tscenario\ttarget\tthread\tcpu_ticks\n' > "$THREADS"
 : > "$FAILURES"
 RESTARTS=0
 
@@ -392,26 +450,57 @@ ensure_up() {
         echo
     } | tee -a "$FAILURES" >&2
     [ "$RESTARTS" -lt 3 ] || die "$t died again; giving up"
+    unset "PID[$t]"
     RESTARTS=$((RESTARTS + 1))
     wait "$pid" 2>/dev/null
     start_target "$t" "$BENCH_AUTH"
 }
 
-run_pgbench() { # round scenario target seconds record(1/0)
+# run_pgbench ROUND SCENARIO TARGET SECONDS RECORD [PGBENCH_PREFIX...]
+# RECORD: 1 = a measured run, 0 = warm-up, count = syscalls counted by perf.
+run_pgbench() {
     local round=$1 scen=$2 t=$3 secs=$4 record=$5
-    local port pid args out c0="" c1="" rc status tps lat tx failed cpu="-"
+    shift 5
+    local port pid args out c0="" c1="" x0="" x1="" rc status tps lat tx failed cpu="-" cs="-" calls="-"
     ensure_up "$t"
     port=$(port_of "$t")
     pid=$(pid_of "$t")
     args=$(scenario_args "$scen")
     out=$OUT/raw/r${round}-${scen}-${t}.txt
-    [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+    if [ -n "$pid" ]; then
+        [ "$t" != pgbouncer ] && thread_ticks "$pid" > "$out.threads0"
+        c0=$(cpu_ticks "$pid")
+        x0=$(ctx_switches "$pid")
+        if [ "$record" = count ]; then
+            perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$out.perf" >/dev/null 2>&1 &
+            PERF_PID=$!
+            sleep 0.5   # perf attaches to every thread before the run starts
+        fi
+    fi
     # shellcheck disable=SC2086  # $args is a word list on purpose
-    timeout -k 10 $((secs * 3 + 120)) "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$DB_USER" \
+    timeout -k 10 $((secs * 3 + 120)) "$@" "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$DB_USER" \
         -n -j 2 -T "$secs" $args "$DB_NAME" >"$out" 2>&1
     rc=$?
-    [ -n "$pid" ] && alive "$pid" && c1=$(cpu_ticks "$pid")
+    if [ -n "$pid" ] && alive "$pid"; then
+        c1=$(cpu_ticks "$pid")
+        x1=$(ctx_switches "$pid")
+        if [ -f "$out.threads0" ]; then
+            # Each worker thread's share: "round scenario target thread ticks".
+            thread_ticks "$pid" | awk -v r="$round" -v s="$scen" -v t="$t" '
+                NR == FNR { before[$1] += $2; next }
+                { after[$1] += $2 }
+                END { for (n in after) if (n ~ /^pgmux-worker/) printf "%s\t%s\t%s\t%s\t%d\n", r, s, t, n, after[n] - before[n] }
+            ' "$out.threads0" - >> "$THREADS"
+        fi
+    fi
+    if [ -n "$PERF_PID" ]; then
+        stop_proc "$PERF_PID" INT
+        PERF_PID=""
+        calls=$(awk -F, '$3 ~ /raw_syscalls:sys_enter/ {print $1}' "$out.perf" 2>/dev/null)
+        [[ $calls =~ ^[0-9]+$ ]] || calls="-"
+    fi
     [ -n "$c0" ] && [ -n "$c1" ] && cpu=$((c1 - c0))
+    [ -n "$x0" ] && [ -n "$x1" ] && cs=$((x1 - x0))
     tps=$(awk '/^tps = / {print $3; exit}' "$out")
     lat=$(awk '/^latency average = / {print $4; exit}' "$out")
     tx=$(awk -F': ' '/^number of transactions actually processed/ {split($2, a, "/"); print a[1]; exit}' "$out")
@@ -427,9 +516,9 @@ run_pgbench() { # round scenario target seconds record(1/0)
         status=failed$failed
     fi
     [ -n "$pid" ] && ! alive "$pid" && status="${status}+proxydied"
-    if [ "$record" = 1 ]; then
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$scen" "$t" "$status" \
-            "${tps:--}" "${lat:--}" "${tx:--}" "${failed:-0}" "$cpu" >> "$RAW"
+    if [ "$record" != 0 ]; then
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$scen" "$t" "$status" \
+            "${tps:--}" "${lat:--}" "${tx:--}" "${failed:-0}" "$cpu" "$cs" "$calls" >> "$RAW"
     fi
     if [ "$status" != ok ]; then
         {
@@ -443,12 +532,11 @@ run_pgbench() { # round scenario target seconds record(1/0)
             echo
         } | tee -a "$FAILURES" >&2
     fi
-    log "r$round $(printf '%-13s %-9s' "$scen" "$t") tps ${tps:--}  lat ${lat:--} ms  tx ${tx:--}  cpu ${cpu} ticks  [$status]"
+    log "r$round $(printf '%-13s %-11s' "$scen" "$t") tps ${tps:--}  lat ${lat:--} ms  tx ${tx:--}  cpu ${cpu} ticks  cs ${cs}  syscalls ${calls}  [$status]"
 }
 
 log "starting proxies (client auth $BENCH_AUTH, pool_size $BENCH_POOL_SIZE, transaction mode)"
-start_pgbouncer "$BENCH_AUTH"
-start_pgmux "$BENCH_AUTH"
+for t in "${TARGETS[@]}"; do start_target "$t" "$BENCH_AUTH"; done
 
 if [ "$BENCH_WARMUP" -gt 0 ]; then
     for t in "${TARGETS[@]}"; do run_pgbench 0 select-c16 "$t" "$BENCH_WARMUP" 0; done
@@ -459,8 +547,15 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
         for t in "${TARGETS[@]}"; do run_pgbench "$round" "$scen" "$t" "$BENCH_SECONDS" 1; done
     done
 done
-stop_target pgmux
-stop_target pgbouncer
+if [ "$BENCH_COUNT" = 1 ]; then
+    log "counting round: system calls under perf stat"
+    for scen in $BENCH_SCENARIOS; do
+        for t in "${TARGETS[@]}"; do
+            [ "$t" = direct ] || run_pgbench count "$scen" "$t" "$BENCH_SECONDS" count
+        done
+    done
+fi
+for t in "${TARGETS[@]}"; do stop_target "$t"; done
 
 # ---------------------------------------------------------------- idle clients
 cat > "$TMP/idle_clients.py" <<'PY'
@@ -629,8 +724,49 @@ idle_run() { # N target
 }
 
 for n in $BENCH_IDLE_COUNTS; do
-    for t in pgbouncer pgmux; do idle_run "$n" "$t"; done
+    for t in "${TARGETS[@]}"; do
+        [ "$t" = direct ] || idle_run "$n" "$t"
+    done
 done
+
+# ---------------------------------------------------------------- scaling
+# (a) One core for the proxy: PostgreSQL and pgbench on CPU 0, the proxy
+#     (every thread) on CPU 1, pgmux with one worker. What a core serves is
+#     then TPS ÷ the share of CPU 1 the proxy used.
+# (b) Two pgmux workers, nothing pinned: do both carry transactions, and do
+#     context switches per transaction stay where one worker has them?
+pin_postgres() { # cpu-list: the postmaster and its backends (new ones inherit it)
+    local p
+    for p in $(pgrep -u postgres -x postgres); do taskset -a -p -c "$1" "$p" >/dev/null 2>&1; done
+}
+SCALING_SCEN=select-c50
+if [ "$BENCH_SCALING" = 1 ]; then
+    ALL_CPUS="0-$(( $(nproc) - 1 ))"
+    pinned_targets=()
+    for t in "${TARGETS[@]}"; do [ "$t" = direct ] || pinned_targets+=("$t"); done
+    log "scaling (a): proxy pinned to CPU 1, PostgreSQL and pgbench to CPU 0"
+    pin_postgres 0
+    for t in "${pinned_targets[@]}"; do
+        start_target "$t" "$BENCH_AUTH" 1
+        taskset -a -p -c 1 "${PID[$t]}" >/dev/null
+    done
+    for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+        for t in "${pinned_targets[@]}"; do
+            run_pgbench "pinned-$round" "$SCALING_SCEN" "$t" "$BENCH_SECONDS" 1 taskset -c 0
+        done
+    done
+    for t in "${pinned_targets[@]}"; do stop_target "$t"; done
+    pin_postgres "$ALL_CPUS"
+    if [[ " ${TARGETS[*]} " == *" pgmux-uring "* ]]; then
+        log "scaling (b): pgmux with two workers beside one worker and PgBouncer, unpinned"
+        two=(pgbouncer pgmux-uring pgmux-2w)
+        for t in "${two[@]}"; do start_target "$t" "$BENCH_AUTH"; done
+        for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+            for t in "${two[@]}"; do run_pgbench "workers-$round" "$SCALING_SCEN" "$t" "$BENCH_SECONDS" 1; done
+        done
+        for t in "${two[@]}"; do stop_target "$t"; done
+    fi
+fi
 
 # ---------------------------------------------------------------- report
 if [ -n "${BENCH_PGMUX_NOTE:-}" ]; then
@@ -653,31 +789,37 @@ export R_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
 export R_ELAPSED=$(( $(date +%s) - STARTED_AT ))
 export R_SECONDS=$BENCH_SECONDS R_ROUNDS=$BENCH_ROUNDS R_SCALE=$BENCH_SCALE R_POOL=$BENCH_POOL_SIZE
 export R_AUTH=$BENCH_AUTH R_IDLE_AUTH=$BENCH_IDLE_AUTH R_CLK_TCK=$CLK_TCK R_SCENARIOS=$BENCH_SCENARIOS
-export R_FAILURES=$FAILURES
+export R_FAILURES=$FAILURES R_TARGETS="${TARGETS[*]}" R_WORKERS=$BENCH_PGMUX_WORKERS R_THREADS=$THREADS
 if [ "$BENCH_AUTH" = scram-sha-256 ] && [ "$BENCH_PGB_SECRET" = verifier ]; then
     export R_PGB_SECRET="PgBouncer's userlist holds the SCRAM verifier from pg_authid (it logs in to PostgreSQL by reusing the client's SCRAM proof)"
 else
     export R_PGB_SECRET="PgBouncer's userlist holds the plaintext password"
 fi
 
-python3 - "$RAW" "$IDLE" > "$OUT/report.md" <<'PY'
+python3 - "$RAW" "$IDLE" "$THREADS" > "$OUT/report.md" <<'PY'
 import csv, os, statistics, sys
 
 E = os.environ
-raw_path, idle_path = sys.argv[1], sys.argv[2]
+raw_path, idle_path, threads_path = sys.argv[1], sys.argv[2], sys.argv[3]
 clk = float(E["R_CLK_TCK"])
+secs = float(E["R_SECONDS"])
 DESC = {
     "select-c16": "select-only, simple, -c 16",
+    "select-c50": "select-only, simple, -c 50",
     "select-c200": "select-only, simple, -c 200",
     "extended-c50": "select-only, extended (-M extended -S), -c 50",
     "prepared-c50": "select-only, prepared (-M prepared -S), -c 50",
     "tpcb-c50": "TPC-B (default script), -c 50",
     "connect-c16": "select-only, new connection per transaction (-C -S), -c 16",
 }
-TARGETS = ["direct", "pgbouncer", "pgmux"]
-NAME = {"direct": "PostgreSQL direct", "pgbouncer": "PgBouncer", "pgmux": "pgmux"}
+TARGETS = E["R_TARGETS"].split()
+PGMUXES = [t for t in TARGETS if t.startswith("pgmux")]
+NAME = {"direct": "PostgreSQL direct", "pgbouncer": "PgBouncer",
+        "pgmux-uring": "pgmux, io_uring", "pgmux-epoll": "pgmux, epoll",
+        "pgmux-2w": "pgmux, io_uring, 2 workers"}
 
 def med(xs):
+    xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
 
 def num(x):
@@ -686,26 +828,33 @@ def num(x):
     except (TypeError, ValueError):
         return None
 
+def kind(rnd):
+    return "main" if rnd.isdigit() else rnd.split("-")[0]
+
 runs = {}
 with open(raw_path) as f:
     for r in csv.DictReader(f, delimiter="\t"):
-        runs.setdefault((r["scenario"], r["target"]), []).append(r)
+        runs.setdefault((kind(r["round"]), r["scenario"], r["target"]), []).append(r)
 
-def summary(scen, t):
-    rs = runs.get((scen, t), [])
+def per_tx(r, col, scale=1.0):
+    v, tx = num(r[col]), num(r["transactions"])
+    return v * scale / tx if v is not None and tx else None
+
+def summary(scen, t, k="main"):
+    rs = runs.get((k, scen, t), [])
     good = [r for r in rs if r["status"] == "ok"]
     tps = [num(r["tps"]) for r in good]
-    lat = [num(r["latency_ms"]) for r in good]
-    cpu = []
-    for r in good:
-        ticks, tx = num(r["proxy_cpu_ticks"]), num(r["transactions"])
-        if ticks is not None and tx:
-            cpu.append(ticks / clk * 1e6 / tx)
+    counted = [r for r in runs.get(("count", scen, t), []) if r["status"] == "ok"]
+    busy = [num(r["proxy_cpu_ticks"]) / clk / secs for r in good if num(r["proxy_cpu_ticks"]) is not None]
     return {
         "n": len(rs), "bad": len(rs) - len(good),
         "bad_status": sorted({r["status"] for r in rs if r["status"] != "ok"}),
         "tps": med(tps), "tps_min": min(tps) if tps else None, "tps_max": max(tps) if tps else None,
-        "lat": med(lat), "cpu": med(cpu),
+        "lat": med([num(r["latency_ms"]) for r in good]),
+        "cpu": med([per_tx(r, "proxy_cpu_ticks", 1e6 / clk) for r in good]),
+        "cs": med([per_tx(r, "proxy_cs") for r in good]),
+        "calls": med([per_tx(r, "proxy_syscalls") for r in counted]),
+        "busy": med(busy),
     }
 
 def f0(x): return "-" if x is None else f"{x:,.0f}"
@@ -714,12 +863,18 @@ def f2(x): return "-" if x is None else f"{x:.2f}"
 def f3(x): return "-" if x is None else f"{x:.3f}"
 def ratio(a, b): return a / b if a is not None and b else None
 def rx(x): return "-" if x is None else f"{x:.2f}×"
-def mark(ok): return "-" if ok is None else ("✅ met" if ok else "❌ missed")
+def pct(x): return "-" if x is None else f"{x * 100:.0f} %"
+def mark(ok): return "-" if ok is None else ("✅" if ok else "❌")
+def check(x, limit, below=True):
+    if x is None:
+        return "-"
+    return f"{rx(x)} {mark(x <= limit if below else x >= limit)}"
 
 out = []
 p = out.append
 p(f"Run {E['R_DATE']}: {E['R_ROUNDS']} rounds × {E['R_SECONDS']} s per run, pgbench -j 2, scale {E['R_SCALE']}, "
-  f"pool_size {E['R_POOL']} on both proxies (transaction mode). Wall time {int(E['R_ELAPSED']) // 60} min {int(E['R_ELAPSED']) % 60} s.")
+  f"pool_size {E['R_POOL']} on both proxies (transaction mode), pgmux with worker_threads = {E['R_WORKERS']}. "
+  f"Wall time {int(E['R_ELAPSED']) // 60} min {int(E['R_ELAPSED']) % 60} s.")
 p("")
 p("| Machine | |")
 p("|---|---|")
@@ -736,50 +891,85 @@ p(f"Client authentication to both proxies during pgbench: **{E['R_AUTH']}** "
   f"{E['R_PGB_SECRET']}; pgmux gets the plaintext password (DB_PASSWORD). "
   f"Idle-client test: **{E['R_IDLE_AUTH']}** on both proxies. Listen backlogs at their defaults: PgBouncer 128, pgmux 1024 (listen_backlog).")
 p("")
-p("### Throughput, latency and proxy CPU (medians across rounds)")
+p("### Throughput, latency and what each transaction costs the proxy (medians across rounds)")
 p("")
-p("Proxy CPU = the proxy process's utime+stime over the run (from /proc/<pid>/stat) ÷ transactions pgbench reports.")
+p("CPU = the proxy's utime+stime over the run (/proc/<pid>/stat) ÷ transactions; context switches = voluntary + "
+  "involuntary, summed over the proxy's threads (/proc/<pid>/task/*/status) ÷ transactions; system calls = "
+  "`perf stat -e raw_syscalls:sys_enter -p <pid>` over one extra counting round ÷ its transactions "
+  "(kept out of the CPU and TPS figures: counting a tracepoint costs the traced process).")
 p("")
-p("| Scenario | Target | TPS | TPS min–max | Mean latency (ms) | TPS ÷ PgBouncer | TPS ÷ direct | Proxy CPU (µs/tx) | CPU ÷ PgBouncer | Runs failed |")
-p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
-goals = []
-for scen in E["R_SCENARIOS"].split():
+p("| Scenario | Target | TPS | TPS min–max | Mean latency (ms) | TPS ÷ PgBouncer | TPS ÷ direct | CPU (µs/tx) | CPU ÷ PgBouncer | Syscalls/tx | Context switches/tx | Runs failed |")
+p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+scens = E["R_SCENARIOS"].split()
+S = {}
+for scen in scens:
     s = {t: summary(scen, t) for t in TARGETS}
+    S[scen] = s
+    pgb = s.get("pgbouncer", {})
+    dr = s.get("direct", {})
     for t in TARGETS:
         x = s[t]
         bad = f"{x['bad']}/{x['n']}" + (f" ({', '.join(x['bad_status'])})" if x["bad"] else "")
+        proxy = t != "direct"
         p(f"| {DESC.get(scen, scen)} | {NAME[t]} | {f0(x['tps'])} | {f0(x['tps_min'])}–{f0(x['tps_max'])} | {f3(x['lat'])} | "
-          f"{rx(ratio(x['tps'], s['pgbouncer']['tps']))} | {rx(ratio(x['tps'], s['direct']['tps']))} | "
-          f"{'-' if t == 'direct' else f1(x['cpu'])} | {'-' if t == 'direct' else rx(ratio(x['cpu'], s['pgbouncer']['cpu']))} | {bad} |")
-    tr = ratio(s["pgmux"]["tps"], s["pgbouncer"]["tps"])
-    cr = ratio(s["pgmux"]["cpu"], s["pgbouncer"]["cpu"])
-    goals.append((scen, tr, None if tr is None else tr >= 1.1, cr, None if cr is None else cr <= 0.7,
-                  s["pgmux"]["bad"], s["pgmux"]["n"]))
-p("")
-p("### pgmux against its targets")
-p("")
-p("| Scenario | pgmux TPS ÷ PgBouncer (target ≥ 1.10×) | | pgmux CPU/tx ÷ PgBouncer (target ≤ 0.70×) | | pgmux runs failed |")
-p("|---|--:|---|--:|---|--:|")
-for scen, tr, tok, cr, cok, bad, n in goals:
-    p(f"| {DESC.get(scen, scen)} | {rx(tr)} | {mark(tok)} | {rx(cr)} | {mark(cok)} | {bad}/{n} |")
+          f"{rx(ratio(x['tps'], pgb.get('tps')))} | {rx(ratio(x['tps'], dr.get('tps')))} | "
+          f"{f1(x['cpu']) if proxy else '-'} | {rx(ratio(x['cpu'], pgb.get('cpu'))) if proxy else '-'} | "
+          f"{f2(x['calls']) if proxy else '-'} | {f2(x['cs']) if proxy else '-'} | {bad} |")
 
-scens = E["R_SCENARIOS"].split()
-if "prepared-c50" in scens and "extended-c50" in scens:
-    pm = {t: summary("prepared-c50", t) for t in TARGETS}
-    ex = {t: summary("extended-c50", t) for t in TARGETS}
-    own = ratio(pm["pgmux"]["tps"], ex["pgmux"]["tps"])
-    vs_pgb = ratio(pm["pgmux"]["tps"], ex["pgbouncer"]["tps"])
-    direct = ratio(pm["direct"]["tps"], ex["direct"]["tps"])
+if "pgbouncer" in TARGETS and PGMUXES:
+    p("")
+    p("### pgmux against issue 10's targets (÷ PgBouncer, same run)")
+    p("")
+    p("CPU ≤ 0.85× (≤ 1.00× with -C); system calls ≤ 1.00× on epoll and ≤ 0.60× on io_uring; "
+      "context switches ≤ 1.00×; TPS ≥ 1.00×.")
+    p("")
+    p("| Scenario | pgmux | CPU | Syscalls | Context switches | TPS |")
+    p("|---|---|--:|--:|--:|--:|")
+    for scen in scens:
+        pgb = S[scen]["pgbouncer"]
+        for t in PGMUXES:
+            x = S[scen][t]
+            cpu_limit = 1.0 if scen.startswith("connect") else 0.85
+            call_limit = 0.6 if t == "pgmux-uring" else 1.0
+            p(f"| {DESC.get(scen, scen)} | {NAME[t]} | {check(ratio(x['cpu'], pgb['cpu']), cpu_limit)} | "
+              f"{check(ratio(x['calls'], pgb['calls']), call_limit)} | {check(ratio(x['cs'], pgb['cs']), 1.0)} | "
+              f"{check(ratio(x['tps'], pgb['tps']), 1.0, below=False)} |")
+
+if "connect-c16" in scens and "select-c16" in scens:
+    p("")
+    p("### The cost of a login")
+    p("")
+    p("`-C -S -c 16` opens a new connection for every transaction; the login's own share is that run's figure "
+      "minus the same transaction on a kept connection (`-S -c 16`).")
+    p("")
+    p("| Target | CPU per connect+select (µs) | of which the login (µs) | Syscalls per connect+select | of which the login | Context switches per connect+select |")
+    p("|---|--:|--:|--:|--:|--:|")
+    for t in TARGETS:
+        if t == "direct":
+            continue
+        c, q = S["connect-c16"][t], S["select-c16"][t]
+        login_cpu = None if c["cpu"] is None or q["cpu"] is None else c["cpu"] - q["cpu"]
+        login_calls = None if c["calls"] is None or q["calls"] is None else c["calls"] - q["calls"]
+        p(f"| {NAME[t]} | {f1(c['cpu'])} | {f1(login_cpu)} | {f1(c['calls'])} | {f1(login_calls)} | {f2(c['cs'])} |")
+
+if "prepared-c50" in scens and "extended-c50" in scens and PGMUXES:
     p("")
     p("### Prepared statements in transaction mode (-S, -c 50)")
     p("")
     p("| Measure | Ratio | Target | |")
     p("|---|--:|---|---|")
-    p(f"| PostgreSQL direct: -M prepared ÷ -M extended | {rx(direct)} | (what preparing is worth) | |")
-    p(f"| pgmux: -M prepared ÷ its own -M extended | {rx(own)} | > 1.00× | {mark(None if own is None else own > 1.0)} |")
-    p(f"| pgmux -M prepared ÷ PgBouncer -M extended | {rx(vs_pgb)} | ≥ 1.10× | {mark(None if vs_pgb is None else vs_pgb >= 1.1)} |")
-    pb = pm["pgbouncer"]
-    p(f"| PgBouncer -M prepared: runs failed | {pb['bad']}/{pb['n']} {('(' + ', '.join(pb['bad_status']) + ')') if pb['bad'] else ''} | | |")
+    pm, ex = S["prepared-c50"], S["extended-c50"]
+    if "direct" in TARGETS:
+        p(f"| PostgreSQL direct: -M prepared ÷ -M extended | {rx(ratio(pm['direct']['tps'], ex['direct']['tps']))} | (what preparing is worth) | |")
+    for t in PGMUXES:
+        own = ratio(pm[t]["tps"], ex[t]["tps"])
+        p(f"| {NAME[t]}: -M prepared ÷ its own -M extended | {rx(own)} | > 1.00× | {mark(None if own is None else own > 1.0)} |")
+        if "pgbouncer" in TARGETS:
+            vs = ratio(pm[t]["tps"], ex["pgbouncer"]["tps"])
+            p(f"| {NAME[t]} -M prepared ÷ PgBouncer -M extended | {rx(vs)} | ≥ 1.10× | {mark(None if vs is None else vs >= 1.1)} |")
+    if "pgbouncer" in TARGETS:
+        pb = pm["pgbouncer"]
+        p(f"| PgBouncer -M prepared: runs failed | {pb['bad']}/{pb['n']} {('(' + ', '.join(pb['bad_status']) + ')') if pb['bad'] else ''} | | |")
 
 idle = []
 if os.path.exists(idle_path):
@@ -799,14 +989,67 @@ if idle:
         b, a, ready = num(r["rss_before_kb"]), num(r["rss_after_kb"]), num(r["ready"])
         per[(r["clients"], r["proxy"])] = (a - b) / ready if a is not None and b is not None and ready else None
     for r in idle:
-        key = (r["clients"], r["proxy"])
-        x = per[key]
+        x = per[(r["clients"], r["proxy"])]
         rr = ratio(x, per.get((r["clients"], "pgbouncer")))
         goal = "" if r["proxy"] == "pgbouncer" else mark(None if rr is None else rr <= 1.0)
         b, a = num(r["rss_before_kb"]), num(r["rss_after_kb"])
         p(f"| {int(r['clients']):,} | {NAME.get(r['proxy'], r['proxy'])} | {int(num(r['ready']) or 0):,} | "
           f"{r['seconds']} | {f1(None if b is None else b / 1024)} | {f1(None if a is None else a / 1024)} | {f2(x)} | "
           f"{'-' if r['proxy'] == 'pgbouncer' else rx(rr)} | {goal} |")
+
+threads = {}
+if os.path.exists(threads_path):
+    with open(threads_path) as f:
+        for r in csv.DictReader(f, delimiter="\t"):
+            threads.setdefault((kind(r["round"]), r["target"]), {}).setdefault(r["thread"], []).append(num(r["cpu_ticks"]))
+
+pinned = {t: summary("select-c50", t, "pinned") for t in TARGETS if runs.get(("pinned", "select-c50", t))}
+if pinned:
+    p("")
+    p("### Scaling (a): one core for the proxy")
+    p("")
+    p("`taskset`: PostgreSQL and pgbench on CPU 0, the proxy (all threads; pgmux with one worker) on CPU 1, "
+      "`-S -c 50`. Here PostgreSQL's core is the limit, so the proxy's core is not full: what one proxy core "
+      "would serve is TPS ÷ its busy share (= 1 s ÷ CPU per transaction).")
+    p("")
+    p("| Proxy | TPS | CPU (µs/tx) | Proxy core busy | Transactions one core serves (est.) | ÷ PgBouncer | Context switches/tx |")
+    p("|---|--:|--:|--:|--:|--:|--:|")
+    cap = {t: (None if x["cpu"] is None else 1e6 / x["cpu"]) for t, x in pinned.items()}
+    for t, x in pinned.items():
+        p(f"| {NAME[t]} | {f0(x['tps'])} | {f1(x['cpu'])} | {pct(x['busy'])} | "
+          f"{f0(cap[t])} | {rx(ratio(cap[t], cap.get('pgbouncer')))} | {f2(x['cs'])} |")
+
+workers = {t: summary("select-c50", t, "workers") for t in TARGETS + ["pgmux-2w"] if runs.get(("workers", "select-c50", t))}
+if workers:
+    p("")
+    p("### Scaling (b): two pgmux workers")
+    p("")
+    p("Nothing pinned, `-S -c 50`; the two-worker pgmux beside the one-worker pgmux and PgBouncer in the same rounds. "
+      "Share = each worker thread's CPU ÷ all workers' CPU.")
+    p("")
+    p("| Proxy | TPS | CPU (µs/tx) | Context switches/tx | Worker shares |")
+    p("|---|--:|--:|--:|---|")
+    for t, x in workers.items():
+        ts = threads.get(("workers", t), {})
+        total = sum(sum(v for v in vs if v) for vs in ts.values())
+        shares = ", ".join(f"{n.replace('pgmux-worker-', 'w')} {sum(v for v in vs if v) / total * 100:.0f} %"
+                           for n, vs in sorted(ts.items())) if total else "-"
+        p(f"| {NAME[t]} | {f0(x['tps'])} | {f1(x['cpu'])} | {f2(x['cs'])} | {shares if t != 'pgbouncer' else '(one thread)'} |")
+
+if pinned and pinned.get("pgbouncer") and any(pinned.get(t) for t in PGMUXES):
+    p("")
+    p("### What this predicts for 8 and 16 cores")
+    p("")
+    p("PgBouncer is one thread: one process tops out at one core, whatever the machine. pgmux runs one worker per "
+      "core with nothing shared on a transaction's path, so its ceiling is cores × one core's figure (less what "
+      "PostgreSQL itself needs; the figures assume the proxy gets those cores).")
+    p("")
+    p("| Proxy | 1 core (measured, est.) | 8 cores | 16 cores |")
+    p("|---|--:|--:|--:|")
+    for t, x in pinned.items():
+        c = None if x["cpu"] is None else 1e6 / x["cpu"]
+        many = (lambda n: c) if t == "pgbouncer" else (lambda n: None if c is None else c * n)
+        p(f"| {NAME[t]} | {f0(c)} | {f0(many(8))} | {f0(many(16))} |")
 
 fails = E.get("R_FAILURES")
 if fails and os.path.exists(fails) and os.path.getsize(fails) > 0:
