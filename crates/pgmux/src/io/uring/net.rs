@@ -91,6 +91,8 @@ struct ConnState {
     receiving: bool,
     /// The multishot receive in flight; taken when it is asked to end.
     multishot: Option<super::ring::OpId>,
+    /// The ring it runs on.
+    multishot_ring: u64,
     /// The ring of the thread that last waited to read.
     reader_ring: u64,
     reader: Option<Waker>,
@@ -233,6 +235,7 @@ impl Conn {
         }
         if MULTISHOT.load(Ordering::Relaxed) {
             st.multishot = reactor::recv_multi(self.fd(), Tag::Recv(self.clone()));
+            st.multishot_ring = here;
             st.receiving = st.multishot.is_some();
         } else {
             st.receiving = reactor::recv(self.fd(), Tag::Recv(self.clone()));
@@ -428,10 +431,18 @@ impl Drop for Stream {
             drop(st);
             self.conn.push_sends();
         } else {
+            // The receive in flight holds the descriptor: end it, with a
+            // cancel on its ring where this is that ring's thread (no
+            // system call), or else by shutting the socket. The descriptor
+            // closes with the last operation holding it.
+            let here = reactor::ring_id();
+            let receive = st
+                .multishot
+                .filter(|_| here != 0 && st.multishot_ring == here);
             drop(st);
-            // Ends a receive in flight; the descriptor closes with the
-            // last operation holding it.
-            let _ = self.conn.socket.shutdown(std::net::Shutdown::Both);
+            if !receive.is_some_and(reactor::cancel) {
+                let _ = self.conn.socket.shutdown(std::net::Shutdown::Both);
+            }
         }
     }
 }

@@ -70,8 +70,9 @@ pub fn accept(fd: RawFd, tag: Tag) -> Option<OpId> {
     with_ring(|r| r.accept_multi(fd, tag))
 }
 
-pub fn cancel(op: OpId) {
-    with_ring(|r| r.cancel(op));
+/// Cancel `op` on this thread's ring; false if there is none.
+pub fn cancel(op: OpId) -> bool {
+    with_ring(|r| r.cancel(op)).is_some()
 }
 
 /// Whether this thread runs an io_uring worker.

@@ -34,7 +34,7 @@ pub(super) async fn open_session(
     let peer = stream.peer_addr().ok();
     let span = tracing::info_span!("client", id = tracing::field::Empty, peer = ?peer);
     let login_timeout = shared.pools.config().client_login_timeout();
-    let opened = crate::io::timeout(login_timeout, log_in(&mut stream, shared, &span)).await;
+    let opened = crate::io::timeout(login_timeout, log_in(&mut stream, shared, &span, peer)).await;
     let (code, message) = match opened {
         Ok(Ok(Some(session))) => return Some((stream, session)),
         Ok(Ok(None)) | Ok(Err(ClientError::Gone)) => return None,
@@ -71,6 +71,7 @@ async fn log_in(
     stream: &mut TcpStream,
     shared: &Shared,
     span: &tracing::Span,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Option<LoggedIn>, ClientError> {
     let params = match handshake::read_opening(stream).await? {
         handshake::Opening::Cancel { pid, key } => {
@@ -157,7 +158,7 @@ async fn log_in(
     let id = next_id();
     span.record("id", id);
     let mut info = ConnInfo::new(id, State::Idle, span.clone());
-    info.addr = stream.peer_addr().ok();
+    info.addr = peer;
     info.local = stream.local_addr().ok();
     info.remote_pid = cancel.pid;
     info.application_name = client_params
