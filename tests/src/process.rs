@@ -44,6 +44,9 @@ pub struct Proc {
     lines: mpsc::UnboundedReceiver<String>,
     /// Every line pgmux has written to stderr so far.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Becomes true once the log has been read to its end (pgmux closed
+    /// stderr, at exit at the latest).
+    log_read: tokio::sync::watch::Receiver<bool>,
     _dir: TempDir,
 }
 
@@ -81,6 +84,7 @@ impl Proc {
         let (tx, rx) = mpsc::unbounded_channel();
         let log = Arc::new(Mutex::new(Vec::new()));
         let keep = log.clone();
+        let (read_to_end, log_read) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let mut reader = BufReader::new(stderr);
             let mut raw = Vec::new();
@@ -101,6 +105,7 @@ impl Proc {
                     }
                 }
             }
+            let _ = read_to_end.send(true);
         });
         let mut proc = Proc {
             child,
@@ -109,6 +114,7 @@ impl Proc {
             config: path,
             lines: rx,
             log,
+            log_read,
             _dir: TempDir(dir),
         };
         let ready = proc.wait_for_line("pgmux is listening").await;
@@ -146,11 +152,19 @@ impl Proc {
 
     /// Wait for the process to exit (60 s at most: a hang guard, not a
     /// timing assertion).
+    /// Wait for pgmux to exit (60 s at most), and for its last log lines
+    /// to be read, so `log_text` has all of them.
     pub async fn wait_exit(&mut self) -> ExitStatus {
-        match tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await {
+        let status = match tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!("pgmux did not exit; it logged:\n{}", self.log_text()),
-        }
+        };
+        let read = tokio::time::timeout(Duration::from_secs(10), self.log_read.wait_for(|r| *r));
+        assert!(
+            read.await.is_ok(),
+            "pgmux exited but its stderr stayed open"
+        );
+        status
     }
 
     pub fn log_text(&self) -> String {

@@ -104,7 +104,11 @@ async fn a_second_signal_stops_at_once() {
     pgmux.signal(libc::SIGINT);
     // An hour of shutdown_timeout is not waited out.
     assert_eq!(pgmux.wait_exit().await.code(), Some(0));
-    assert!(pgmux.log_text().contains("second signal"));
+    assert!(
+        pgmux.log_text().contains("second signal"),
+        "{}",
+        pgmux.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
