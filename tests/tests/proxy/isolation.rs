@@ -197,3 +197,56 @@ async fn a_drop_blocked_only_by_idle_servers_goes_through() {
     assert_eq!(code, "55006");
     holder.batch_execute("commit").await.unwrap();
 }
+
+/// Issue 12: a client that opens a transaction and goes quiet is closed
+/// after `idle_transaction_timeout` with 25P03, as PostgreSQL's own
+/// idle_in_transaction_session_timeout does, and its server is rolled back
+/// and serves the client waiting for it (the pool has one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idle_in_a_transaction_is_closed_and_its_server_reused() {
+    use pgmux_tests::raw::{self, Raw};
+    use std::time::Duration;
+
+    let db = fresh_database("iso_idle_tx").await;
+    let app = start_pgmux(|c| {
+        c.pool_size = 1;
+        c.idle_transaction_timeout = 0.3;
+        c.auth_type = pgmux::config::AuthType::Trust;
+    })
+    .await;
+    let mut quiet = Raw::login(app.addr, APP_USER, &db).await;
+    quiet
+        .send(&raw::query(
+            "begin; create table left_open (id int); insert into left_open values (1)",
+        ))
+        .await;
+    let replies = quiet.until_ready().await;
+    assert_eq!(replies.last().map(|m| m.body.clone()), Some(b"T".to_vec()));
+
+    // The one server is held by the quiet client: this waits until pgmux
+    // takes it back, and then finds the quiet client's work rolled back.
+    let next = connect(app.addr, &db).await;
+    let rows = next
+        .query_one(
+            "select count(*) from pg_tables where tablename = 'left_open'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.get::<_, i64>(0), 0, "rolled back");
+
+    let msgs = tokio::time::timeout(Duration::from_secs(30), quiet.until_closed())
+        .await
+        .expect("no hang");
+    let err = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("an ErrorResponse");
+    assert_eq!(err.sqlstate().as_deref(), Some("25P03"));
+    assert!(
+        err.field(b'M')
+            .unwrap()
+            .contains("idle_transaction_timeout"),
+        "{msgs:?}"
+    );
+}

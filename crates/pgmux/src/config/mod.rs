@@ -94,6 +94,9 @@ pub struct Config {
     pub server_connect_timeout: f64,
     pub server_login_retry: f64,
     pub query_wait_timeout: f64,
+    /// A client idle inside a transaction longer than this is closed
+    /// (25P03) and its server rolled back and reused; 0: never.
+    pub idle_transaction_timeout: f64,
     pub client_login_timeout: f64,
     pub server_reset_query: String,
     pub max_message_size: u32,
@@ -206,6 +209,9 @@ impl Config {
     pub fn query_wait_timeout(&self) -> Option<Duration> {
         optional_secs(self.query_wait_timeout)
     }
+    pub fn idle_transaction_timeout(&self) -> Option<Duration> {
+        optional_secs(self.idle_transaction_timeout)
+    }
     pub fn client_login_timeout(&self) -> Duration {
         secs(self.client_login_timeout)
     }
@@ -313,6 +319,7 @@ impl Config {
             ("server_lifetime", self.server_lifetime),
             ("server_idle_timeout", self.server_idle_timeout),
             ("query_wait_timeout", self.query_wait_timeout),
+            ("idle_transaction_timeout", self.idle_transaction_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
         ];
         for (key, v) in non_negative {

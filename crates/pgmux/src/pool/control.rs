@@ -37,6 +37,7 @@ impl Pool {
         }
         self.max_prepared
             .store(settings.max_prepared, Ordering::Relaxed);
+        self.set_idle_transaction_timeout(settings.idle_transaction_timeout);
         *lock(&self.settings) = settings;
         *lock(&self.login) = login;
         let moved = {

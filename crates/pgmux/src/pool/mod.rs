@@ -46,6 +46,7 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub login_retry: Duration,
     pub query_wait_timeout: Option<Duration>,
+    pub idle_transaction_timeout: Option<Duration>,
     pub reset_query: String,
     pub max_message: usize,
     /// Per-server cap of pgmux-managed named statements; 0: none managed.
@@ -64,6 +65,7 @@ impl PoolSettings {
             connect_timeout: cfg.server_connect_timeout(),
             login_retry: cfg.server_login_retry(),
             query_wait_timeout: cfg.query_wait_timeout(),
+            idle_transaction_timeout: cfg.idle_transaction_timeout(),
             reset_query: cfg.server_reset_query.clone(),
             max_message: cfg.max_message_size as usize,
             max_prepared: cfg.max_prepared_statements as usize,
@@ -105,6 +107,9 @@ pub struct Pool {
     pub manages_statements: bool,
     /// `max_prepared_statements`, read per request without the lock.
     pub max_prepared: AtomicUsize,
+    /// `idle_transaction_timeout` in milliseconds (0: none), read per
+    /// request without the lock.
+    idle_transaction_timeout_ms: AtomicU64,
     target: Mutex<Target>,
     login: Mutex<Login>,
     settings: Mutex<PoolSettings>,
@@ -161,6 +166,7 @@ impl Pool {
             max_message: settings.max_message,
             manages_statements: settings.mode == PoolMode::Transaction && settings.max_prepared > 0,
             max_prepared: AtomicUsize::new(settings.max_prepared),
+            idle_transaction_timeout_ms: AtomicU64::new(millis(settings.idle_transaction_timeout)),
             target: Mutex::new(target),
             login: Mutex::new(login),
             permits: Arc::new(Semaphore::new(settings.size as usize)),
@@ -193,6 +199,19 @@ impl Pool {
 
     /// A copy of the current settings (slow paths only; the hot path reads
     /// `size` and the fixed fields).
+    /// How long a client may sit idle inside a transaction.
+    pub fn idle_transaction_timeout(&self) -> Option<Duration> {
+        match self.idle_transaction_timeout_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    pub(super) fn set_idle_transaction_timeout(&self, timeout: Option<Duration>) {
+        self.idle_transaction_timeout_ms
+            .store(millis(timeout), Ordering::Relaxed);
+    }
+
     pub fn settings(&self) -> PoolSettings {
         lock(&self.settings).clone()
     }
@@ -460,6 +479,11 @@ fn jittered(base: Duration, jitter: f64) -> Duration {
 /// critical section here can leave it half-updated).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A timeout in whole milliseconds for an atomic (0: none; at least 1 ms).
+fn millis(timeout: Option<Duration>) -> u64 {
+    timeout.map_or(0, |t| (t.as_millis() as u64).max(1))
 }
 
 #[cfg(test)]

@@ -82,6 +82,14 @@ pub(super) async fn relay_linked(
             // ends that (and rolls back whatever was not synced).
             return Outcome::Done;
         }
+        // Idle inside a transaction (everything answered, the server not
+        // idle): the client holds a server it is not using. Timed only
+        // when idle_transaction_timeout is set.
+        let idle_limit = if answered && !*terminating && server.flow.status != b'I' {
+            s.pool.idle_transaction_timeout()
+        } else {
+            None
+        };
         tokio::select! {
             // In order, without a random draw per poll: the stop signal
             // first, then the client, then the server.
@@ -109,6 +117,14 @@ pub(super) async fn relay_linked(
                     joined.extend_from_slice(cbuf);
                     *cbuf = joined;
                 }
+            }
+            () = crate::io::sleep(idle_limit.unwrap_or_default()), if idle_limit.is_some() => {
+                // As PostgreSQL's idle_in_transaction_session_timeout: the
+                // client is closed; its server is rolled back and reused.
+                return Outcome::ClientLeft(Some(ClientError::fatal(
+                    "25P03",
+                    "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)".into(),
+                )));
             }
         }
     }
