@@ -145,6 +145,8 @@ pub struct DatabaseConfig {
     pub port: Option<u16>,
     pub dbname: Option<String>,
     pub pool_size: Option<u32>,
+    /// Overrides the general `idle_transaction_timeout` for this database.
+    pub idle_transaction_timeout: Option<f64>,
 }
 
 /// `[users.NAME]`: a user allowed in. `password` may be plaintext, an
@@ -209,8 +211,14 @@ impl Config {
     pub fn query_wait_timeout(&self) -> Option<Duration> {
         optional_secs(self.query_wait_timeout)
     }
-    pub fn idle_transaction_timeout(&self) -> Option<Duration> {
-        optional_secs(self.idle_transaction_timeout)
+    /// `idle_transaction_timeout` for a database: its own, else the general one.
+    pub fn idle_transaction_timeout_for(&self, database: &str) -> Option<Duration> {
+        optional_secs(
+            self.databases
+                .get(database)
+                .and_then(|d| d.idle_transaction_timeout)
+                .unwrap_or(self.idle_transaction_timeout),
+        )
     }
     pub fn client_login_timeout(&self) -> Duration {
         secs(self.client_login_timeout)
@@ -322,6 +330,14 @@ impl Config {
             ("idle_transaction_timeout", self.idle_transaction_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
         ];
+        let per_database = self.databases.iter().filter_map(|(name, d)| {
+            d.idle_transaction_timeout
+                .map(|v| (format!("databases.{name}.idle_transaction_timeout"), v))
+        });
+        let non_negative = non_negative
+            .into_iter()
+            .map(|(key, v)| (key.to_string(), v))
+            .chain(per_database);
         for (key, v) in non_negative {
             if v.is_nan() || !(0.0..=1e9).contains(&v) {
                 return Err(ConfigError::new(format!(

@@ -164,6 +164,7 @@ fn wildcard_and_mapped_targets() {
             port: Some(1),
             dbname: Some("real".into()),
             pool_size: Some(3),
+            idle_transaction_timeout: None,
         },
     );
     assert_eq!(
@@ -178,4 +179,36 @@ fn wildcard_and_mapped_targets() {
     assert_eq!(cfg.pool_size_for("app"), 3);
     cfg.wildcard_databases = false;
     assert_eq!(cfg.target("test_app"), None);
+}
+
+#[test]
+fn idle_transaction_timeout_is_general_and_per_database() {
+    let mut f = tempfile_in_target("idle_tx.toml");
+    writeln!(
+        f.1,
+        "idle_transaction_timeout = 30\n[databases.reports]\nidle_transaction_timeout = 0\n[databases.app]\npool_size = 5"
+    )
+    .unwrap();
+    let cfg = load(Some(&f.0), &Env::new()).unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(
+        cfg.idle_transaction_timeout_for("app"),
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(cfg.idle_transaction_timeout_for("reports"), None, "0: off");
+    assert_eq!(
+        load(None, &Env::new())
+            .unwrap()
+            .idle_transaction_timeout_for("app"),
+        None,
+        "off by default"
+    );
+
+    let mut f = tempfile_in_target("idle_tx_bad.toml");
+    writeln!(f.1, "[databases.app]\nidle_transaction_timeout = -1").unwrap();
+    let e = load(Some(&f.0), &Env::new())
+        .and_then(|c| c.validate().map(|()| c))
+        .expect_err("a negative timeout is refused")
+        .to_string();
+    assert!(e.contains("databases.app.idle_transaction_timeout"), "{e}");
 }

@@ -65,7 +65,7 @@ impl PoolSettings {
             connect_timeout: cfg.server_connect_timeout(),
             login_retry: cfg.server_login_retry(),
             query_wait_timeout: cfg.query_wait_timeout(),
-            idle_transaction_timeout: cfg.idle_transaction_timeout(),
+            idle_transaction_timeout: cfg.idle_transaction_timeout_for(database),
             reset_query: cfg.server_reset_query.clone(),
             max_message: cfg.max_message_size as usize,
             max_prepared: cfg.max_prepared_statements as usize,
