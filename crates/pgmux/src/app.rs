@@ -78,8 +78,9 @@ impl App {
 
         // Port 0 is never shared: with SO_REUSEPORT the kernel may hand two
         // processes the same ephemeral port.
+        let tcp = pools.config().tcp_options();
         let bind = |addr: SocketAddr, backlog: u32| {
-            listen_on(addr, backlog, reuse_port && addr.port() != 0)
+            listen_on(addr, backlog, reuse_port && addr.port() != 0, &tcp)
                 .map_err(|source| StartError::Bind { addr, source })
         };
         let worker_count = workers::count(pools.config().worker_threads);
@@ -253,7 +254,12 @@ impl App {
 /// A listening socket with our own backlog: a burst of reconnecting clients
 /// (a deploy, a lifetime expiry) should queue, not have SYNs dropped at the
 /// 128 that tokio's own `bind` uses.
-fn listen_on(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
+fn listen_on(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+    tcp: &crate::io::TcpOptions,
+) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -269,6 +275,9 @@ fn listen_on(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Resul
     // (SCRAM's final message, then AuthenticationOk) waits for the
     // client's delayed ACK: 40 ms per login.
     socket.set_tcp_nodelay(true)?;
+    // Keepalive and the user timeout are inherited too: taken at start, so
+    // a reload changes them for new server connections only.
+    tcp.apply(socket2::SockRef::from(&socket))?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
@@ -306,10 +315,27 @@ mod tests {
 
     #[tokio::test]
     async fn accepted_clients_have_nagle_off_without_a_setsockopt_each() {
-        let listener = listen_on("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
+        let tcp = crate::io::TcpOptions {
+            keepalive: true,
+            idle: 42,
+            interval: 7,
+            count: 3,
+            user_timeout_ms: 9000,
+        };
+        let listener = listen_on("127.0.0.1:0".parse().unwrap(), 16, false, &tcp).unwrap();
         let addr = listener.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(accepted.nodelay().unwrap());
+        // And the keepalive settings, so a vanished client is noticed.
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap().as_secs(), 42);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap().as_secs(), 7);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap().map(|t| t.as_millis()),
+            Some(9000)
+        );
     }
 }

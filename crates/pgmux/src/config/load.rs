@@ -124,6 +124,11 @@ fn defaults(
         .set_default("log_stats", true)?
         .set_default("log_connections", true)?
         .set_default("log_disconnections", true)?
+        .set_default("tcp_keepalive", true)?
+        .set_default("tcp_keepidle", 60)?
+        .set_default("tcp_keepintvl", 10)?
+        .set_default("tcp_keepcnt", 0)?
+        .set_default("tcp_user_timeout", 0)?
         .set_default("log_format", "text")?
         .set_default("wildcard_databases", true)?
         .set_default("worker_threads", 0)?

@@ -118,6 +118,16 @@ pub struct Config {
     pub log_stats: bool,
     pub log_connections: bool,
     pub log_disconnections: bool,
+    /// TCP keepalive on client and server sockets, so a peer that vanished
+    /// is noticed; its timings in seconds (0: the OS default). PgBouncer's
+    /// names.
+    pub tcp_keepalive: bool,
+    pub tcp_keepidle: u32,
+    pub tcp_keepintvl: u32,
+    pub tcp_keepcnt: u32,
+    /// Milliseconds sent data may stay unacknowledged before the connection
+    /// is dropped (0: the OS default).
+    pub tcp_user_timeout: u32,
     pub log_format: LogFormat,
     pub wildcard_databases: bool,
     /// Worker threads (per-core event loops); 0 means one per CPU.
@@ -198,6 +208,15 @@ impl Config {
     }
     pub fn server_lifetime(&self) -> Option<Duration> {
         optional_secs(self.server_lifetime)
+    }
+    pub fn tcp_options(&self) -> crate::io::TcpOptions {
+        crate::io::TcpOptions {
+            keepalive: self.tcp_keepalive,
+            idle: self.tcp_keepidle,
+            interval: self.tcp_keepintvl,
+            count: self.tcp_keepcnt,
+            user_timeout_ms: self.tcp_user_timeout,
+        }
     }
     pub fn server_idle_timeout(&self) -> Option<Duration> {
         optional_secs(self.server_idle_timeout)

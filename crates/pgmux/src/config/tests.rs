@@ -212,3 +212,28 @@ fn idle_transaction_timeout_is_general_and_per_database() {
         .to_string();
     assert!(e.contains("databases.app.idle_transaction_timeout"), "{e}");
 }
+
+#[test]
+fn tcp_keepalive_defaults_and_variables() {
+    let cfg = load(None, &Env::new()).unwrap();
+    assert_eq!(
+        cfg.tcp_options(),
+        crate::io::TcpOptions {
+            keepalive: true,
+            idle: 60,
+            interval: 10,
+            count: 0,
+            user_timeout_ms: 0,
+        }
+    );
+    let cfg = load(
+        None,
+        &env(&[
+            ("PGMUX_TCP_KEEPALIVE", "false"),
+            ("PGMUX_TCP_USER_TIMEOUT", "5000"),
+        ]),
+    )
+    .unwrap();
+    assert!(!cfg.tcp_options().keepalive);
+    assert_eq!(cfg.tcp_options().user_timeout_ms, 5000);
+}

@@ -182,6 +182,43 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// TCP keepalive and user timeout for a socket (PgBouncer's settings; a
+/// timing of 0 leaves the OS default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub keepalive: bool,
+    pub idle: u32,
+    pub interval: u32,
+    pub count: u32,
+    pub user_timeout_ms: u32,
+}
+
+impl TcpOptions {
+    pub fn apply(&self, socket: socket2::SockRef<'_>) -> io::Result<()> {
+        if self.keepalive {
+            let secs = |s: u32| Duration::from_secs(u64::from(s));
+            let mut keepalive = socket2::TcpKeepalive::new();
+            if self.idle > 0 {
+                keepalive = keepalive.with_time(secs(self.idle));
+            }
+            if self.interval > 0 {
+                keepalive = keepalive.with_interval(secs(self.interval));
+            }
+            if self.count > 0 {
+                keepalive = keepalive.with_retries(self.count);
+            }
+            socket.set_tcp_keepalive(&keepalive)?;
+        } else {
+            socket.set_keepalive(false)?;
+        }
+        if self.user_timeout_ms > 0 {
+            let timeout = Duration::from_millis(u64::from(self.user_timeout_ms));
+            socket.set_tcp_user_timeout(Some(timeout))?;
+        }
+        Ok(())
+    }
+}
+
 /// Connect to `addr` on this thread's backend.
 pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
     if uring::active() {

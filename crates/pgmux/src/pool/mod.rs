@@ -44,6 +44,8 @@ pub struct PoolSettings {
     pub lifetime_jitter: f64,
     pub idle_timeout: Option<Duration>,
     pub connect_timeout: Duration,
+    /// Keepalive and user timeout of new server connections.
+    pub tcp: crate::io::TcpOptions,
     pub login_retry: Duration,
     pub query_wait_timeout: Option<Duration>,
     pub idle_transaction_timeout: Option<Duration>,
@@ -63,6 +65,7 @@ impl PoolSettings {
             lifetime_jitter: cfg.server_lifetime_jitter,
             idle_timeout: cfg.server_idle_timeout(),
             connect_timeout: cfg.server_connect_timeout(),
+            tcp: cfg.tcp_options(),
             login_retry: cfg.server_login_retry(),
             query_wait_timeout: cfg.query_wait_timeout(),
             idle_transaction_timeout: cfg.idle_transaction_timeout_for(database),
@@ -363,7 +366,7 @@ impl Pool {
         let result = Box::pin(Server::connect(
             &target,
             &login,
-            settings.connect_timeout,
+            (settings.connect_timeout, settings.tcp),
             self.max_message,
             self.generation.load(Ordering::Acquire),
             (&self.database, &self.user),

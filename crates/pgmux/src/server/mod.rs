@@ -123,13 +123,16 @@ impl Server {
     pub async fn connect(
         target: &Target,
         login: &Login,
-        timeout: Duration,
+        (timeout, tcp): (Duration, crate::io::TcpOptions),
         max_message: usize,
         generation: u64,
         (database, user): (&str, &str),
     ) -> Result<Server, ServerError> {
-        let connected =
-            crate::io::timeout(timeout, Self::connect_inner(target, login, max_message)).await;
+        let connected = crate::io::timeout(
+            timeout,
+            Self::connect_inner(target, login, tcp, max_message),
+        )
+        .await;
         let mut server = match connected {
             Ok(result) => result?,
             Err(_) => return Err(ServerError::Timeout(timeout)),
@@ -153,6 +156,7 @@ impl Server {
     async fn connect_inner(
         target: &Target,
         login: &Login,
+        tcp: crate::io::TcpOptions,
         max_message: usize,
     ) -> Result<Server, ServerError> {
         let where_ = format!("{}:{}", target.host, target.port);
@@ -164,13 +168,7 @@ impl Server {
             .await
             .map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(60))
-            .with_interval(Duration::from_secs(10));
-        stream
-            .socket()
-            .set_tcp_keepalive(&keepalive)
-            .map_err(connect_err)?;
+        tcp.apply(stream.socket()).map_err(connect_err)?;
         let addr = stream.peer_addr().map_err(connect_err)?;
         let now = Instant::now();
         let id = next_id();
