@@ -4,7 +4,7 @@
 //! registering touches only that pool's lock, and only at connect and close.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// PgBouncer's state names, so tools read them unchanged.
@@ -69,6 +69,8 @@ pub struct ConnInfo {
     pub stop: crate::lifecycle::StopSignal,
     state: AtomicU8,
     request_us: AtomicU64,
+    /// When a client began waiting for a server (Waiting), or became idle
+    /// (Idle, recorded only where `client_idle_timeout` is set); 0: unknown.
     waiting_since_us: AtomicU64,
     /// The id of the connection it is linked to, or 0.
     link: AtomicU64,
@@ -76,6 +78,8 @@ pub struct ConnInfo {
     /// its server (a `session::state::pins::Pins` set), kept here rather than
     /// in the idle task.
     pins: AtomicU8,
+    /// For a client: closed for `client_idle_timeout`.
+    idle_timed_out: AtomicBool,
 }
 
 impl ConnInfo {
@@ -96,6 +100,7 @@ impl ConnInfo {
             waiting_since_us: AtomicU64::new(0),
             link: AtomicU64::new(0),
             pins: AtomicU8::new(0),
+            idle_timed_out: AtomicBool::new(false),
         }
     }
 
@@ -127,6 +132,43 @@ impl ConnInfo {
     pub fn start_waiting(&self, at_us: u64) {
         self.waiting_since_us.store(at_us, Ordering::Relaxed);
         self.set_state(State::Waiting);
+    }
+
+    /// The client became idle at `at_us`.
+    pub fn idle_from(&self, at_us: u64) {
+        self.waiting_since_us.store(at_us, Ordering::Relaxed);
+        self.set_state(State::Idle);
+    }
+
+    /// Whether an idle client has been idle `limit_us` or longer; a client
+    /// whose idle start is unknown (idle since before the timeout was set)
+    /// counts from now.
+    pub fn idle_past(&self, now_us: u64, limit_us: u64) -> bool {
+        if self.state() != State::Idle {
+            return false;
+        }
+        match self.waiting_since_us.load(Ordering::Relaxed) {
+            0 => {
+                let _ = self.waiting_since_us.compare_exchange(
+                    0,
+                    now_us,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                false
+            }
+            since => now_us.saturating_sub(since) >= limit_us,
+        }
+    }
+
+    /// Ask an idle client to leave for `client_idle_timeout`.
+    pub fn time_out_idle(&self) {
+        self.idle_timed_out.store(true, Ordering::Release);
+        self.stop.raise(crate::lifecycle::Stop::AfterTransaction);
+    }
+
+    pub fn idle_timed_out(&self) -> bool {
+        self.idle_timed_out.load(Ordering::Acquire)
     }
 
     /// How long a waiting client has waited, in microseconds (0 otherwise).

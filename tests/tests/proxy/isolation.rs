@@ -250,3 +250,37 @@ async fn a_client_idle_in_a_transaction_is_closed_and_its_server_reused() {
         "{msgs:?}"
     );
 }
+
+/// Issue 12: a client idle (outside a transaction) past
+/// `client_idle_timeout` is closed with 57P05, as PostgreSQL's
+/// idle_session_timeout does; the pool serves the next client as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idle_past_client_idle_timeout_is_closed() {
+    use pgmux_tests::raw::{self, Raw};
+    use std::time::Duration;
+
+    let db = fresh_database("iso_idle_client").await;
+    let app = start_pgmux(|c| {
+        c.client_idle_timeout = 1.0;
+        c.auth_type = pgmux::config::AuthType::Trust;
+    })
+    .await;
+    let mut idle = Raw::login(app.addr, APP_USER, &db).await;
+    idle.send(&raw::query("select 1")).await;
+    assert!(idle.until_ready().await.iter().any(|m| m.tag == b'D'));
+    let msgs = tokio::time::timeout(Duration::from_secs(30), idle.until_closed())
+        .await
+        .expect("no hang");
+    let err = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("an ErrorResponse");
+    assert_eq!(err.sqlstate().as_deref(), Some("57P05"));
+    assert!(
+        err.field(b'M').unwrap().contains("client_idle_timeout"),
+        "{msgs:?}"
+    );
+    let next = connect(app.addr, &db).await;
+    let one: i32 = next.query_one("select 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}

@@ -97,6 +97,9 @@ pub struct Config {
     /// A client idle inside a transaction longer than this is closed
     /// (25P03) and its server rolled back and reused; 0: never.
     pub idle_transaction_timeout: f64,
+    /// A client idle (outside a transaction) longer than this is closed
+    /// (57P05); 0: never.
+    pub client_idle_timeout: f64,
     pub client_login_timeout: f64,
     pub server_reset_query: String,
     pub max_message_size: u32,
@@ -208,6 +211,9 @@ impl Config {
     }
     pub fn server_lifetime(&self) -> Option<Duration> {
         optional_secs(self.server_lifetime)
+    }
+    pub fn client_idle_timeout(&self) -> Option<Duration> {
+        optional_secs(self.client_idle_timeout)
     }
     pub fn tcp_options(&self) -> crate::io::TcpOptions {
         crate::io::TcpOptions {
@@ -347,6 +353,7 @@ impl Config {
             ("server_idle_timeout", self.server_idle_timeout),
             ("query_wait_timeout", self.query_wait_timeout),
             ("idle_transaction_timeout", self.idle_transaction_timeout),
+            ("client_idle_timeout", self.client_idle_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
         ];
         let per_database = self.databases.iter().filter_map(|(name, d)| {

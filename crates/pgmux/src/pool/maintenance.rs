@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::Pool;
+use super::{lock, Pool};
 use crate::stats::CloseReason;
 
 /// How often a pool is looked after. Lifetimes are minutes; a server past its
@@ -28,12 +28,29 @@ pub(super) fn spawn(pool: Weak<Pool>, control: Option<tokio::runtime::Handle>) {
             tick.tick().await;
             let Some(pool) = pool.upgrade() else { break };
             pool.prune(Instant::now());
+            pool.close_idle_clients();
             pool.fill_to_min().await;
         }
     });
 }
 
 impl Pool {
+    /// Ask clients idle past `client_idle_timeout` to leave. A sweep here,
+    /// not a timer in each idle client's task: idle clients stay small,
+    /// and the timeout is exact to this task's period.
+    fn close_idle_clients(&self) {
+        let Some(limit) = self.client_idle_timeout() else {
+            return;
+        };
+        let limit_us = limit.as_micros() as u64;
+        let now_us = crate::conninfo::now_micros();
+        for client in lock(&self.clients).values() {
+            if client.idle_past(now_us, limit_us) && !client.idle_timed_out() {
+                client.time_out_idle();
+            }
+        }
+    }
+
     /// Close idle servers that died, are past their lifetime, or sat unused
     /// past the idle timeout while more than `min_pool_size` are open.
     fn prune(&self, now: Instant) {

@@ -49,6 +49,7 @@ pub struct PoolSettings {
     pub login_retry: Duration,
     pub query_wait_timeout: Option<Duration>,
     pub idle_transaction_timeout: Option<Duration>,
+    pub client_idle_timeout: Option<Duration>,
     pub reset_query: String,
     pub max_message: usize,
     /// Per-server cap of pgmux-managed named statements; 0: none managed.
@@ -69,6 +70,7 @@ impl PoolSettings {
             login_retry: cfg.server_login_retry(),
             query_wait_timeout: cfg.query_wait_timeout(),
             idle_transaction_timeout: cfg.idle_transaction_timeout_for(database),
+            client_idle_timeout: cfg.client_idle_timeout(),
             reset_query: cfg.server_reset_query.clone(),
             max_message: cfg.max_message_size as usize,
             max_prepared: cfg.max_prepared_statements as usize,
@@ -113,6 +115,8 @@ pub struct Pool {
     /// `idle_transaction_timeout` in milliseconds (0: none), read per
     /// request without the lock.
     idle_transaction_timeout_ms: AtomicU64,
+    /// `client_idle_timeout` in milliseconds (0: none), read per request.
+    client_idle_timeout_ms: AtomicU64,
     target: Mutex<Target>,
     login: Mutex<Login>,
     settings: Mutex<PoolSettings>,
@@ -170,6 +174,7 @@ impl Pool {
             manages_statements: settings.mode == PoolMode::Transaction && settings.max_prepared > 0,
             max_prepared: AtomicUsize::new(settings.max_prepared),
             idle_transaction_timeout_ms: AtomicU64::new(millis(settings.idle_transaction_timeout)),
+            client_idle_timeout_ms: AtomicU64::new(millis(settings.client_idle_timeout)),
             target: Mutex::new(target),
             login: Mutex::new(login),
             permits: Arc::new(Semaphore::new(settings.size as usize)),
@@ -212,6 +217,19 @@ impl Pool {
 
     pub(super) fn set_idle_transaction_timeout(&self, timeout: Option<Duration>) {
         self.idle_transaction_timeout_ms
+            .store(millis(timeout), Ordering::Relaxed);
+    }
+
+    /// How long a client may sit idle outside a transaction.
+    pub fn client_idle_timeout(&self) -> Option<Duration> {
+        match self.client_idle_timeout_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    pub(super) fn set_client_idle_timeout(&self, timeout: Option<Duration>) {
+        self.client_idle_timeout_ms
             .store(millis(timeout), Ordering::Relaxed);
     }
 

@@ -93,7 +93,13 @@ pub fn run(
 
 /// Why pgmux closes a client it would otherwise keep serving.
 fn closing(s: &Session) -> ClientError {
-    if s.pools.lifecycle.draining() {
+    if s.info.idle_timed_out() {
+        // As PostgreSQL's idle_session_timeout.
+        ClientError::fatal(
+            "57P05",
+            "terminating connection due to idle-session timeout (client_idle_timeout)".into(),
+        )
+    } else if s.pools.lifecycle.draining() {
         ClientError::fatal(
             "57P01",
             "terminating connection: the pgmux proxy is shutting down".into(),
@@ -261,7 +267,13 @@ async fn serve_request(
     let outcome = relay_linked(stream, s, &mut checkout, flow, cbuf, &mut terminating).await;
     s.pool.stats.clients_active.dec();
     s.cancel.unlink().await;
-    s.info.set_state(State::Idle);
+    // Idle from now: the time is read only where client_idle_timeout needs
+    // it (0: unknown, which its sweep fills in).
+    let idle_from = match s.pool.client_idle_timeout() {
+        Some(_) => now_micros(),
+        None => 0,
+    };
+    s.info.idle_from(idle_from);
     s.info.link(0);
     match outcome {
         Outcome::Done if transaction_mode && !terminating => {
