@@ -41,6 +41,13 @@ impl Msg {
     }
 }
 
+/// The ErrorResponse among `msgs` (panics, listing them, if there is none).
+pub fn error_in(msgs: &[Msg]) -> &Msg {
+    msgs.iter()
+        .find(|m| m.tag == b'E')
+        .unwrap_or_else(|| panic!("no ErrorResponse in {msgs:?}"))
+}
+
 pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());

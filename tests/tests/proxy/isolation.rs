@@ -238,10 +238,7 @@ async fn a_client_idle_in_a_transaction_is_closed_and_its_server_reused() {
     let msgs = tokio::time::timeout(Duration::from_secs(30), quiet.until_closed())
         .await
         .expect("no hang");
-    let err = msgs
-        .iter()
-        .find(|m| m.tag == b'E')
-        .expect("an ErrorResponse");
+    let err = raw::error_in(&msgs);
     assert_eq!(err.sqlstate().as_deref(), Some("25P03"));
     assert!(
         err.field(b'M')
@@ -271,10 +268,7 @@ async fn a_client_idle_past_client_idle_timeout_is_closed() {
     let msgs = tokio::time::timeout(Duration::from_secs(30), idle.until_closed())
         .await
         .expect("no hang");
-    let err = msgs
-        .iter()
-        .find(|m| m.tag == b'E')
-        .expect("an ErrorResponse");
+    let err = raw::error_in(&msgs);
     assert_eq!(err.sqlstate().as_deref(), Some("57P05"));
     assert!(
         err.field(b'M').unwrap().contains("client_idle_timeout"),

@@ -37,8 +37,9 @@ impl Pool {
         }
         self.max_prepared
             .store(settings.max_prepared, Ordering::Relaxed);
-        self.set_idle_transaction_timeout(settings.idle_transaction_timeout);
-        self.set_client_idle_timeout(settings.client_idle_timeout);
+        self.idle_transaction_timeout
+            .set(settings.idle_transaction_timeout);
+        self.client_idle_timeout.set(settings.client_idle_timeout);
         *lock(&self.settings) = settings;
         *lock(&self.login) = login;
         let moved = {

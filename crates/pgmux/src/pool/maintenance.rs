@@ -39,7 +39,7 @@ impl Pool {
     /// not a timer in each idle client's task: idle clients stay small,
     /// and the timeout is exact to this task's period.
     fn close_idle_clients(&self) {
-        let Some(limit) = self.client_idle_timeout() else {
+        let Some(limit) = self.client_idle_timeout.get() else {
             return;
         };
         let limit_us = limit.as_micros() as u64;

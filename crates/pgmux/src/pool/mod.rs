@@ -112,11 +112,10 @@ pub struct Pool {
     pub manages_statements: bool,
     /// `max_prepared_statements`, read per request without the lock.
     pub max_prepared: AtomicUsize,
-    /// `idle_transaction_timeout` in milliseconds (0: none), read per
+    /// `idle_transaction_timeout` and `client_idle_timeout`, read per
     /// request without the lock.
-    idle_transaction_timeout_ms: AtomicU64,
-    /// `client_idle_timeout` in milliseconds (0: none), read per request.
-    client_idle_timeout_ms: AtomicU64,
+    pub idle_transaction_timeout: AtomicTimeout,
+    pub client_idle_timeout: AtomicTimeout,
     target: Mutex<Target>,
     login: Mutex<Login>,
     settings: Mutex<PoolSettings>,
@@ -173,8 +172,8 @@ impl Pool {
             max_message: settings.max_message,
             manages_statements: settings.mode == PoolMode::Transaction && settings.max_prepared > 0,
             max_prepared: AtomicUsize::new(settings.max_prepared),
-            idle_transaction_timeout_ms: AtomicU64::new(millis(settings.idle_transaction_timeout)),
-            client_idle_timeout_ms: AtomicU64::new(millis(settings.client_idle_timeout)),
+            idle_transaction_timeout: AtomicTimeout::new(settings.idle_transaction_timeout),
+            client_idle_timeout: AtomicTimeout::new(settings.client_idle_timeout),
             target: Mutex::new(target),
             login: Mutex::new(login),
             permits: Arc::new(Semaphore::new(settings.size as usize)),
@@ -207,32 +206,6 @@ impl Pool {
 
     /// A copy of the current settings (slow paths only; the hot path reads
     /// `size` and the fixed fields).
-    /// How long a client may sit idle inside a transaction.
-    pub fn idle_transaction_timeout(&self) -> Option<Duration> {
-        match self.idle_transaction_timeout_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
-    }
-
-    pub(super) fn set_idle_transaction_timeout(&self, timeout: Option<Duration>) {
-        self.idle_transaction_timeout_ms
-            .store(millis(timeout), Ordering::Relaxed);
-    }
-
-    /// How long a client may sit idle outside a transaction.
-    pub fn client_idle_timeout(&self) -> Option<Duration> {
-        match self.client_idle_timeout_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
-    }
-
-    pub(super) fn set_client_idle_timeout(&self, timeout: Option<Duration>) {
-        self.client_idle_timeout_ms
-            .store(millis(timeout), Ordering::Relaxed);
-    }
-
     pub fn settings(&self) -> PoolSettings {
         lock(&self.settings).clone()
     }
@@ -502,9 +475,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A timeout in whole milliseconds for an atomic (0: none; at least 1 ms).
-fn millis(timeout: Option<Duration>) -> u64 {
-    timeout.map_or(0, |t| (t.as_millis() as u64).max(1))
+/// A timeout that a reload may change and every request reads, without a
+/// lock: whole milliseconds, 0 for none.
+pub struct AtomicTimeout(AtomicU64);
+
+impl AtomicTimeout {
+    fn new(timeout: Option<Duration>) -> AtomicTimeout {
+        AtomicTimeout(AtomicU64::new(Self::millis(timeout)))
+    }
+
+    pub fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    fn set(&self, timeout: Option<Duration>) {
+        self.0.store(Self::millis(timeout), Ordering::Relaxed);
+    }
+
+    /// At least 1 ms, so a tiny timeout is not taken for none.
+    fn millis(timeout: Option<Duration>) -> u64 {
+        timeout.map_or(0, |t| (t.as_millis() as u64).max(1))
+    }
 }
 
 #[cfg(test)]

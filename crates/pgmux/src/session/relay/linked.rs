@@ -86,7 +86,7 @@ pub(super) async fn relay_linked(
         // idle): the client holds a server it is not using. Timed only
         // when idle_transaction_timeout is set.
         let idle_limit = if answered && !*terminating && server.flow.status != b'I' {
-            s.pool.idle_transaction_timeout()
+            s.pool.idle_transaction_timeout.get()
         } else {
             None
         };

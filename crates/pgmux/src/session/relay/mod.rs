@@ -269,7 +269,7 @@ async fn serve_request(
     s.cancel.unlink().await;
     // Idle from now: the time is read only where client_idle_timeout needs
     // it (0: unknown, which its sweep fills in).
-    let idle_from = match s.pool.client_idle_timeout() {
+    let idle_from = match s.pool.client_idle_timeout.get() {
         Some(_) => now_micros(),
         None => 0,
     };
