@@ -18,4 +18,5 @@ mod proxy {
     pub mod protocol;
     pub mod python;
     pub mod session_state;
+    pub mod timeouts;
 }

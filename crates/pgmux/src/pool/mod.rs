@@ -9,6 +9,7 @@ mod db_limit;
 pub mod idle;
 mod maintenance;
 mod registry;
+mod settings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, PoolMode, Target};
+use crate::config::{PoolMode, Target};
 use crate::conninfo::ConnInfo;
 use crate::params::{ParamMap, Spellings};
 use crate::prepared::StatementCache;
@@ -27,56 +28,12 @@ use crate::stats::{CloseReason, PoolStats};
 pub use checkout::Checkout;
 pub use db_limit::DbLimit;
 pub use registry::{Pools, UnknownDatabase};
+pub use settings::{AtomicTimeout, PoolSettings};
 
 /// An idle server unused this long counts as "used" rather than "idle" in
 /// SHOW POOLS and /metrics (PgBouncer's server_check_delay default is 30 s;
 /// pgmux probes every idle server before reuse, so this only sorts them).
 const USED_AFTER: Duration = Duration::from_secs(1);
-
-/// The settings a pool runs with, copied from the config at creation and
-/// again at each reload.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolSettings {
-    pub mode: PoolMode,
-    pub size: u32,
-    pub min_size: u32,
-    pub lifetime: Option<Duration>,
-    pub lifetime_jitter: f64,
-    pub idle_timeout: Option<Duration>,
-    pub connect_timeout: Duration,
-    /// Keepalive and user timeout of new server connections.
-    pub tcp: crate::io::TcpOptions,
-    pub login_retry: Duration,
-    pub query_wait_timeout: Option<Duration>,
-    pub idle_transaction_timeout: Option<Duration>,
-    pub client_idle_timeout: Option<Duration>,
-    pub reset_query: String,
-    pub max_message: usize,
-    /// Per-server cap of pgmux-managed named statements; 0: none managed.
-    pub max_prepared: usize,
-}
-
-impl PoolSettings {
-    pub fn from_config(cfg: &Config, database: &str) -> PoolSettings {
-        PoolSettings {
-            mode: cfg.pool_mode,
-            size: cfg.pool_size_for(database),
-            min_size: cfg.min_pool_size.min(cfg.pool_size_for(database)),
-            lifetime: cfg.server_lifetime(),
-            lifetime_jitter: cfg.server_lifetime_jitter,
-            idle_timeout: cfg.server_idle_timeout(),
-            connect_timeout: cfg.server_connect_timeout(),
-            tcp: cfg.tcp_options(),
-            login_retry: cfg.server_login_retry(),
-            query_wait_timeout: cfg.query_wait_timeout(),
-            idle_transaction_timeout: cfg.idle_transaction_timeout_for(database),
-            client_idle_timeout: cfg.client_idle_timeout(),
-            reset_query: cfg.server_reset_query.clone(),
-            max_message: cfg.max_message_size as usize,
-            max_prepared: cfg.max_prepared_statements as usize,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
@@ -473,32 +430,6 @@ fn jittered(base: Duration, jitter: f64) -> Duration {
 /// critical section here can leave it half-updated).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A timeout that a reload may change and every request reads, without a
-/// lock: whole milliseconds, 0 for none.
-pub struct AtomicTimeout(AtomicU64);
-
-impl AtomicTimeout {
-    fn new(timeout: Option<Duration>) -> AtomicTimeout {
-        AtomicTimeout(AtomicU64::new(Self::millis(timeout)))
-    }
-
-    pub fn get(&self) -> Option<Duration> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
-    }
-
-    fn set(&self, timeout: Option<Duration>) {
-        self.0.store(Self::millis(timeout), Ordering::Relaxed);
-    }
-
-    /// At least 1 ms, so a tiny timeout is not taken for none.
-    fn millis(timeout: Option<Duration>) -> u64 {
-        timeout.map_or(0, |t| (t.as_millis() as u64).max(1))
-    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,15 @@
 //! of a turn with the wait into one `io_uring_enter`.
 
 mod exec;
+mod listen;
 mod net;
 mod reactor;
 mod ring;
+mod spare;
 
 pub use exec::{active as executor_active, sleep_until, spawn, Sleep};
-pub use net::{connect, Listener, Stream};
+pub use listen::Listener;
+pub use net::{connect, Stream};
 pub use reactor::{active, block_on};
 pub use ring::Ring;
 

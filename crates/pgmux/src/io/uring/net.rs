@@ -32,6 +32,7 @@ use socket2::{Domain, SockRef, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::reactor::{self, Tag};
+use super::spare::{give_back, take_spare};
 
 /// A writer waits while this much is queued and unsent.
 const OUTBOX_HIGH: usize = 1 << 20;
@@ -41,41 +42,6 @@ const INBOX_HIGH: usize = 64 * 1024;
 /// Multishot receives work here (Linux 6.0 and later); cleared for good
 /// at the first one the kernel refuses, and single receives take over.
 static MULTISHOT: AtomicBool = AtomicBool::new(true);
-
-thread_local! {
-    /// Empty buffers that connections gave up once all they held was read
-    /// or sent: an idle connection holds no buffer, and a busy one takes
-    /// the next from here instead of allocating.
-    static SPARE: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-/// Spare buffers kept per thread, their size when new, and the largest kept.
-const SPARE_MAX: usize = 64;
-const SPARE_SIZE: usize = 2048;
-const SPARE_LARGEST: usize = 16 * 1024;
-
-/// Give `buf`, emptied, back to this thread's spares (or free it).
-fn give_back(buf: &mut BytesMut) {
-    let mut taken = std::mem::take(buf);
-    // The whole allocation, if nothing else shares it any more.
-    if !taken.try_reclaim(SPARE_SIZE) || taken.capacity() > SPARE_LARGEST {
-        return;
-    }
-    SPARE.with(|s| {
-        let mut spare = s.borrow_mut();
-        if spare.len() < SPARE_MAX {
-            spare.push(taken);
-        }
-    });
-}
-
-/// Make sure `buf` has room, from this thread's spares if it has none.
-fn take_spare(buf: &mut BytesMut) {
-    if buf.capacity() == 0 {
-        *buf = SPARE
-            .with(|s| s.borrow_mut().pop())
-            .unwrap_or_else(|| BytesMut::with_capacity(SPARE_SIZE));
-    }
-}
 
 pub struct Conn {
     socket: Socket,
@@ -486,110 +452,5 @@ impl Completion {
                 Poll::Pending
             }
         }
-    }
-}
-
-/// A listening socket accepting through the ring (one multishot accept).
-pub struct Listener {
-    socket: Socket,
-    accepted: Arc<Accepted>,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        // The multishot accept holds the socket open: stop it.
-        let op = self
-            .accepted
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .op
-            .take();
-        if let Some(op) = op {
-            reactor::cancel(op);
-        }
-    }
-}
-
-#[derive(Default)]
-pub struct Accepted {
-    state: Mutex<AcceptState>,
-}
-
-#[derive(Default)]
-struct AcceptState {
-    ready: std::collections::VecDeque<io::Result<OwnedFd>>,
-    /// The multishot accept in flight.
-    op: Option<super::ring::OpId>,
-    waiter: Option<Waker>,
-}
-
-impl Accepted {
-    /// A completion of the multishot accept.
-    pub fn accepted(&self, result: i32, more: bool, fd: Option<OwnedFd>) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !more {
-            st.op = None;
-        }
-        match fd {
-            Some(fd) => st.ready.push_back(Ok(fd)),
-            None if result < 0 && result != -libc::ECANCELED => st
-                .ready
-                .push_back(Err(io::Error::from_raw_os_error(-result))),
-            None => {}
-        }
-        if let Some(w) = st.waiter.take() {
-            w.wake();
-        }
-    }
-}
-
-impl Listener {
-    pub fn from_std(listener: std::net::TcpListener) -> io::Result<Listener> {
-        listener.set_nonblocking(true)?;
-        Ok(Listener {
-            socket: Socket::from(listener),
-            accepted: Arc::default(),
-        })
-    }
-
-    pub async fn accept(&self) -> io::Result<Stream> {
-        let fd = std::future::poll_fn(|cx| {
-            let mut st = self
-                .accepted
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(next) = st.ready.pop_front() {
-                return Poll::Ready(next);
-            }
-            if st.op.is_none() {
-                st.op =
-                    reactor::accept(self.socket.as_raw_fd(), Tag::Accept(self.accepted.clone()));
-            }
-            st.waiter = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await?;
-        Stream::from_fd(fd)
-    }
-
-    /// Connections already accepted and not yet taken (a drain serves them).
-    pub fn take_ready(&self) -> Vec<std::net::TcpStream> {
-        let mut st = self
-            .accepted
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        st.ready
-            .drain(..)
-            .filter_map(Result::ok)
-            .map(std::net::TcpStream::from)
-            .collect()
-    }
-
-    /// Take the socket back (a drain accepts what is queued directly).
-    pub fn into_std(self) -> io::Result<std::net::TcpListener> {
-        self.socket.try_clone().map(Into::into)
     }
 }

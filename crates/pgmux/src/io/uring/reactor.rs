@@ -13,7 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::exec;
-use super::net::{Accepted, Completion, Conn};
+use super::listen::Accepted;
+use super::net::{Completion, Conn};
 use super::ring::{OpId, Ring};
 
 /// What a ring operation is for.

@@ -1,0 +1,78 @@
+//! What a pool runs with: its settings, copied from the config at creation
+//! and at each reload, and the timeouts every request reads without a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::config::{Config, PoolMode};
+
+/// The settings a pool runs with, copied from the config at creation and
+/// again at each reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    pub size: u32,
+    pub min_size: u32,
+    pub lifetime: Option<Duration>,
+    pub lifetime_jitter: f64,
+    pub idle_timeout: Option<Duration>,
+    pub connect_timeout: Duration,
+    /// Keepalive and user timeout of new server connections.
+    pub tcp: crate::io::TcpOptions,
+    pub login_retry: Duration,
+    pub query_wait_timeout: Option<Duration>,
+    pub idle_transaction_timeout: Option<Duration>,
+    pub client_idle_timeout: Option<Duration>,
+    pub reset_query: String,
+    pub max_message: usize,
+    /// Per-server cap of pgmux-managed named statements; 0: none managed.
+    pub max_prepared: usize,
+}
+
+impl PoolSettings {
+    pub fn from_config(cfg: &Config, database: &str) -> PoolSettings {
+        PoolSettings {
+            mode: cfg.pool_mode,
+            size: cfg.pool_size_for(database),
+            min_size: cfg.min_pool_size.min(cfg.pool_size_for(database)),
+            lifetime: cfg.server_lifetime(),
+            lifetime_jitter: cfg.server_lifetime_jitter,
+            idle_timeout: cfg.server_idle_timeout(),
+            connect_timeout: cfg.server_connect_timeout(),
+            tcp: cfg.tcp_options(),
+            login_retry: cfg.server_login_retry(),
+            query_wait_timeout: cfg.query_wait_timeout(),
+            idle_transaction_timeout: cfg.idle_transaction_timeout_for(database),
+            client_idle_timeout: cfg.client_idle_timeout(),
+            reset_query: cfg.server_reset_query.clone(),
+            max_message: cfg.max_message_size as usize,
+            max_prepared: cfg.max_prepared_statements as usize,
+        }
+    }
+}
+
+/// A timeout that a reload may change and every request reads, without a
+/// lock: whole milliseconds, 0 for none.
+pub struct AtomicTimeout(AtomicU64);
+
+impl AtomicTimeout {
+    pub(super) fn new(timeout: Option<Duration>) -> AtomicTimeout {
+        AtomicTimeout(AtomicU64::new(Self::millis(timeout)))
+    }
+
+    pub fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    pub(super) fn set(&self, timeout: Option<Duration>) {
+        self.0.store(Self::millis(timeout), Ordering::Relaxed);
+    }
+
+    /// At least 1 ms, so a tiny timeout is not taken for none.
+    fn millis(timeout: Option<Duration>) -> u64 {
+        timeout.map_or(0, |t| (t.as_millis() as u64).max(1))
+    }
+}

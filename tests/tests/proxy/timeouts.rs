@@ -1,0 +1,136 @@
+//! The timeouts: a wait for a server, a server that never answers, and
+//! clients that hold a connection without using it (issue 12).
+
+use std::time::Duration;
+
+use pgmux_tests::raw::{self, Raw};
+use pgmux_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_wait_timeout_ends_a_wait_with_an_error() {
+    let db = fresh_database("pool_wait").await;
+    let app = start_pgmux(|c| {
+        c.pool_size = 1;
+        c.query_wait_timeout = 1.0;
+    })
+    .await;
+    let holder = connect(app.addr, &db).await;
+    holder.batch_execute("begin; select 1").await.unwrap();
+    // A new client's login still works (defaults are cached) but its
+    // query waits for the only server, then gets an error.
+    let waiter = connect(app.addr, &db).await;
+    let err = tokio::time::timeout(Duration::from_secs(30), waiter.simple_query("select 1"))
+        .await
+        .expect("the wait must end")
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("query_wait_timeout"), "{err:?}");
+    holder.batch_execute("commit").await.unwrap();
+    let again = connect(app.addr, &db).await;
+    assert_eq!(scalar_i32(&again, "select 5").await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_against_a_silent_server() {
+    // Accepts TCP connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            keep.push(s);
+        }
+    });
+    let app = start_pgmux(|c| {
+        c.server_port = port;
+        c.server_connect_timeout = 1.0;
+    })
+    .await;
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        try_connect(&dsn(app.addr, "anything")),
+    )
+    .await
+    .expect("login must not hang");
+    let Err(err) = result else {
+        panic!("login must fail")
+    };
+    let text = format!("{err:?}");
+    assert!(text.contains("timed out"), "{text}");
+    assert_eq!(err.code().map(|c| c.code()), Some("08001"));
+    held.abort();
+}
+
+/// Issue 12: a client that opens a transaction and goes quiet is closed
+/// after `idle_transaction_timeout` with 25P03, as PostgreSQL's own
+/// idle_in_transaction_session_timeout does, and its server is rolled back
+/// and serves the client waiting for it (the pool has one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idle_in_a_transaction_is_closed_and_its_server_reused() {
+    let db = fresh_database("iso_idle_tx").await;
+    let app = start_pgmux(|c| {
+        c.pool_size = 1;
+        c.idle_transaction_timeout = 0.3;
+        c.auth_type = pgmux::config::AuthType::Trust;
+    })
+    .await;
+    let mut quiet = Raw::login(app.addr, APP_USER, &db).await;
+    quiet
+        .send(&raw::query(
+            "begin; create table left_open (id int); insert into left_open values (1)",
+        ))
+        .await;
+    let replies = quiet.until_ready().await;
+    assert_eq!(replies.last().map(|m| m.body.clone()), Some(b"T".to_vec()));
+
+    // The one server is held by the quiet client: this waits until pgmux
+    // takes it back, and then finds the quiet client's work rolled back.
+    let next = connect(app.addr, &db).await;
+    let rows = next
+        .query_one(
+            "select count(*) from pg_tables where tablename = 'left_open'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.get::<_, i64>(0), 0, "rolled back");
+
+    let msgs = tokio::time::timeout(Duration::from_secs(30), quiet.until_closed())
+        .await
+        .expect("no hang");
+    let err = raw::error_in(&msgs);
+    assert_eq!(err.sqlstate().as_deref(), Some("25P03"));
+    assert!(
+        err.field(b'M')
+            .unwrap()
+            .contains("idle_transaction_timeout"),
+        "{msgs:?}"
+    );
+}
+
+/// Issue 12: a client idle (outside a transaction) past
+/// `client_idle_timeout` is closed with 57P05, as PostgreSQL's
+/// idle_session_timeout does; the pool serves the next client as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idle_past_client_idle_timeout_is_closed() {
+    let db = fresh_database("iso_idle_client").await;
+    let app = start_pgmux(|c| {
+        c.client_idle_timeout = 1.0;
+        c.auth_type = pgmux::config::AuthType::Trust;
+    })
+    .await;
+    let mut idle = Raw::login(app.addr, APP_USER, &db).await;
+    idle.send(&raw::query("select 1")).await;
+    assert!(idle.until_ready().await.iter().any(|m| m.tag == b'D'));
+    let msgs = tokio::time::timeout(Duration::from_secs(30), idle.until_closed())
+        .await
+        .expect("no hang");
+    let err = raw::error_in(&msgs);
+    assert_eq!(err.sqlstate().as_deref(), Some("57P05"));
+    assert!(
+        err.field(b'M').unwrap().contains("client_idle_timeout"),
+        "{msgs:?}"
+    );
+    let next = connect(app.addr, &db).await;
+    let one: i32 = next.query_one("select 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
