@@ -147,7 +147,7 @@ impl Conn {
     pub fn after_send(self: &Arc<Self>) {
         self.push_sends();
         let mut st = self.lock();
-        if st.sending.is_none() && st.outbox.len() < OUTBOX_HIGH {
+        if st.outbox.len() < OUTBOX_HIGH {
             if let Some(w) = st.writer.take() {
                 w.wake();
             }
@@ -215,8 +215,9 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// `socket` must be nonblocking already (accepted with SOCK_NONBLOCK,
+    /// created nonblocking, or set so by `io::Stream::from_std`).
     pub fn from_socket(socket: Socket) -> io::Result<Stream> {
-        socket.set_nonblocking(true)?;
         Ok(Stream {
             conn: Arc::new(Conn {
                 socket,
@@ -413,19 +414,38 @@ impl Drop for Stream {
     }
 }
 
-/// Connect to `addr` through the ring.
+/// Connect to `addr` through the ring. The op holds the socket until it
+/// completes, and a connect given up (a timeout) is cancelled.
 pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_nonblocking(true)?;
+    let socket = Arc::new(Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        None,
+    )?);
     let done = Arc::new(Completion::default());
-    if !reactor::connect(socket.as_raw_fd(), addr.into(), Tag::Done(done.clone())) {
+    let Some(op) = reactor::connect(socket.clone(), addr.into(), Tag::Done(done.clone())) else {
         return Err(io::ErrorKind::Unsupported.into());
-    }
+    };
+    let mut in_flight = CancelOnDrop(Some(op));
     let result = std::future::poll_fn(|cx| done.poll(cx)).await;
+    in_flight.0 = None;
     if result < 0 {
         return Err(io::Error::from_raw_os_error(-result));
     }
+    // The op's slot let go of its copy when it completed.
+    let socket = Arc::try_unwrap(socket).or_else(|shared| shared.try_clone())?;
     Stream::from_socket(socket)
+}
+
+/// Cancels an operation still in flight when its future is dropped.
+struct CancelOnDrop(Option<super::ring::OpId>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(op) = self.0.take() {
+            reactor::cancel(op);
+        }
+    }
 }
 
 /// The result of a one-shot operation, and who waits for it.

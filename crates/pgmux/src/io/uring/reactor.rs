@@ -63,8 +63,8 @@ pub fn send(fd: RawFd, bytes: Bytes, tag: Tag) -> bool {
     with_ring(|r| r.send(fd, bytes, tag)).is_some()
 }
 
-pub fn connect(fd: RawFd, addr: socket2::SockAddr, tag: Tag) -> bool {
-    with_ring(|r| r.connect(fd, addr, tag)).is_some()
+pub fn connect(socket: Arc<socket2::Socket>, addr: socket2::SockAddr, tag: Tag) -> Option<OpId> {
+    with_ring(|r| r.connect(socket, addr, tag))
 }
 
 pub fn accept(fd: RawFd, tag: Tag) -> Option<OpId> {
@@ -167,9 +167,16 @@ fn dispatch() -> bool {
         }
     });
     // With the ring free again: next sends, waiting writers.
-    let sent = SENT.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    for conn in sent {
+    let mut sent = SENT.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    for conn in sent.drain(..) {
         conn.after_send();
     }
+    // The list's allocation serves the next turn.
+    SENT.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.is_empty() {
+            *s = sent;
+        }
+    });
     woke
 }

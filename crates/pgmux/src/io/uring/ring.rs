@@ -57,7 +57,9 @@ struct InFlight<T> {
 enum Keep {
     Nothing,
     Bytes(Bytes),
-    Addr(Box<socket2::SockAddr>),
+    /// A connect's address, and its socket: the descriptor must stay open
+    /// (its number not reused) until the kernel is done with the op.
+    Connect(Box<socket2::SockAddr>, std::sync::Arc<socket2::Socket>),
     Word(Box<[u8; 8]>),
 }
 
@@ -99,13 +101,8 @@ impl<T> Ring<T> {
     /// A ring for one worker thread, its receive buffers provided.
     pub fn new() -> io::Result<Ring<T>> {
         // Only this thread submits, and completions' work runs when it
-        // waits: fewer interruptions. Older kernels get a plain ring.
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_cqsize(ENTRIES * 2)
-            .build(ENTRIES)
-            .or_else(|_| IoUring::builder().setup_cqsize(ENTRIES * 2).build(ENTRIES))?;
+        // waits: fewer interruptions.
+        let ring = Self::builder().setup_cqsize(ENTRIES * 2).build(ENTRIES)?;
         let mut ring = Ring {
             ring,
             arena: vec![0u8; usize::from(BUFFERS) * BUFFER_SIZE].into_boxed_slice(),
@@ -122,12 +119,24 @@ impl<T> Ring<T> {
         Ok(ring)
     }
 
-    /// Whether this kernel lets the process use io_uring with the
-    /// operations pgmux needs (containers often forbid io_uring).
+    fn builder() -> io_uring::Builder {
+        let mut builder = IoUring::builder();
+        builder.setup_single_issuer().setup_defer_taskrun();
+        builder
+    }
+
+    /// Whether this kernel lets the process use io_uring as pgmux does
+    /// (containers often forbid io_uring): a ring set up as `new` sets it
+    /// up, which takes Linux 6.1 and so brings what the probe cannot tell
+    /// apart (multishot accept and receive share their opcodes with the
+    /// single ones), plus the wait with a timeout.
     pub fn available() -> bool {
-        let Ok(ring) = IoUring::new(8) else {
+        let Ok(ring) = Self::builder().build(8) else {
             return false;
         };
+        if !ring.params().is_feature_ext_arg() {
+            return false;
+        }
         let mut probe = io_uring::Probe::new();
         if ring.submitter().register_probe(&mut probe).is_err() {
             return false;
@@ -259,14 +268,24 @@ impl<T> Ring<T> {
     }
 
     /// Connect `fd` (a non-blocking socket) to `addr`.
-    pub fn connect(&mut self, fd: RawFd, addr: socket2::SockAddr, tag: T) -> OpId {
+    pub fn connect(
+        &mut self,
+        socket: std::sync::Arc<socket2::Socket>,
+        addr: socket2::SockAddr,
+        tag: T,
+    ) -> OpId {
         let addr = Box::new(addr);
-        let (ptr, len) = (addr.as_ptr(), addr.len());
-        let id = self.track(tag, Keep::Addr(addr));
+        let (ptr, len, fd) = (
+            addr.as_ptr(),
+            addr.len(),
+            std::os::fd::AsRawFd::as_raw_fd(&*socket),
+        );
+        let id = self.track(tag, Keep::Connect(addr, socket));
         let entry = opcode::Connect::new(types::Fd(fd), ptr.cast(), len)
             .build()
             .user_data(id);
-        // SAFETY: the boxed address is in the op's slot until the completion.
+        // SAFETY: the boxed address and the socket are in the op's slot
+        // until the completion.
         unsafe { self.push(entry) };
         OpId(id)
     }
