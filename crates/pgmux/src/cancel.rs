@@ -36,10 +36,56 @@ struct Slot {
     target: Mutex<Option<CancelTarget>>,
 }
 
+/// The clients by pid. A pid is almost always one client's alone, so the
+/// first client with a pid costs one map entry and no list; only clients
+/// that share one (session mode: a server's pid can equal another client's
+/// random pid) go on a list.
+#[derive(Default)]
+struct Registry {
+    first: HashMap<u32, Arc<Slot>>,
+    more: HashMap<u32, Vec<Arc<Slot>>>,
+}
+
+impl Registry {
+    fn with_pid(&self, pid: u32) -> impl Iterator<Item = &Arc<Slot>> {
+        let more = self.more.get(&pid).map(Vec::as_slice).unwrap_or_default();
+        self.first.get(&pid).into_iter().chain(more)
+    }
+
+    fn insert(&mut self, pid: u32, slot: Arc<Slot>) {
+        match self.first.entry(pid) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(slot);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.more.entry(pid).or_default().push(slot);
+            }
+        }
+    }
+
+    fn remove(&mut self, pid: u32, slot: &Arc<Slot>) {
+        if self.first.get(&pid).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            self.first.remove(&pid);
+            if let Some(list) = self.more.get_mut(&pid) {
+                if let Some(next) = list.pop() {
+                    self.first.insert(pid, next);
+                }
+                if list.is_empty() {
+                    self.more.remove(&pid);
+                }
+            }
+        } else if let Some(list) = self.more.get_mut(&pid) {
+            list.retain(|s| !Arc::ptr_eq(s, slot));
+            if list.is_empty() {
+                self.more.remove(&pid);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Cancels {
-    /// By pid; almost always one slot each.
-    slots: Mutex<HashMap<u32, Vec<Arc<Slot>>>>,
+    slots: Mutex<Registry>,
     /// Raised whenever a forwarded cancel was delivered (rare: one for
     /// all clients, each waiter checks its own count).
     delivered: tokio::sync::Notify,
@@ -78,7 +124,7 @@ impl Cancels {
         let pid = loop {
             // Stay in the positive i32 range, as PostgreSQL's pids do.
             let pid = rand::random::<u32>() & 0x7fff_ffff;
-            if pid != 0 && !slots.contains_key(&pid) {
+            if pid != 0 && !slots.first.contains_key(&pid) {
                 break pid;
             }
         };
@@ -91,14 +137,14 @@ impl Cancels {
         self.insert(&mut slots, pid)
     }
 
-    fn insert(self: &Arc<Self>, slots: &mut HashMap<u32, Vec<Arc<Slot>>>, pid: u32) -> CancelKey {
+    fn insert(self: &Arc<Self>, slots: &mut Registry, pid: u32) -> CancelKey {
         let key: u32 = rand::random();
         let slot = Arc::new(Slot {
             key,
             in_flight: AtomicU32::new(0),
             target: Mutex::new(None),
         });
-        slots.entry(pid).or_default().push(slot.clone());
+        slots.insert(pid, slot.clone());
         CancelKey {
             pid,
             key,
@@ -111,16 +157,17 @@ impl Cancels {
     pub async fn cancel(&self, pid: u32, key: u32) {
         let slot = {
             let slots = lock(&self.slots);
-            let candidates = slots.get(&pid).map(Vec::as_slice).unwrap_or_default();
             // Every candidate is compared, so the time taken tells nothing
             // of which (if any) matched.
             let mut found = None;
-            for slot in candidates {
+            let mut candidates = 0;
+            for slot in slots.with_pid(pid) {
+                candidates += 1;
                 if ct_eq(&slot.key.to_be_bytes(), &key.to_be_bytes()) {
                     found = Some(slot.clone());
                 }
             }
-            if found.is_none() && !candidates.is_empty() {
+            if found.is_none() && candidates > 0 {
                 tracing::warn!(pid, "cancel request with a wrong key ignored");
             }
             found
@@ -190,13 +237,7 @@ impl CancelKey {
 
 impl Drop for CancelKey {
     fn drop(&mut self) {
-        let mut slots = lock(&self.cancels.slots);
-        if let Some(list) = slots.get_mut(&self.pid) {
-            list.retain(|s| !Arc::ptr_eq(s, &self.slot));
-            if list.is_empty() {
-                slots.remove(&self.pid);
-            }
-        }
+        lock(&self.cancels.slots).remove(self.pid, &self.slot);
     }
 }
 
@@ -210,13 +251,27 @@ mod tests {
         let random = cancels.register();
         let shared = cancels.register_as(random.pid);
         assert_eq!(shared.pid, random.pid);
-        assert_eq!(lock(&cancels.slots)[&random.pid].len(), 2);
+        let third = cancels.register_as(random.pid);
+        assert_eq!(lock(&cancels.slots).with_pid(random.pid).count(), 3);
         let pid = random.pid;
         drop(random);
-        assert_eq!(lock(&cancels.slots)[&pid].len(), 1);
-        assert!(Arc::ptr_eq(&lock(&cancels.slots)[&pid][0], &shared.slot));
+        let keys = |c: &Cancels| -> Vec<u32> {
+            let mut k: Vec<u32> = lock(&c.slots).with_pid(pid).map(|s| s.key).collect();
+            k.sort_unstable();
+            k
+        };
+        let mut left = vec![shared.key, third.key];
+        left.sort_unstable();
+        assert_eq!(
+            keys(&cancels),
+            left,
+            "the first client's leaving keeps the others"
+        );
+        drop(third);
+        assert_eq!(keys(&cancels), vec![shared.key]);
         drop(shared);
-        assert!(lock(&cancels.slots).is_empty());
+        let registry = lock(&cancels.slots);
+        assert!(registry.first.is_empty() && registry.more.is_empty());
     }
 
     /// The server's end of a cancel connection is a bare listener here: it

@@ -58,16 +58,16 @@ struct ConnState {
     /// The multishot receive in flight; taken when it is asked to end.
     multishot: Option<super::ring::OpId>,
     /// The ring it runs on.
-    multishot_ring: u64,
+    multishot_ring: u32,
     /// The ring of the thread that last waited to read.
-    reader_ring: u64,
+    reader_ring: u32,
     reader: Option<Waker>,
     /// Written, not yet handed to a send.
     outbox: BytesMut,
-    /// The bytes of the send in flight.
-    sending: Option<Bytes>,
-    /// What a partial send left, to go first.
-    rest: Option<Bytes>,
+    /// The bytes of the send in flight, or what a partial send left (to go
+    /// first); `sending` says which.
+    unsent: Option<Bytes>,
+    sending: bool,
     writer: Option<Waker>,
     /// The stream is gone: shut the socket once the sends are done.
     closing: bool,
@@ -132,14 +132,17 @@ impl Conn {
     /// next send ([`Conn::after_send`], once the ring is free).
     pub fn send_done(&self, result: i32) {
         let mut st = self.lock();
-        let Some(sending) = st.sending.take() else {
+        if !std::mem::take(&mut st.sending) {
+            return;
+        }
+        let Some(sent) = st.unsent.take() else {
             return;
         };
         if result < 0 {
             st.error = Some(io::Error::from_raw_os_error(-result).kind());
             st.outbox.clear();
-        } else if (result as usize) < sending.len() {
-            st.rest = Some(sending.slice(result as usize..));
+        } else if (result as usize) < sent.len() {
+            st.unsent = Some(sent.slice(result as usize..));
         }
     }
 
@@ -152,11 +155,11 @@ impl Conn {
                 w.wake();
             }
         }
-        if st.closing && st.sending.is_none() && st.outbox.is_empty() {
+        if st.closing && !st.sending && st.outbox.is_empty() {
             st.closing = false;
             let _ = self.socket.shutdown(std::net::Shutdown::Both);
         }
-        if st.sending.is_none() && st.rest.is_none() && st.outbox.is_empty() {
+        if st.unsent.is_none() && st.outbox.is_empty() {
             give_back(&mut st.outbox);
         }
     }
@@ -167,15 +170,16 @@ impl Conn {
         if st.error.is_some() {
             return;
         }
-        if st.sending.is_some() {
+        if st.sending {
             return;
         }
-        let next = match st.rest.take() {
-            Some(rest) => rest,
+        let next = match &st.unsent {
+            Some(rest) => rest.clone(),
             None if st.outbox.is_empty() => return,
             None => st.outbox.split().freeze(),
         };
-        st.sending = Some(next.clone());
+        st.unsent = Some(next.clone());
+        st.sending = true;
         drop(st);
         if !reactor::send(self.fd(), next.clone(), Tag::Send(self.clone())) {
             // Not on a worker (the control plane closing a server): send
@@ -368,7 +372,7 @@ impl AsyncWrite for Stream {
         if let Some(kind) = st.error {
             return Poll::Ready(Err(kind.into()));
         }
-        if st.sending.is_none() && st.rest.is_none() && st.outbox.is_empty() {
+        if st.unsent.is_none() && st.outbox.is_empty() {
             return Poll::Ready(Ok(()));
         }
         st.writer = Some(cx.waker().clone());
@@ -392,7 +396,7 @@ impl Drop for Stream {
         if st.detached {
             return;
         }
-        if st.sending.is_some() || st.rest.is_some() || !st.outbox.is_empty() {
+        if st.unsent.is_some() || !st.outbox.is_empty() {
             // Let what was written go first (refusals, Terminate).
             st.closing = true;
             drop(st);

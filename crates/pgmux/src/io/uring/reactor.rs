@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,12 +29,12 @@ pub enum Tag {
 
 /// Numbers the rings, so a connection can tell which ring its multishot
 /// receive runs on.
-static RINGS: AtomicU64 = AtomicU64::new(0);
+static RINGS: AtomicU32 = AtomicU32::new(0);
 
 thread_local! {
     static RING: RefCell<Option<Ring<Tag>>> = const { RefCell::new(None) };
     /// This thread's ring's number (0: none).
-    static RING_ID: Cell<u64> = const { Cell::new(0) };
+    static RING_ID: Cell<u32> = const { Cell::new(0) };
     /// Connections whose send completed: their next send goes out once the
     /// completions are dispatched (the ring is busy meanwhile).
     static SENT: RefCell<Vec<Arc<Conn>>> = const { RefCell::new(Vec::new()) };
@@ -55,7 +55,7 @@ pub fn recv_multi(fd: RawFd, tag: Tag) -> Option<OpId> {
 }
 
 /// This thread's ring's number; 0 off the workers.
-pub fn ring_id() -> u64 {
+pub fn ring_id() -> u32 {
     RING_ID.with(Cell::get)
 }
 
