@@ -60,9 +60,7 @@ pub struct ConnInfo {
     pub connected_us: u64,
     /// For a server, its backend pid; for a client, the pid pgmux gave it.
     pub remote_pid: u32,
-    pub application_name: String,
-    /// The span every log line about this connection is filed under.
-    pub span: tracing::Span,
+    pub application_name: Box<str>,
     /// For a server: the pool generation it was opened under.
     pub generation: u64,
     /// For a client: asked to stop (drain, shutdown, KILL).
@@ -83,7 +81,7 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(id: u64, state: State, span: tracing::Span) -> ConnInfo {
+    pub fn new(id: u64, state: State) -> ConnInfo {
         let now = now_micros();
         ConnInfo {
             id,
@@ -91,8 +89,7 @@ impl ConnInfo {
             local: None,
             connected_us: now,
             remote_pid: 0,
-            application_name: String::new(),
-            span,
+            application_name: Box::default(),
             generation: 0,
             stop: Default::default(),
             state: AtomicU8::new(state as u8),

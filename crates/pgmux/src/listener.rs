@@ -172,7 +172,11 @@ fn admit(stream: Stream, acceptor: &Acceptor) {
     let tracker = &shared.pools.lifecycle.sessions;
     match acceptor.slots.clone().try_acquire_owned() {
         Ok(slot) => {
-            crate::io::spawn(tracker.track_future(session::serve(stream, shared.clone(), slot)));
+            crate::io::spawn(tracker.track_future(session::ClientTask::new(
+                stream,
+                shared.clone(),
+                slot,
+            )));
         }
         Err(_) => {
             stats::login_failed(LoginFailure::TooManyClients);

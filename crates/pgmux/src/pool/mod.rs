@@ -317,7 +317,6 @@ impl Pool {
             (settings.connect_timeout, settings.tcp),
             self.max_message,
             self.generation.load(Ordering::Acquire),
-            (&self.database, &self.user),
         ))
         .await;
         self.stats.servers_login.dec();
@@ -331,7 +330,7 @@ impl Pool {
                     .map(|l| server.created + jittered(l, settings.lifetime_jitter));
                 lock(&self.defaults).get_or_insert_with(|| server.params.clone());
                 lock(&self.servers).insert(server.info.id, server.info.clone());
-                tracing::debug!(parent: &server.info.span, "server connection opened");
+                tracing::debug!(server = server.info.id, database = %self.database, user = %self.user, backend_pid = server.backend_pid, "server connection opened");
                 Ok(Box::new(server))
             }
             Err(err) => {
@@ -361,7 +360,7 @@ impl Pool {
         self.open.fetch_sub(1, Ordering::AcqRel);
         self.stats.closed(reason);
         lock(&self.servers).remove(&server.info.id);
-        tracing::debug!(parent: &server.info.span, reason = ?reason, "server connection closed");
+        tracing::debug!(server = server.info.id, database = %self.database, user = %self.user, backend_pid = server.backend_pid, reason = ?reason, "server connection closed");
         self.returned.notify_one();
         crate::io::spawn(server.close());
     }

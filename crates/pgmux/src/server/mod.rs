@@ -126,7 +126,6 @@ impl Server {
         (timeout, tcp): (Duration, crate::io::TcpOptions),
         max_message: usize,
         generation: u64,
-        (database, user): (&str, &str),
     ) -> Result<Server, ServerError> {
         let connected = crate::io::timeout(
             timeout,
@@ -137,14 +136,7 @@ impl Server {
             Ok(result) => result?,
             Err(_) => return Err(ServerError::Timeout(timeout)),
         };
-        let span = tracing::info_span!(
-            "server",
-            id = server.id,
-            %database,
-            %user,
-            backend_pid = server.backend_pid
-        );
-        let mut info = ConnInfo::new(server.id, State::Idle, span);
+        let mut info = ConnInfo::new(server.id, State::Idle);
         info.addr = Some(server.addr);
         info.local = server.stream.local_addr().ok();
         info.remote_pid = server.backend_pid;
@@ -178,7 +170,7 @@ impl Server {
             buf: BytesMut::with_capacity(SERVER_BUFFER),
             params: ParamMap::default(),
             id,
-            info: Arc::new(ConnInfo::new(id, State::Login, tracing::Span::none())),
+            info: Arc::new(ConnInfo::new(id, State::Login)),
             addr,
             backend_pid: 0,
             backend_key: 0,

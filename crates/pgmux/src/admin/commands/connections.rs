@@ -55,7 +55,7 @@ pub fn row(rows: &mut Rows, kind: &str, pool: &Pool, c: &ConnInfo, close_needed:
         },
         num(c.remote_pid),
         String::new(),
-        c.application_name.clone(),
+        c.application_name.to_string(),
     ];
     let mut values: Vec<Option<&str>> = vec![Some(kind), Some(&pool.user), Some(&pool.database)];
     values.extend(cells.iter().map(|s| Some(s.as_str())));

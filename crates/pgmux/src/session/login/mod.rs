@@ -32,9 +32,8 @@ pub(super) async fn open_session(
     shared: &Shared,
 ) -> Option<(TcpStream, LoggedIn)> {
     let peer = stream.peer_addr().ok();
-    let span = tracing::info_span!("client", id = tracing::field::Empty, peer = ?peer);
     let login_timeout = shared.pools.config().client_login_timeout();
-    let opened = crate::io::timeout(login_timeout, log_in(&mut stream, shared, &span, peer)).await;
+    let opened = crate::io::timeout(login_timeout, log_in(&mut stream, shared, peer)).await;
     let (code, message) = match opened {
         Ok(Ok(Some(session))) => return Some((stream, session)),
         Ok(Ok(None)) | Ok(Err(ClientError::Gone)) => return None,
@@ -49,7 +48,7 @@ pub(super) async fn open_session(
             ("08P01".to_string(), message)
         }
     };
-    tracing::info!(parent: &span, %code, %message, "login refused");
+    tracing::info!(?peer, %code, %message, "login refused");
     refuse(&mut stream, &code, &message).await;
     None
 }
@@ -70,7 +69,6 @@ fn failure_reason(code: &str) -> LoginFailure {
 async fn log_in(
     stream: &mut TcpStream,
     shared: &Shared,
-    span: &tracing::Span,
     peer: Option<std::net::SocketAddr>,
 ) -> Result<Option<LoggedIn>, ClientError> {
     let params = match handshake::read_opening(stream).await? {
@@ -119,7 +117,7 @@ async fn log_in(
         tokio::io::AsyncWriteExt::write_all(stream, &out)
             .await
             .map_err(ClientError::io)?;
-        tracing::info!(parent: span, %user, %database, ?role, "admin console login");
+        tracing::info!(?peer, %user, %database, ?role, "admin console login");
         return Ok(Some(LoggedIn::Admin(AdminSession { user, role })));
     }
     let unknown = |e: crate::pool::UnknownDatabase| ClientError::fatal("3D000", e.to_string());
@@ -156,20 +154,19 @@ async fn log_in(
         .await
         .map_err(ClientError::io)?;
     let id = next_id();
-    span.record("id", id);
-    let mut info = ConnInfo::new(id, State::Idle, span.clone());
+    let mut info = ConnInfo::new(id, State::Idle);
     info.addr = peer;
     info.local = stream.local_addr().ok();
     info.remote_pid = cancel.pid;
     info.application_name = client_params
         .get("application_name")
         .unwrap_or_default()
-        .to_string();
+        .into();
     let info = Arc::new(info);
     pools.register_client(&pool, info.clone());
     pool.stats.logins.add(1);
     if pools.config().log_connections {
-        tracing::info!(parent: span, %user, %database, "client logged in");
+        tracing::info!(client = id, ?peer, %user, %database, "client logged in");
     }
     Ok(Some(LoggedIn::Pool(Session {
         pool,

@@ -18,6 +18,8 @@ mod linked;
 mod pin_tracking;
 mod release;
 
+use std::task::{Context, Poll};
+
 use crate::io::Stream as TcpStream;
 use bytes::BytesMut;
 
@@ -31,7 +33,7 @@ use super::state::pins::Pins;
 use super::{refuse, ClientError, Session};
 use crate::config::PoolMode;
 use crate::conninfo::{now_micros, State};
-use crate::lifecycle::{Stop, StopSignal};
+use crate::lifecycle::Stop;
 use crate::server::ServerError;
 use crate::stats::CloseReason;
 
@@ -50,44 +52,151 @@ pub(super) enum Outcome {
     Aborted,
 }
 
-/// Relay for a logged-in client until it leaves. A plain fn returning an
-/// `async move` block: the block owns `stream` and `session` once, where an
-/// `async fn` would store its arguments a second time in the task that
-/// every idle client keeps.
-#[allow(clippy::manual_async_fn)] // deliberate: see the doc comment
-pub fn run(
-    mut stream: TcpStream,
-    mut session: Session,
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
+/// A logged-in client between requests: everything an idle client holds
+/// (its task, [`crate::session::task`], adds only a tag).
+pub(in crate::session) struct Client {
+    stream: TcpStream,
+    session: Session,
+    flow: ClientFlow,
+    /// What the client has sent of its next request; no buffer while empty.
+    cbuf: BytesMut,
+}
+
+/// What ended an idle wait.
+pub(in crate::session) enum Idle {
+    /// A request to serve ([`serve_next`]).
+    Request,
+    /// The server a pinned client keeps has something to say ([`pass_news`]).
+    ServerNews,
+    /// The client said Terminate or closed its socket.
+    Left,
+}
+
+/// The client back from a turn, and whether its session goes on.
+pub(in crate::session) type Turn = (Client, Result<bool, ClientError>);
+
+impl Client {
+    pub(in crate::session) fn new(stream: TcpStream, session: Session) -> Client {
         session.pool.stats.clients.inc();
-        let result = relay(&mut stream, &mut session).await;
-        match session.kept.take() {
-            Some(pinned) => {
-                Box::pin(release_after_client(
-                    *pinned,
-                    &mut session,
-                    Leaving::Politely,
-                ))
-                .await
-            }
-            // A pinned server that failed was discarded on the way out:
-            // the pin gauge still counts this client.
-            None => set_pins(&session, Pins::default()),
+        let transaction_mode = session.pool.mode == PoolMode::Transaction;
+        Client {
+            flow: ClientFlow::new(session.pool.max_message, transaction_mode),
+            stream,
+            session,
+            cbuf: BytesMut::new(),
         }
-        session.pool.stats.clients.dec();
-        session.pool.forget_client(session.info.id);
-        let span = &session.info.span;
-        match result {
-            Err(ClientError::Fatal { code, message }) => {
-                tracing::info!(parent: span, user = %session.pool.user, database = %session.pool.database, %code, %message, "closing client");
-                Box::pin(refuse(&mut stream, &code, &message)).await;
+    }
+
+    /// Read until a whole request is in (or enough that it must stream),
+    /// the client leaves, a pinned client's server speaks, or the session's
+    /// stop signal is raised. Written as a poll, not an `async fn`, so the
+    /// wait stores nothing in the idle client's task: the wakers live in the
+    /// sockets' and the stop signal's own slots.
+    pub(in crate::session) fn poll_idle(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Idle, ClientError>> {
+        let (stream, s, cbuf) = (&self.stream, &self.session, &mut self.cbuf);
+        let mut must_wait = cbuf.is_empty();
+        loop {
+            if !cbuf.is_empty() {
+                if cbuf[0] == b'X' {
+                    return Poll::Ready(Ok(Idle::Left));
+                }
+                let state = self.flow.request_state(cbuf).map_err(|e| {
+                    ClientError::fatal("08P01", format!("invalid message from client: {e}"))
+                })?;
+                if state.complete || cbuf.len() >= STREAM_AFTER {
+                    return Poll::Ready(Ok(Idle::Request));
+                }
+            } else {
+                // Hold no buffer while waiting: it goes back to the worker.
+                buffers::give(std::mem::take(cbuf));
+                must_wait = true;
             }
-            _ if session.pools.config().log_disconnections => {
-                tracing::info!(parent: span, user = %session.pool.user, database = %session.pool.database, "client disconnected");
+            if must_wait {
+                if s.info.stop.poll(cx) != Stop::No {
+                    return Poll::Ready(Err(closing(s)));
+                }
+                match stream.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(ClientError::Gone)),
+                    Poll::Pending => {
+                        let pinned = s.kept.as_ref().map(|c| &c.server().stream);
+                        return match pinned.map(|server| server.poll_read_ready(cx)) {
+                            // An error shows up on the read that follows.
+                            Some(Poll::Ready(_)) => Poll::Ready(Ok(Idle::ServerNews)),
+                            _ => Poll::Pending,
+                        };
+                    }
+                }
             }
-            _ => {}
+            // Non-blocking: readiness can be stale (left over from the
+            // login's reads). WouldBlock clears it and we wait again.
+            if cbuf.capacity() == 0 {
+                *cbuf = buffers::take();
+            } else if cbuf.capacity() - cbuf.len() < 1024 {
+                cbuf.reserve(CLIENT_BUFFER);
+            }
+            match stream.try_read_buf(cbuf) {
+                Ok(0) => return Poll::Ready(Ok(Idle::Left)),
+                Ok(n) => {
+                    s.pool.stats.received.add(n as u64);
+                    must_wait = false;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => must_wait = true,
+                Err(_) => return Poll::Ready(Err(ClientError::Gone)),
+            }
         }
+    }
+}
+
+/// Serve the request [`Client::poll_idle`] found.
+pub(in crate::session) async fn serve_next(mut c: Client) -> Turn {
+    let transaction_mode = c.session.pool.mode == PoolMode::Transaction;
+    let result = serve_request(
+        &mut c.stream,
+        &mut c.session,
+        &mut c.flow,
+        &mut c.cbuf,
+        transaction_mode,
+    )
+    .await;
+    (c, result)
+}
+
+/// Pass on what a pinned client's server said while the client was idle.
+pub(in crate::session) async fn pass_news(mut c: Client) -> Turn {
+    let result = pass_server_news(&mut c.stream, &mut c.session).await;
+    (c, result.map(|()| true))
+}
+
+/// The session is over: give back what the client holds, and tell it why
+/// if pgmux is the one closing it.
+pub(in crate::session) async fn finish(c: Client, result: Result<(), ClientError>) {
+    let Client {
+        mut stream,
+        mut session,
+        ..
+    } = c;
+    match session.kept.take() {
+        Some(pinned) => release_after_client(*pinned, &mut session, Leaving::Politely).await,
+        // A pinned server that failed was discarded on the way out:
+        // the pin gauge still counts this client.
+        None => set_pins(&session, Pins::default()),
+    }
+    session.pool.stats.clients.dec();
+    session.pool.forget_client(session.info.id);
+    let (client, peer) = (session.info.id, session.info.addr);
+    match result {
+        Err(ClientError::Fatal { code, message }) => {
+            tracing::info!(client, ?peer, user = %session.pool.user, database = %session.pool.database, %code, %message, "closing client");
+            refuse(&mut stream, &code, &message).await;
+        }
+        _ if session.pools.config().log_disconnections => {
+            tracing::info!(client, ?peer, user = %session.pool.user, database = %session.pool.database, "client disconnected");
+        }
+        _ => {}
     }
 }
 
@@ -112,113 +221,6 @@ fn closing(s: &Session) -> ClientError {
                 s.pool.database
             ),
         )
-    }
-}
-
-/// What woke an idle client's wait.
-enum Woke {
-    Client,
-    /// The server a pinned client keeps has something to say.
-    Server,
-    Stop,
-}
-
-/// Wait until the client's socket is readable, a pinned client's server
-/// is, or the session's stop signal is raised. Hand-rolled rather than
-/// `select!` over `readable()`: `poll_read_ready` keeps the waker in the
-/// socket's own slot, where `readable()` carries a 150-byte waiter in every
-/// idle client's task.
-async fn wait_readable(
-    stream: &TcpStream,
-    pinned: Option<&crate::io::Stream>,
-    stop: &StopSignal,
-) -> Result<Woke, ClientError> {
-    std::future::poll_fn(|cx| {
-        if stop.poll(cx) != Stop::No {
-            return std::task::Poll::Ready(Ok(Woke::Stop));
-        }
-        if let std::task::Poll::Ready(ready) = stream.poll_read_ready(cx) {
-            return std::task::Poll::Ready(
-                ready.map(|()| Woke::Client).map_err(|_| ClientError::Gone),
-            );
-        }
-        match pinned.map(|server| server.poll_read_ready(cx)) {
-            // An error shows up on the read that follows.
-            Some(std::task::Poll::Ready(_)) => std::task::Poll::Ready(Ok(Woke::Server)),
-            _ => std::task::Poll::Pending,
-        }
-    })
-    .await
-}
-
-async fn relay(stream: &mut TcpStream, s: &mut Session) -> Result<(), ClientError> {
-    let transaction_mode = s.pool.mode == PoolMode::Transaction;
-    let mut flow = ClientFlow::new(s.pool.max_message, transaction_mode);
-    let mut cbuf = BytesMut::new();
-    loop {
-        // Idle: wait for a whole request. The buffer exists only while bytes do.
-        let mut must_wait = cbuf.is_empty();
-        loop {
-            if !cbuf.is_empty() {
-                if cbuf[0] == b'X' {
-                    return Ok(());
-                }
-                let state = flow.request_state(&cbuf).map_err(|e| {
-                    ClientError::fatal("08P01", format!("invalid message from client: {e}"))
-                })?;
-                if state.complete || cbuf.len() >= STREAM_AFTER {
-                    break;
-                }
-            } else {
-                // Hold no buffer while waiting: it goes back to the worker.
-                buffers::give(std::mem::take(&mut cbuf));
-                must_wait = true;
-            }
-            if must_wait {
-                // One wait in the loop: a second call site would store a
-                // second wait future in every idle client's task.
-                let pinned = s.kept.as_ref().map(|c| &c.server().stream);
-                match wait_readable(stream, pinned, &s.info.stop).await? {
-                    Woke::Client => {}
-                    Woke::Stop => return Err(closing(s)),
-                    Woke::Server => {
-                        Box::pin(pass_server_news(stream, s)).await?;
-                        continue;
-                    }
-                }
-            }
-            // Non-blocking: readiness can be stale (left over from the
-            // login's reads), and a blocking read here would stop watching
-            // the stop signal. WouldBlock clears it and we wait again.
-            if cbuf.capacity() == 0 {
-                cbuf = buffers::take();
-            } else if cbuf.capacity() - cbuf.len() < 1024 {
-                cbuf.reserve(CLIENT_BUFFER);
-            }
-            match stream.try_read_buf(&mut cbuf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => {
-                    s.pool.stats.received.add(n as u64);
-                    must_wait = false;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => must_wait = true,
-                Err(_) => return Err(ClientError::Gone),
-            }
-        }
-
-        // One allocation per request keeps the idle task small: everything
-        // a linked client needs lives in this boxed future, not in the task.
-        let keep_going = Box::pin(serve_request(
-            stream,
-            s,
-            &mut flow,
-            &mut cbuf,
-            transaction_mode,
-        ))
-        .await?;
-        if !keep_going {
-            return Ok(());
-        }
     }
 }
 
@@ -313,7 +315,7 @@ async fn serve_request(
             // reached the client: close as a direct connection would.
             let told = checkout.server().flow.fatal_passed;
             checkout.discard(CloseReason::Error);
-            tracing::warn!(parent: &s.info.span, user = %s.pool.user, database = %s.pool.database, error = %e, "server connection failed");
+            tracing::warn!(client = s.info.id, peer = ?s.info.addr, user = %s.pool.user, database = %s.pool.database, error = %e, "server connection failed");
             if told {
                 return Err(ClientError::Gone);
             }

@@ -101,12 +101,12 @@ pub(super) fn set_pins(s: &Session, pins: Pins) {
         stats::pinned(stats, pin.label());
     }
     if pins.is_empty() != before.is_empty() {
-        let span = &s.info.span;
+        let client = s.info.id;
         if pins.is_empty() {
-            tracing::debug!(parent: span, "client unpinned from its server");
+            tracing::debug!(client, "client unpinned from its server");
         } else {
             let reasons: Vec<&str> = pins.iter().map(|p| p.label()).collect();
-            tracing::debug!(parent: span, ?reasons, "client pinned to its server");
+            tracing::debug!(client, ?reasons, "client pinned to its server");
         }
     }
     s.info.set_pin_bits(pins.bits());
