@@ -402,16 +402,19 @@ impl Drop for Stream {
             drop(st);
             self.conn.push_sends();
         } else {
-            // The receive in flight holds the descriptor: end it, with a
+            // A receive in flight holds the descriptor: end it, with a
             // cancel on its ring where this is that ring's thread (no
             // system call), or else by shutting the socket. The descriptor
-            // closes with the last operation holding it.
+            // closes with the last operation holding it; with none in
+            // flight (the peer closed first, as clients that say Terminate
+            // do), that is now, and a shutdown would be a wasted call.
             let here = reactor::ring_id();
+            let receiving = st.receiving;
             let receive = st
                 .multishot
                 .filter(|_| here != 0 && st.multishot_ring == here);
             drop(st);
-            if !receive.is_some_and(reactor::cancel) {
+            if receiving && !receive.is_some_and(reactor::cancel) {
                 let _ = self.conn.socket.shutdown(std::net::Shutdown::Both);
             }
         }
