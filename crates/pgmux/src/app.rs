@@ -74,7 +74,7 @@ impl App {
         if let Some(source) = source {
             pools.set_source(source);
         }
-        let shared = Arc::new(Shared::new(pools.clone()));
+        let mut shared = Shared::new(pools.clone());
 
         // Port 0 is never shared: with SO_REUSEPORT the kernel may hand two
         // processes the same ephemeral port.
@@ -114,8 +114,9 @@ impl App {
         let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..worker_count)
             .map(|_| tokio::sync::mpsc::unbounded_channel())
             .unzip();
+        shared.local_addr = Some(addr).filter(|a| !a.ip().is_unspecified());
         let acceptor = Arc::new(listener::Acceptor {
-            shared,
+            shared: Arc::new(shared),
             slots: Arc::new(tokio::sync::Semaphore::new(max_clients as usize)),
             inboxes,
         });

@@ -34,6 +34,11 @@ pub struct Shared {
     pub cancels: Arc<Cancels>,
     /// Stands in for an unknown user's verifier so the exchange looks alike.
     pub decoy: ScramVerifier,
+    /// The address every client reaches pgmux at, when the listener names
+    /// one: SHOW CLIENTS then needs no `getsockname` per login. (Behind a
+    /// wildcard listener a client may arrive at any of the host's
+    /// addresses, so its socket is asked.)
+    pub local_addr: Option<std::net::SocketAddr>,
 }
 
 impl Shared {
@@ -45,6 +50,7 @@ impl Shared {
             pools,
             cancels: Arc::new(Cancels::default()),
             decoy,
+            local_addr: None,
         }
     }
 }

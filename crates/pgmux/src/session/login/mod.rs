@@ -156,7 +156,7 @@ async fn log_in(
     let id = next_id();
     let mut info = ConnInfo::new(id, State::Idle);
     info.addr = peer;
-    info.local = stream.local_addr().ok();
+    info.local = shared.local_addr.or_else(|| stream.local_addr().ok());
     info.remote_pid = cancel.pid;
     info.application_name = client_params
         .get("application_name")
