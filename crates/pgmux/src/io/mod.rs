@@ -253,12 +253,53 @@ pub async fn sleep(duration: Duration) {
 #[error("deadline has elapsed")]
 pub struct Elapsed;
 
-/// `work`, unless `duration` passes first.
-pub async fn timeout<F: Future>(duration: Duration, work: F) -> Result<F::Output, Elapsed> {
-    tokio::pin!(work);
-    tokio::select! {
-        biased;
-        done = &mut work => Ok(done),
-        () = sleep(duration) => Err(Elapsed),
+pin_project_lite::pin_project! {
+    /// `work`, unless its time runs out first ([`timeout`]). A struct
+    /// rather than an `async fn`: an `async fn` keeps its argument and the
+    /// pinned future it polls as two copies, which doubled the box every
+    /// login lives in.
+    pub struct Timeout<F> {
+        #[pin]
+        work: F,
+        #[pin]
+        deadline: Deadline,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = DeadlineProj]
+    enum Deadline {
+        Tokio { #[pin] sleep: tokio::time::Sleep },
+        Uring { sleep: uring::Sleep },
+    }
+}
+
+/// `work`, unless `duration` passes first (on this thread's backend).
+pub fn timeout<F: Future>(duration: Duration, work: F) -> Timeout<F> {
+    let deadline = if uring::executor_active() {
+        Deadline::Uring {
+            sleep: uring::sleep_until(std::time::Instant::now() + duration),
+        }
+    } else {
+        Deadline::Tokio {
+            sleep: tokio::time::sleep(duration),
+        }
+    };
+    Timeout { work, deadline }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(done) = this.work.poll(cx) {
+            return Poll::Ready(Ok(done));
+        }
+        let ran_out = match this.deadline.project() {
+            DeadlineProj::Tokio { sleep } => sleep.poll(cx),
+            DeadlineProj::Uring { sleep } => Pin::new(sleep).poll(cx),
+        };
+        ran_out.map(|()| Err(Elapsed))
     }
 }

@@ -7,6 +7,7 @@
 //! always waits on.
 
 use std::cell::{Cell, RefCell};
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io::Write;
@@ -15,14 +16,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 type Task = Pin<Box<dyn Future<Output = ()>>>;
 
 /// What other threads reach of this thread's executor.
 pub struct Shared {
-    owner: ThreadId,
     /// Tasks woken from other threads.
     remote: Mutex<Vec<usize>>,
     /// The loop is (about to be) asleep in the ring: a remote wake must
@@ -33,7 +32,9 @@ pub struct Shared {
 
 impl Shared {
     fn wake(&self, id: usize) {
-        if std::thread::current().id() == self.owner {
+        // This thread's executor is known by its address: cheaper than
+        // asking for the current thread's handle on every wake.
+        if HERE.with(Cell::get) == self as *const Shared as usize {
             LOCAL.with(|l| l.borrow_mut().push_back(id));
             return;
         }
@@ -76,6 +77,9 @@ thread_local! {
     static TASKS: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
     static FREE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
     static SHARED: RefCell<Option<Arc<Shared>>> = const { RefCell::new(None) };
+    /// The address of this thread's `Shared` (0: none), to tell a local
+    /// wake from a remote one.
+    static HERE: Cell<usize> = const { Cell::new(0) };
     static TIMERS: RefCell<BTreeMap<(Instant, u64), Waker>> = const { RefCell::new(BTreeMap::new()) };
     static TIMER_SEQ: Cell<u64> = const { Cell::new(0) };
     /// Set while the executor is torn down: a task dropped then may spawn
@@ -91,11 +95,11 @@ pub fn install() -> std::io::Result<UnixStream> {
     kick.set_nonblocking(true)?;
     wakeup.set_nonblocking(true)?;
     let shared = Arc::new(Shared {
-        owner: std::thread::current().id(),
         remote: Mutex::new(Vec::new()),
         sleeping: AtomicBool::new(false),
         kick,
     });
+    HERE.with(|h| h.set(Arc::as_ptr(&shared) as usize));
     SHARED.with(|s| *s.borrow_mut() = Some(shared));
     CLOSING.with(|c| c.set(false));
     Ok(wakeup)
@@ -211,12 +215,22 @@ pub fn woke_up() {
 
 /// Wake the timers that are due; returns how long until the next one.
 pub fn fire_timers() -> Option<Duration> {
+    if TIMERS.with(|t| t.borrow().is_empty()) {
+        // No clock read on a turn with no timer.
+        return None;
+    }
     let now = Instant::now();
-    let due: Vec<Waker> = TIMERS.with(|t| {
+    // Taken from the front one by one: a split of the map would allocate
+    // a new tree on every turn.
+    let mut due: Vec<Waker> = Vec::new();
+    TIMERS.with(|t| {
         let mut t = t.borrow_mut();
-        let later = t.split_off(&(now, u64::MAX));
-        let due = std::mem::replace(&mut *t, later);
-        due.into_values().collect()
+        while let Some(first) = t.first_entry() {
+            if first.key().0 > now {
+                break;
+            }
+            due.push(first.remove());
+        }
     });
     for w in due {
         w.wake();
@@ -273,7 +287,16 @@ impl Future for Sleep {
                 k
             }
         };
-        TIMERS.with(|t| t.borrow_mut().insert(key, cx.waker().clone()));
+        TIMERS.with(|t| match t.borrow_mut().entry(key) {
+            // Polled again by the same task: nothing to change.
+            Entry::Occupied(e) if e.get().will_wake(cx.waker()) => {}
+            Entry::Occupied(mut e) => {
+                e.insert(cx.waker().clone());
+            }
+            Entry::Vacant(e) => {
+                e.insert(cx.waker().clone());
+            }
+        });
         Poll::Pending
     }
 }
