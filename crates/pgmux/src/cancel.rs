@@ -173,6 +173,11 @@ impl Cancels {
             found
         };
         let Some(slot) = slot else { return };
+        self.forward(&slot).await;
+    }
+
+    /// Forward a cancel to the server `slot`'s client is linked to, if any.
+    async fn forward(&self, slot: &Slot) {
         // Counted under the same lock that unlinking takes: a client that
         // unlinks after this sees the count.
         let target = {
@@ -184,7 +189,7 @@ impl Cancels {
         };
         let Some(target) = target else { return };
         let _in_flight = InFlight {
-            slot: &slot,
+            slot,
             cancels: self,
         };
         send_cancel(target).await;
@@ -214,6 +219,14 @@ pub async fn send_cancel(target: CancelTarget) {
 }
 
 impl CancelKey {
+    /// Cancel, in this client's name, what its server runs now (pgmux's own
+    /// `query_timeout`). Counted as a client's cancel is, so the server goes
+    /// back to the pool only once the cancel was delivered.
+    pub fn cancel_linked(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (slot, cancels) = (self.slot.clone(), self.cancels.clone());
+        async move { cancels.forward(&slot).await }
+    }
+
     pub fn link(&self, target: CancelTarget) {
         *lock(&self.slot.target) = Some(target);
     }

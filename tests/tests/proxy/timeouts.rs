@@ -1,5 +1,6 @@
-//! The timeouts: a wait for a server, a server that never answers, and
-//! clients that hold a connection without using it (issue 12).
+//! The timeouts: a wait for a server, a server that never answers, a
+//! request that runs too long, and clients that hold a connection without
+//! using it (issue 12).
 
 use std::time::Duration;
 
@@ -133,4 +134,44 @@ async fn a_client_idle_past_client_idle_timeout_is_closed() {
     let next = connect(app.addr, &db).await;
     let one: i32 = next.query_one("select 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
+}
+
+/// Issue 12: a request that runs past `query_timeout` is cancelled on its
+/// server: the client gets PostgreSQL's 57014 and keeps its connection,
+/// nothing the request did is committed, and the pool's one server then
+/// serves another client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_query_timeout_is_cancelled_and_its_client_stays() {
+    let db = fresh_database("iso_query_timeout").await;
+    let app = start_pgmux(|c| {
+        c.pool_size = 1;
+        c.query_timeout = 0.5;
+    })
+    .await;
+    let client = connect(app.addr, &db).await;
+    client
+        .batch_execute("create table timed_out (id int)")
+        .await
+        .unwrap();
+    // One simple Query is one implicit transaction: the insert stands or
+    // falls with the sleep.
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.batch_execute("insert into timed_out values (1); select pg_sleep(60)"),
+    )
+    .await
+    .expect("the request must end")
+    .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err:?}");
+    assert_eq!(scalar_i32(&client, "select 7").await, 7, "still connected");
+
+    let other = connect(app.addr, &db).await;
+    let rows: i64 = other
+        .query_one("select count(*) from timed_out", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the cancelled request committed nothing");
+    // A request shorter than the limit is not touched.
+    assert_eq!(scalar_i32(&other, "select 8 from pg_sleep(0.1)").await, 8);
 }

@@ -94,6 +94,13 @@ pub struct Config {
     pub server_connect_timeout: f64,
     pub server_login_retry: f64,
     pub query_wait_timeout: f64,
+    /// A request that runs longer than this is cancelled on its server
+    /// (the client gets PostgreSQL's 57014 and keeps its connection); 0:
+    /// never.
+    pub query_timeout: f64,
+    /// How long a cancel sent for `query_timeout` may take to end the
+    /// request before the server is closed instead.
+    pub cancel_wait_timeout: f64,
     /// A client idle inside a transaction longer than this is closed
     /// (25P03) and its server rolled back and reused; 0: never.
     pub idle_transaction_timeout: f64,
@@ -160,6 +167,8 @@ pub struct DatabaseConfig {
     pub pool_size: Option<u32>,
     /// Overrides the general `idle_transaction_timeout` for this database.
     pub idle_transaction_timeout: Option<f64>,
+    /// Overrides the general `query_timeout` for this database.
+    pub query_timeout: Option<f64>,
 }
 
 /// `[users.NAME]`: a user allowed in. `password` may be plaintext, an
@@ -244,6 +253,18 @@ impl Config {
                 .and_then(|d| d.idle_transaction_timeout)
                 .unwrap_or(self.idle_transaction_timeout),
         )
+    }
+    /// `query_timeout` for a database: its own, else the general one.
+    pub fn query_timeout_for(&self, database: &str) -> Option<Duration> {
+        optional_secs(
+            self.databases
+                .get(database)
+                .and_then(|d| d.query_timeout)
+                .unwrap_or(self.query_timeout),
+        )
+    }
+    pub fn cancel_wait_timeout(&self) -> Duration {
+        secs(self.cancel_wait_timeout)
     }
     pub fn client_login_timeout(&self) -> Duration {
         secs(self.client_login_timeout)
@@ -338,6 +359,7 @@ impl Config {
             ("max_client_conn", self.max_client_conn as f64),
             ("server_connect_timeout", self.server_connect_timeout),
             ("client_login_timeout", self.client_login_timeout),
+            ("cancel_wait_timeout", self.cancel_wait_timeout),
             ("server_login_retry", self.server_login_retry),
             ("stats_period", self.stats_period),
         ];
@@ -353,12 +375,18 @@ impl Config {
             ("server_idle_timeout", self.server_idle_timeout),
             ("query_wait_timeout", self.query_wait_timeout),
             ("idle_transaction_timeout", self.idle_transaction_timeout),
+            ("query_timeout", self.query_timeout),
             ("client_idle_timeout", self.client_idle_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
         ];
-        let per_database = self.databases.iter().filter_map(|(name, d)| {
-            d.idle_transaction_timeout
-                .map(|v| (format!("databases.{name}.idle_transaction_timeout"), v))
+        let per_database = self.databases.iter().flat_map(|(name, d)| {
+            let idle = d
+                .idle_transaction_timeout
+                .map(|v| (format!("databases.{name}.idle_transaction_timeout"), v));
+            let query = d
+                .query_timeout
+                .map(|v| (format!("databases.{name}.query_timeout"), v));
+            idle.into_iter().chain(query)
         });
         let non_negative = non_negative
             .into_iter()

@@ -165,6 +165,7 @@ fn wildcard_and_mapped_targets() {
             dbname: Some("real".into()),
             pool_size: Some(3),
             idle_transaction_timeout: None,
+            query_timeout: None,
         },
     );
     assert_eq!(
@@ -236,4 +237,40 @@ fn tcp_keepalive_defaults_and_variables() {
     .unwrap();
     assert!(!cfg.tcp_options().keepalive);
     assert_eq!(cfg.tcp_options().user_timeout_ms, 5000);
+}
+
+#[test]
+fn query_timeout_is_general_and_per_database_and_cancel_wait_is_positive() {
+    let mut f = tempfile_in_target("query_timeout.toml");
+    writeln!(
+        f.1,
+        "query_timeout = 120\ncancel_wait_timeout = 3\n[databases.reports]\nquery_timeout = 900\n[databases.app]\npool_size = 5"
+    )
+    .unwrap();
+    let cfg = load(Some(&f.0), &Env::new()).unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.query_timeout_for("app"), Some(Duration::from_secs(120)));
+    assert_eq!(
+        cfg.query_timeout_for("reports"),
+        Some(Duration::from_secs(900))
+    );
+    assert_eq!(cfg.cancel_wait_timeout(), Duration::from_secs(3));
+    let defaults = load(None, &Env::new()).unwrap();
+    assert_eq!(defaults.query_timeout_for("app"), None, "off by default");
+    assert_eq!(defaults.cancel_wait_timeout(), Duration::from_secs(10));
+
+    let mut f = tempfile_in_target("query_timeout_bad.toml");
+    writeln!(f.1, "cancel_wait_timeout = 0").unwrap();
+    let e = load(Some(&f.0), &Env::new())
+        .and_then(|c| c.validate().map(|()| c))
+        .expect_err("a cancel must be given time")
+        .to_string();
+    assert!(e.contains("cancel_wait_timeout"), "{e}");
+    let mut f = tempfile_in_target("query_timeout_bad_db.toml");
+    writeln!(f.1, "[databases.app]\nquery_timeout = -1").unwrap();
+    let e = load(Some(&f.0), &Env::new())
+        .and_then(|c| c.validate().map(|()| c))
+        .expect_err("a negative timeout is refused")
+        .to_string();
+    assert!(e.contains("databases.app.query_timeout"), "{e}");
 }

@@ -39,6 +39,9 @@ impl Pool {
             .store(settings.max_prepared, Ordering::Relaxed);
         self.idle_transaction_timeout
             .set(settings.idle_transaction_timeout);
+        self.query_timeout.set(settings.query_timeout);
+        self.cancel_wait_timeout
+            .set(Some(settings.cancel_wait_timeout));
         self.client_idle_timeout.set(settings.client_idle_timeout);
         *lock(&self.settings) = settings;
         *lock(&self.login) = login;

@@ -69,9 +69,11 @@ pub struct Pool {
     pub manages_statements: bool,
     /// `max_prepared_statements`, read per request without the lock.
     pub max_prepared: AtomicUsize,
-    /// `idle_transaction_timeout` and `client_idle_timeout`, read per
-    /// request without the lock.
+    /// `idle_transaction_timeout`, `query_timeout`, `cancel_wait_timeout`
+    /// and `client_idle_timeout`, read per request without the lock.
     pub idle_transaction_timeout: AtomicTimeout,
+    pub query_timeout: AtomicTimeout,
+    pub cancel_wait_timeout: AtomicTimeout,
     pub client_idle_timeout: AtomicTimeout,
     target: Mutex<Target>,
     login: Mutex<Login>,
@@ -130,6 +132,8 @@ impl Pool {
             manages_statements: settings.mode == PoolMode::Transaction && settings.max_prepared > 0,
             max_prepared: AtomicUsize::new(settings.max_prepared),
             idle_transaction_timeout: AtomicTimeout::new(settings.idle_transaction_timeout),
+            query_timeout: AtomicTimeout::new(settings.query_timeout),
+            cancel_wait_timeout: AtomicTimeout::new(Some(settings.cancel_wait_timeout)),
             client_idle_timeout: AtomicTimeout::new(settings.client_idle_timeout),
             target: Mutex::new(target),
             login: Mutex::new(login),

@@ -54,6 +54,8 @@ pub enum ServerError {
     Lost(String),
     #[error("max_db_connections: all {0} server connections to this database are busy")]
     DatabaseFull(u32),
+    #[error("query_timeout: the request ran longer than {0:?}, and its cancel did not end it within cancel_wait_timeout ({1:?}); the server connection was closed")]
+    QueryTimeout(Duration, Duration),
 }
 
 impl ServerError {
@@ -66,6 +68,7 @@ impl ServerError {
             ServerError::UnsupportedAuth(_) => "28000",
             ServerError::Protocol(_) => "08P01",
             ServerError::DatabaseFull(_) => "53300",
+            ServerError::QueryTimeout(..) => "57014",
             ServerError::Backend(_) | ServerError::Closed | ServerError::Lost(_) => "08006",
         }
     }

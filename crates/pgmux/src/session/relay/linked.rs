@@ -3,6 +3,8 @@
 //! statement may turn out missing or stale, and `DROP DATABASE` eased past
 //! pgmux's own idle servers.
 
+use std::time::{Duration, Instant};
+
 use crate::io::Stream as TcpStream;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,6 +54,7 @@ pub(super) async fn relay_linked(
 ) -> Outcome {
     let transaction_mode = s.pool.mode == PoolMode::Transaction;
     let mut replay = Replay::default();
+    let mut query_clock = QueryClock::default();
     loop {
         let server = checkout.server_mut();
         if !cbuf.is_empty() && !*terminating {
@@ -90,6 +93,15 @@ pub(super) async fn relay_linked(
         } else {
             None
         };
+        // A request in flight (the server owes replies) is timed only when
+        // query_timeout is set.
+        let query_limit = match s.pool.query_timeout.get() {
+            Some(limit) if !server.expect.is_empty() => Some(query_clock.left(limit)),
+            _ => {
+                query_clock = QueryClock::default();
+                None
+            }
+        };
         tokio::select! {
             // In order, without a random draw per poll: the stop signal
             // first, then the client, then the server.
@@ -118,6 +130,11 @@ pub(super) async fn relay_linked(
                     *cbuf = joined;
                 }
             }
+            () = crate::io::sleep(query_limit.unwrap_or_default()), if query_limit.is_some() => {
+                if let Some(e) = query_clock.ran_out(s) {
+                    return Outcome::ServerFailed(e);
+                }
+            }
             () = crate::io::sleep(idle_limit.unwrap_or_default()), if idle_limit.is_some() => {
                 // As PostgreSQL's idle_in_transaction_session_timeout: the
                 // client is closed; its server is rolled back and reused.
@@ -127,6 +144,42 @@ pub(super) async fn relay_linked(
                 )));
             }
         }
+    }
+}
+
+/// `query_timeout` for the request in flight: when it went out, and when
+/// pgmux cancelled it.
+#[derive(Default)]
+struct QueryClock {
+    started: Option<Instant>,
+    cancelled: Option<(Instant, Duration, Duration)>,
+}
+
+impl QueryClock {
+    /// The time left before the request is cancelled, or, once it was,
+    /// before its server is given up.
+    fn left(&mut self, limit: Duration) -> Duration {
+        let now = Instant::now();
+        let deadline = match self.cancelled {
+            Some((at, _, wait)) => at + wait,
+            None => *self.started.get_or_insert(now) + limit,
+        };
+        deadline.saturating_duration_since(now)
+    }
+
+    /// The time ran out: cancel the request (the client then gets
+    /// PostgreSQL's 57014 and keeps its connection), or, if it was
+    /// cancelled already and still runs, give the server up.
+    fn ran_out(&mut self, s: &Session) -> Option<ServerError> {
+        let limit = s.pool.query_timeout.get().unwrap_or_default();
+        let wait = s.pool.cancel_wait_timeout.get().unwrap_or_default();
+        if let Some((_, limit, wait)) = self.cancelled {
+            return Some(ServerError::QueryTimeout(limit, wait));
+        }
+        tracing::info!(client = s.info.id, user = %s.pool.user, database = %s.pool.database, ?limit, "query_timeout: cancelling the request");
+        self.cancelled = Some((Instant::now(), limit, wait));
+        crate::io::spawn(s.cancel.cancel_linked());
+        None
     }
 }
 
