@@ -163,6 +163,35 @@ pub struct Expect {
     skipping: bool,
     /// The errors of the `Raise` and `RefusedQuery` entries, in queue order.
     raises: VecDeque<(&'static str, Box<str>)>,
+    /// How many entries of `queue` are of each kind the per-message checks
+    /// ask about, so that a long pipeline costs no scan per message.
+    kinds: Kinds,
+}
+
+/// Counts of queue entries by kind (see [`Expect::statements_unsettled`]
+/// and [`Expect::is_empty`]).
+#[derive(Debug, Default)]
+struct Kinds {
+    markers: usize,
+    unsettling: usize,
+    ends: usize,
+    forget_all_executes: usize,
+}
+
+impl Kinds {
+    fn add(&mut self, p: Pending) {
+        self.markers += usize::from(p.is_marker());
+        self.unsettling += usize::from(p.unsettles_statements());
+        self.ends += usize::from(p.ends_with_ready());
+        self.forget_all_executes += usize::from(p == Pending::ForgetAllExecute);
+    }
+
+    fn remove(&mut self, p: Pending) {
+        self.markers -= usize::from(p.is_marker());
+        self.unsettling -= usize::from(p.unsettles_statements());
+        self.ends -= usize::from(p.ends_with_ready());
+        self.forget_all_executes -= usize::from(p == Pending::ForgetAllExecute);
+    }
 }
 
 impl Expect {
@@ -183,12 +212,14 @@ impl Expect {
         if p.ends_with_ready() {
             self.ready_owed += 1;
         }
+        self.kinds.add(p);
         self.queue.push_back(p);
     }
 
     /// Take the front entry off (with its error, if it carries one).
     fn pop(&mut self) -> Option<Pending> {
         let p = self.queue.pop_front()?;
+        self.kinds.remove(p);
         if p.raises() {
             self.raises.pop_front();
         }
@@ -214,6 +245,14 @@ impl Expect {
     /// An Execute that may drop every statement is waited for even within
     /// its request (pgmux sends a Flush behind it, so its reply comes).
     pub fn statements_unsettled(&self) -> bool {
+        // Counted, so the usual answer takes no scan (this is asked for
+        // every message of a pipeline).
+        if self.kinds.forget_all_executes > 0 {
+            return true;
+        }
+        if self.kinds.unsettling == 0 || self.kinds.ends == 0 {
+            return false;
+        }
         let last_end = self.queue.iter().rposition(|p| p.ends_with_ready());
         self.queue.iter().enumerate().any(|(i, p)| {
             *p == Pending::ForgetAllExecute
@@ -229,10 +268,12 @@ impl Expect {
             match self.queue[i] {
                 Pending::CopyEnd => {
                     self.queue.remove(i);
+                    self.kinds.remove(Pending::CopyEnd);
                     return;
                 }
                 Pending::Sync => {
                     self.queue.remove(i);
+                    self.kinds.remove(Pending::Sync);
                     self.ready_owed -= 1;
                 }
                 _ => i += 1,
@@ -244,7 +285,7 @@ impl Expect {
     /// Nothing is owed and the server is not waiting for a Sync to end an
     /// error (see [`Expect::skipping`]).
     pub fn is_empty(&self) -> bool {
-        !self.skipping && self.queue.iter().all(|p| p.is_marker())
+        !self.skipping && self.queue.len() == self.kinds.markers
     }
 
     /// The server discards what the client sends until its next Sync (an
