@@ -142,6 +142,17 @@ impl Proc {
         }
     }
 
+    /// pgmux's resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("pgmux is still running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     pub fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("pgmux is still running") as i32;
         // SAFETY: kill(2) with our own child's pid has no memory effects.

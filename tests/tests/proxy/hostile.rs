@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use pgmux_tests::process::{config_text, Proc};
 use pgmux_tests::raw::{self, Raw};
 use pgmux_tests::*;
 use tokio::io::AsyncWriteExt;
@@ -230,4 +231,55 @@ async fn oversized_startup_packets_and_impossible_client_caps_are_refused() {
         panic!("start-up must refuse")
     };
     assert!(err.to_string().contains("max_client_conn"), "{err}");
+}
+
+/// Issue 12: after an extended-protocol error the server discards every
+/// message up to the client's next Sync. A client that goes on sending
+/// Bind/Execute without a Sync must not make pgmux remember each one: after
+/// bursts of 28 MB have warmed pgmux's buffers (and the allocator's
+/// caches), 24 MB more cost it (almost) nothing, and each Sync gets the one error and
+/// ReadyForQuery, as on a direct connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_past_an_error_without_a_sync_cost_no_memory() {
+    let db = fresh_database("flood_no_sync").await;
+    let config = config_text("127.0.0.1:0", "auth_type = \"trust\"");
+    let pgmux = Proc::start("flood_no_sync", &config, &[]).await;
+    let mut client = Raw::login(pgmux.addr, APP_USER, &db).await;
+    assert_eq!(client.scalar("select 1").await, "1", "warm");
+    let pair = [raw::bind("no_such_statement"), raw::execute()].concat();
+    let megabyte = pair.repeat(1024 * 1024 / pair.len());
+
+    let mut flood = async |megabytes: usize| {
+        for _ in 0..megabytes {
+            client.send(&megabyte).await;
+        }
+        client.send(&raw::sync()).await;
+        let replies = client.until_ready().await;
+        assert_eq!(raw::error_in(&replies).sqlstate().as_deref(), Some("26000"));
+        assert_eq!(
+            replies.iter().filter(|m| m.tag == b'E').count(),
+            1,
+            "the messages after the error draw nothing: {}",
+            raw::tags(&replies)
+        );
+    };
+    let start = pgmux.rss_kib();
+    for megabytes in [4, 12, 12] {
+        flood(megabytes).await;
+    }
+    let warmed = pgmux.rss_kib();
+    flood(24).await;
+    let after = pgmux.rss_kib();
+    println!("pgmux: {start} KiB, {warmed} after 28 MB, {after} after 24 MB more");
+    // Remembering each skipped message grew pgmux by about twice what the
+    // client sent (issue 12: 92 MiB for 46 MB).
+    assert!(
+        after.saturating_sub(warmed) < 4 * 1024,
+        "pgmux grew from {warmed} to {after} KiB while a client sent 24 MB of skipped messages"
+    );
+    assert!(
+        warmed.saturating_sub(start) < 24 * 1024,
+        "buffers: {start} -> {warmed} KiB"
+    );
+    assert_eq!(client.scalar("select 2").await, "2", "still served");
 }
