@@ -24,6 +24,9 @@ type Task = Pin<Box<dyn Future<Output = ()>>>;
 pub struct Shared {
     /// Tasks woken from other threads.
     remote: Mutex<Vec<usize>>,
+    /// Set after a push to `remote`: the loop looks at (and locks) the
+    /// list only when something is there, not on every turn.
+    remote_pending: AtomicBool,
     /// The loop is (about to be) asleep in the ring: a remote wake must
     /// write to `kick`.
     sleeping: AtomicBool,
@@ -42,7 +45,10 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(id);
-        if self.sleeping.swap(false, Ordering::AcqRel) {
+        // SeqCst with `may_sleep`'s store of `sleeping` and load of this
+        // flag: either the loop sees the flag, or this sees it sleeping.
+        self.remote_pending.store(true, Ordering::SeqCst);
+        if self.sleeping.swap(false, Ordering::SeqCst) {
             // A full socket already holds a wake-up: nothing lost.
             let _ = (&self.kick).write(&[1]);
         }
@@ -96,6 +102,7 @@ pub fn install() -> std::io::Result<UnixStream> {
     wakeup.set_nonblocking(true)?;
     let shared = Arc::new(Shared {
         remote: Mutex::new(Vec::new()),
+        remote_pending: AtomicBool::new(false),
         sleeping: AtomicBool::new(false),
         kick,
     });
@@ -179,11 +186,16 @@ pub fn run_ready() -> usize {
 }
 
 fn take_remote() {
-    let Some(shared) = SHARED.with(|s| s.borrow().clone()) else {
-        return;
-    };
-    let woken = std::mem::take(&mut *shared.remote.lock().unwrap_or_else(|p| p.into_inner()));
-    if !woken.is_empty() {
+    let woken = SHARED.with(|s| {
+        let s = s.borrow();
+        let shared = s.as_ref()?;
+        if !shared.remote_pending.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        let woken = std::mem::take(&mut *shared.remote.lock().unwrap_or_else(|p| p.into_inner()));
+        Some(woken)
+    });
+    if let Some(woken) = woken.filter(|w| !w.is_empty()) {
         LOCAL.with(|l| l.borrow_mut().extend(woken));
     }
 }
@@ -191,26 +203,27 @@ fn take_remote() {
 /// About to sleep in the ring: from now on remote wakes write a byte.
 /// False if something is already queued (do not sleep then).
 pub fn may_sleep() -> bool {
-    let Some(shared) = SHARED.with(|s| s.borrow().clone()) else {
-        return true;
-    };
-    shared.sleeping.store(true, Ordering::Release);
-    let remote_empty = shared
-        .remote
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_empty();
-    let quiet = remote_empty && LOCAL.with(|l| l.borrow().is_empty());
-    if !quiet {
-        shared.sleeping.store(false, Ordering::Release);
-    }
-    quiet
+    SHARED.with(|s| {
+        let s = s.borrow();
+        let Some(shared) = s.as_ref() else {
+            return true;
+        };
+        shared.sleeping.store(true, Ordering::SeqCst);
+        let quiet =
+            !shared.remote_pending.load(Ordering::SeqCst) && LOCAL.with(|l| l.borrow().is_empty());
+        if !quiet {
+            shared.sleeping.store(false, Ordering::Release);
+        }
+        quiet
+    })
 }
 
 pub fn woke_up() {
-    if let Some(shared) = SHARED.with(|s| s.borrow().clone()) {
-        shared.sleeping.store(false, Ordering::Release);
-    }
+    SHARED.with(|s| {
+        if let Some(shared) = s.borrow().as_ref() {
+            shared.sleeping.store(false, Ordering::Release);
+        }
+    });
 }
 
 /// Wake the timers that are due; returns how long until the next one.
