@@ -1,6 +1,8 @@
 //! `/metrics` (Prometheus text format), `/healthz` and `/readyz` on one
 //! small HTTP/1.1 listener. Requests are read with a size cap and a
-//! deadline; every response closes the connection.
+//! deadline; every response closes the connection; at most
+//! [`MAX_CONNECTIONS`] are open at once, so a stranger cannot spend the
+//! file descriptors the clients need.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,17 +14,33 @@ use crate::pool::Pools;
 use crate::stats;
 
 const MAX_REQUEST: usize = 8 * 1024;
+/// Connections served at once; more are closed unanswered. Prometheus,
+/// a health checker and a person with curl need a handful.
+pub const MAX_CONNECTIONS: usize = 32;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// How long /readyz waits for a backend to accept a TCP connection.
 const BACKEND_PROBE: Duration = Duration::from_secs(2);
 
 pub async fn serve(listener: TcpListener, pools: Arc<Pools>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors or similar: back off rather
+                // than spin.
+                tracing::warn!(error = %e, "metrics listener cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: closed at once, unanswered.
             continue;
         };
         let pools = pools.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = tokio::time::timeout(REQUEST_DEADLINE, answer(stream, &pools)).await;
         });
     }

@@ -37,3 +37,50 @@ async fn metrics_count_what_happened() {
     let (status, _) = http_get(m, "/nope").await;
     assert!(status.contains("404"));
 }
+
+/// Issue 12: the metrics listener serves at most `MAX_CONNECTIONS` at once.
+/// A connection beyond that is closed unanswered, so a stranger holding
+/// connections open cannot spend the file descriptors clients need; once
+/// the holders leave, the endpoint answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_caps_its_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = start_pgmux(|_| {}).await;
+    let m = app.metrics_addr.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..pgmux::http::MAX_CONNECTIONS {
+        // Each sends half a request and waits (pgmux's read deadline is
+        // 5 s; the check below takes milliseconds).
+        let mut s = tokio::net::TcpStream::connect(m).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    let mut extra = tokio::net::TcpStream::connect(m).await.unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        extra.read_to_end(&mut answer),
+    )
+    .await
+    .expect("closed, not left hanging");
+    assert!(
+        answer.is_empty(),
+        "served past the cap ({read:?}): {}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    drop(held);
+    let healthy = eventually(std::time::Duration::from_secs(20), || async {
+        let Ok(mut s) = tokio::net::TcpStream::connect(m).await else {
+            return false;
+        };
+        let mut out = Vec::new();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.is_ok()
+            && s.read_to_end(&mut out).await.is_ok()
+            && out.starts_with(b"HTTP/1.1 200")
+    })
+    .await;
+    assert!(healthy, "answered again once the holders left");
+}

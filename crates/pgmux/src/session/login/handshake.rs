@@ -90,7 +90,9 @@ pub async fn authenticate(
             format!("password authentication failed for user \"{user}\""),
         )
     };
-    let mut buf = BytesMut::new();
+    // Room for a whole SCRAM message in one read (an empty buffer would
+    // be read into 64 bytes at a time).
+    let mut buf = BytesMut::with_capacity(512);
     let mut out = BytesMut::new();
     // Like PostgreSQL, a stored MD5 hash forces MD5 and a SCRAM verifier
     // forces SCRAM, whatever the configured method.
