@@ -143,9 +143,12 @@ async fn readiness(pools: &Pools) -> Result<(), String> {
 /// Publish the pools' current levels, then render everything recorded.
 pub fn render_metrics(pools: &Pools) -> String {
     let all = pools.all();
+    // Every live series is touched before the render; what is not (the
+    // series of pools that are gone) expires (see `stats::SERIES_IDLE`).
     for pool in &all {
         pool.stats.publish(&pool.levels());
     }
+    stats::touch_process_series();
     stats::recorder().run_upkeep();
     let mut out = stats::recorder().render();
     stats::catalog::render_histograms(&all, &mut out);

@@ -84,3 +84,42 @@ async fn the_metrics_listener_caps_its_connections() {
     .await;
     assert!(healthy, "answered again once the holders left");
 }
+
+/// Issue 12: a client trying made-up database names (each refused by
+/// PostgreSQL with 3D000) leaves no pool behind, and the pools' series
+/// leave /metrics with them, while a live pool's series stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_database_names_leave_no_series_behind() {
+    let db = fresh_database("metrics_live").await;
+    let app = start_pgmux(|_| {}).await;
+    let m = app.metrics_addr.unwrap();
+    let live = connect(app.addr, &db).await;
+    live.simple_query("select 1").await.unwrap();
+    for i in 0..20 {
+        let err = try_connect(&dsn(app.addr, &format!("made_up_{i}")))
+            .await
+            .expect_err("no such database");
+        assert_eq!(err.code().map(|c| c.code()), Some("3D000"), "{err:?}");
+        // Scraped while the name was tried: its series were rendered.
+        http_get(m, "/metrics").await;
+    }
+    let gone = eventually(std::time::Duration::from_secs(20), || async {
+        !http_get(m, "/metrics").await.1.contains("made_up_")
+    })
+    .await;
+    let (_, text) = http_get(m, "/metrics").await;
+    assert!(gone, "series of pools that are gone stay: {text}");
+    let labels = [("database", db.as_str()), ("user", APP_USER)];
+    assert_eq!(
+        metric_value(&text, "pgmux_client_logins_total", &labels),
+        1.0
+    );
+    assert!(
+        metric_value(
+            &text,
+            "pgmux_client_login_failures_total",
+            &[("reason", "unknown_database")]
+        ) >= 20.0,
+        "{text}"
+    );
+}

@@ -10,12 +10,14 @@ mod cells;
 mod periodic;
 mod pool_stats;
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge};
+use metrics::{counter, gauge, Counter};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 
 pub use cells::{record_histograms, Histogram, Level, Total, LATENCY_BUCKETS};
 pub use periodic::{by_database, stats_loop, Averages, Period};
@@ -33,21 +35,81 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A series no scrape has touched for this long is dropped from /metrics.
+/// Every scrape touches the series of every live pool and every process
+/// series first, so only the series of pools that are gone expire: a
+/// client trying made-up database names leaves nothing behind.
+const SERIES_IDLE: Duration = Duration::from_secs(1);
+
 /// Install the process-wide Prometheus recorder (once; later calls reuse it).
 pub fn recorder() -> &'static PrometheusHandle {
     RECORDER.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .idle_timeout(
+                MetricKindMask::COUNTER | MetricKindMask::GAUGE,
+                Some(SERIES_IDLE),
+            )
+            .build_recorder();
         let handle = recorder.handle();
         // A recorder installed earlier (by an embedding program) keeps working;
         // our handle then renders only what reaches ours.
         if metrics::set_global_recorder(recorder).is_ok() {
             catalog::describe_all();
-            // Present from the start, so a dashboard sees 0, not no data.
-            gauge!("pgmux_shutting_down").set(0.0);
-            gauge!("pgmux_client_connections").set(0.0);
+            touch_process_series();
         }
         handle
     })
+}
+
+/// Counters bumped when something happens (rather than copied from a
+/// total at scrape time), kept by (name, label, value) so that each scrape
+/// can touch them: see [`SERIES_IDLE`].
+#[derive(Default)]
+pub struct EventCounters(Mutex<HashMap<(&'static str, &'static str, String), Counter>>);
+
+impl EventCounters {
+    /// Add one to `name{base…, label=value}`.
+    fn increment(
+        &self,
+        name: &'static str,
+        base: &[(&'static str, String)],
+        (label, value): (&'static str, String),
+    ) {
+        let mut map = lock(&self.0);
+        let key = (name, label, value);
+        if let Some(c) = map.get(&key) {
+            c.increment(1);
+            return;
+        }
+        let mut labels = base.to_vec();
+        labels.push((label, key.2.clone()));
+        let c = counter!(name, &labels);
+        c.increment(1);
+        map.insert(key, c);
+    }
+
+    /// Keep every series alive through the next expiry.
+    fn touch(&self) {
+        for c in lock(&self.0).values() {
+            c.increment(0);
+        }
+    }
+}
+
+/// The process-wide event counters (login failures, reloads).
+static PROCESS_EVENTS: LazyLock<EventCounters> = LazyLock::new(EventCounters::default);
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// Set the process-wide series from their sources, so that they are
+/// current and survive the expiry (called before each render).
+pub fn touch_process_series() {
+    gauge!("pgmux_shutting_down").set(if SHUTTING_DOWN.load(Ordering::Relaxed) {
+        1.0
+    } else {
+        0.0
+    });
+    gauge!("pgmux_client_connections").set(client_connections_open() as f64);
+    PROCESS_EVENTS.touch();
 }
 
 /// Histogram samples wait in per-metric buckets until the exporter's upkeep
@@ -121,23 +183,29 @@ impl LoginFailure {
 }
 
 pub fn login_failed(reason: LoginFailure) {
-    counter!("pgmux_client_login_failures_total", "reason" => reason.label()).increment(1);
+    PROCESS_EVENTS.increment(
+        "pgmux_client_login_failures_total",
+        &[],
+        ("reason", reason.label().to_string()),
+    );
 }
 
 pub fn reloaded(ok: bool) {
-    counter!("pgmux_reloads_total", "result" => if ok { "ok" } else { "error" }).increment(1);
+    let result = if ok { "ok" } else { "error" };
+    PROCESS_EVENTS.increment("pgmux_reloads_total", &[], ("result", result.to_string()));
 }
 
 pub fn set_shutting_down() {
+    SHUTTING_DOWN.store(true, Ordering::Relaxed);
     gauge!("pgmux_shutting_down").set(1.0);
 }
 
 static CLIENT_CONNECTIONS: AtomicI64 = AtomicI64::new(0);
 
-/// A client connection opened (`+1`) or closed (`-1`).
+/// A client connection opened (`+1`) or closed (`-1`). Only an atomic add:
+/// the gauge is set from it when /metrics is scraped.
 pub fn client_connection(delta: i64) {
-    let now = CLIENT_CONNECTIONS.fetch_add(delta, Ordering::Relaxed) + delta;
-    gauge!("pgmux_client_connections").set(now.max(0) as f64);
+    CLIENT_CONNECTIONS.fetch_add(delta, Ordering::Relaxed);
 }
 
 /// Client connections open, logged in or not.

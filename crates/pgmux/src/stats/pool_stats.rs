@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, Counter, Gauge};
 
-use super::{escape, recorder, CloseReason, Histogram, Level, Period, Total, LATENCY_BUCKETS};
+use super::{
+    escape, recorder, CloseReason, EventCounters, Histogram, Level, Period, Total, LATENCY_BUCKETS,
+};
 
 /// Count an ErrorResponse sent to a client by its SQLSTATE class.
 pub fn error_sent(pool: &PoolStats, class: [u8; 2]) {
@@ -18,47 +20,33 @@ pub fn error_sent(pool: &PoolStats, class: [u8; 2]) {
     } else {
         "??".to_string()
     };
-    counter!(
-        "pgmux_errors_total",
-        &[
-            ("database", pool.labels.database.clone()),
-            ("user", pool.labels.user.clone()),
-            ("pool_mode", pool.labels.mode.to_string()),
-            ("class", class),
-        ]
-    )
-    .increment(1);
+    pool.event("pgmux_errors_total", ("class", class));
 }
 
 /// A client became pinned to its server, for `reason` (a [`Pin`] label).
 ///
 /// [`Pin`]: crate::session::state::pins::Pin
 pub fn pinned(pool: &PoolStats, reason: &'static str) {
-    counter!(
-        "pgmux_client_pins_total",
-        &pool.labels_with("reason", reason)
-    )
-    .increment(1);
+    pool.event("pgmux_client_pins_total", ("reason", reason.to_string()));
 }
 
 /// A managed statement was stale on a server (0A000) and is prepared
 /// afresh; `retried` when pgmux also sent the request again itself.
 pub fn statement_replanned(pool: &PoolStats, retried: bool) {
-    counter!(
+    pool.event(
         "pgmux_statement_replans_total",
-        &pool.labels_with("retried", if retried { "yes" } else { "no" })
-    )
-    .increment(1);
+        ("retried", yes_no(retried)),
+    );
 }
 
 /// A statement pgmux manages was missing on a server (26000: deallocated
 /// behind pgmux's back); `retried` when pgmux re-sent the request itself.
 pub fn statement_lost(pool: &PoolStats, retried: bool) {
-    counter!(
-        "pgmux_statements_lost_total",
-        &pool.labels_with("retried", if retried { "yes" } else { "no" })
-    )
-    .increment(1);
+    pool.event("pgmux_statements_lost_total", ("retried", yes_no(retried)));
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
 }
 
 /// The counters PgBouncer's SHOW STATS reports, at one instant.
@@ -138,6 +126,8 @@ pub struct PoolStats {
     query_seconds: Histogram,
     connect_seconds: Histogram,
     published: Published,
+    /// The pool's counters bumped at events (errors, pins, statements).
+    events: EventCounters,
     /// The totals at the start of the current stats period, and what the
     /// last full period added (SHOW STATS_AVERAGES and the stats log line).
     pub(crate) period: Mutex<Period>,
@@ -179,13 +169,14 @@ pub struct PoolLevels {
 }
 
 impl PoolStats {
-    fn labels_with(&self, key: &'static str, value: &'static str) -> [(&'static str, String); 4] {
-        [
+    /// Add one to this pool's `name{label=value}`.
+    fn event(&self, name: &'static str, label: (&'static str, String)) {
+        let base = [
             ("database", self.labels.database.clone()),
             ("user", self.labels.user.clone()),
             ("pool_mode", self.labels.mode.to_string()),
-            (key, value.to_string()),
-        ]
+        ];
+        self.events.increment(name, &base, label);
     }
 
     pub fn new(database: &str, user: &str, mode: &'static str) -> PoolStats {
@@ -255,6 +246,7 @@ impl PoolStats {
                 closed: CloseReason::ALL.map(closed),
             },
             period: Mutex::new(Period::default()),
+            events: EventCounters::default(),
         }
     }
 
@@ -365,5 +357,6 @@ impl PoolStats {
         for (counter, total) in p.closed.iter().zip(&self.closed) {
             counter.absolute(total.get());
         }
+        self.events.touch();
     }
 }
