@@ -143,6 +143,7 @@ impl App {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(stats::upkeep()));
         tasks.push(tokio::spawn(stats::stats_loop(pools.clone())));
+        tasks.push(tokio::spawn(drop_unused_pools(pools.clone())));
         let mut metrics_addr = None;
         if let Some(m) = metrics {
             let l = bind(m, 128)?;
@@ -308,6 +309,17 @@ fn raise_nofile_limit() -> Option<u64> {
         return Some(hard);
     }
     Some(soft)
+}
+
+/// Once a second, drop the pools of wildcard databases that have had no
+/// client for `autodb_idle_timeout` (see [`Pools::drop_unused_autodb`]).
+async fn drop_unused_pools(pools: Arc<Pools>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        pools.drop_unused_autodb(std::time::Instant::now());
+    }
 }
 
 #[cfg(test)]

@@ -462,3 +462,42 @@ async fn drop_database_succeeds_although_pgmux_pooled_it() {
         dropped.unwrap_or_else(|e| panic!("DROP DATABASE through pgmux failed: {e:?}"));
     }
 }
+
+/// Issue 12: a pool of a wildcard database (not in `[databases]`) that has
+/// had no client for `autodb_idle_timeout` is dropped: its servers are
+/// closed and its series leave /metrics. And no more than `max_pools`
+/// pools exist at once: a login that would make one more gets 53400 until
+/// one is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_wildcard_pools_are_dropped_and_max_pools_caps_them() {
+    let first = fresh_database("autodb_first").await;
+    let second = fresh_database("autodb_second").await;
+    let app = start_pgmux(|c| {
+        c.autodb_idle_timeout = 0.5;
+        c.max_pools = 1;
+    })
+    .await;
+    let m = app.metrics_addr.unwrap();
+    let client = connect(app.addr, &first).await;
+    assert_eq!(scalar_i32(&client, "select 1").await, 1);
+    assert_eq!(backends_of(&first).await, 1);
+
+    let err = try_connect(&dsn(app.addr, &second))
+        .await
+        .expect_err("one pool is the cap");
+    assert_eq!(err.code().map(|c| c.code()), Some("53400"), "{err:?}");
+    assert!(format!("{err:?}").contains("max_pools"), "{err:?}");
+
+    drop(client);
+    let dropped = eventually(Duration::from_secs(20), || async {
+        backends_of(&first).await == 0 && !http_get(m, "/metrics").await.1.contains(&first)
+    })
+    .await;
+    assert!(dropped, "the unused pool keeps its server or its series");
+    let next = connect(app.addr, &second).await;
+    assert_eq!(
+        scalar_i32(&next, "select 2").await,
+        2,
+        "room for a new pool"
+    );
+}

@@ -134,6 +134,8 @@ fn defaults(
         .set_default("tcp_user_timeout", 0)?
         .set_default("log_format", "text")?
         .set_default("wildcard_databases", true)?
+        .set_default("autodb_idle_timeout", 3600)?
+        .set_default("max_pools", 1000)?
         .set_default("worker_threads", 0)?
         .set_default("io_backend", "auto")
 }

@@ -140,6 +140,13 @@ pub struct Config {
     pub tcp_user_timeout: u32,
     pub log_format: LogFormat,
     pub wildcard_databases: bool,
+    /// A pool of a database not listed in `[databases]` (made for a
+    /// wildcard name) is dropped, servers and series, once it has had no
+    /// client this many seconds; 0: never.
+    pub autodb_idle_timeout: f64,
+    /// At most this many pools ((database, user) pairs) at once; a login
+    /// that would make one more is refused (53400). 0: no cap.
+    pub max_pools: u32,
     /// Worker threads (per-core event loops); 0 means one per CPU.
     pub worker_threads: u32,
     /// The workers' I/O backend: `auto`, `io_uring` or `epoll`.
@@ -263,6 +270,9 @@ impl Config {
                 .unwrap_or(self.query_timeout),
         )
     }
+    pub fn autodb_idle_timeout(&self) -> Option<Duration> {
+        optional_secs(self.autodb_idle_timeout)
+    }
     pub fn cancel_wait_timeout(&self) -> Duration {
         secs(self.cancel_wait_timeout)
     }
@@ -377,6 +387,7 @@ impl Config {
             ("idle_transaction_timeout", self.idle_transaction_timeout),
             ("query_timeout", self.query_timeout),
             ("client_idle_timeout", self.client_idle_timeout),
+            ("autodb_idle_timeout", self.autodb_idle_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
         ];
         let per_database = self.databases.iter().flat_map(|(name, d)| {

@@ -274,3 +274,21 @@ fn query_timeout_is_general_and_per_database_and_cancel_wait_is_positive() {
         .to_string();
     assert!(e.contains("databases.app.query_timeout"), "{e}");
 }
+
+#[test]
+fn wildcard_pools_are_bounded_by_default() {
+    let cfg = load(None, &Env::new()).unwrap();
+    assert_eq!(cfg.autodb_idle_timeout(), Some(Duration::from_secs(3600)));
+    assert_eq!(cfg.max_pools, 1000);
+    let cfg = load(
+        None,
+        &env(&[
+            ("PGMUX_AUTODB_IDLE_TIMEOUT", "0"),
+            ("PGMUX_MAX_POOLS", "50"),
+        ]),
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.autodb_idle_timeout(), None, "0: never");
+    assert_eq!(cfg.max_pools, 50);
+}

@@ -27,7 +27,7 @@ use crate::stats::{CloseReason, PoolStats};
 
 pub use checkout::Checkout;
 pub use db_limit::DbLimit;
-pub use registry::{Pools, UnknownDatabase};
+pub use registry::{NoPool, Pools, UnknownDatabase};
 pub use settings::{AtomicTimeout, PoolSettings};
 
 /// An idle server unused this long counts as "used" rather than "idle" in

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use pgmux_wire::auth::{ScramVerifier, Secret};
 
@@ -55,11 +56,33 @@ pub struct Pools {
     source: Mutex<Option<ConfigSource>>,
     /// The control plane's runtime, where pools keep house.
     control: Mutex<Option<tokio::runtime::Handle>>,
+    /// Since when each pool of a wildcard database has had no client
+    /// (see [`Pools::drop_unused_autodb`]).
+    unused_since: Mutex<HashMap<(String, String), Instant>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("database \"{0}\" does not exist")]
 pub struct UnknownDatabase(pub String);
+
+/// Why a login gets no pool.
+#[derive(Debug, thiserror::Error)]
+pub enum NoPool {
+    #[error(transparent)]
+    Unknown(#[from] UnknownDatabase),
+    #[error("too many pools: all max_pools ({0}) (database, user) pairs are in use")]
+    TooMany(u32),
+}
+
+impl NoPool {
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            NoPool::Unknown(_) => "3D000",
+            // configuration_limit_exceeded
+            NoPool::TooMany(_) => "53400",
+        }
+    }
+}
 
 impl Pools {
     pub fn new(config: Arc<Config>, secrets: Arc<BTreeMap<String, Secret>>) -> Pools {
@@ -71,6 +94,7 @@ impl Pools {
             lifecycle: Arc::new(Lifecycle::default()),
             source: Mutex::new(None),
             control: Mutex::new(tokio::runtime::Handle::try_current().ok()),
+            unused_since: Mutex::new(HashMap::new()),
         }
     }
 
@@ -116,13 +140,14 @@ impl Pools {
         }
     }
 
-    /// The pool for (database, user), created on first use.
-    pub fn get(&self, database: &str, user: &str) -> Result<Arc<Pool>, UnknownDatabase> {
+    /// The pool for (database, user), created on first use (unless
+    /// `max_pools` are there already).
+    pub fn get(&self, database: &str, user: &str) -> Result<Arc<Pool>, NoPool> {
         let key = (database.to_string(), user.to_string());
         if let Some(pool) = lock(&self.map).get(&key) {
             return Ok(pool.clone());
         }
-        let (target, login, settings, max_db) = {
+        let (target, login, settings, max_db, max_pools) = {
             let current = self.current();
             let config = &current.config;
             let target = config
@@ -133,6 +158,7 @@ impl Pools {
                 login_for(&current.secrets, user),
                 PoolSettings::from_config(config, database),
                 config.max_db_connections,
+                config.max_pools,
             )
         };
         let db_limit = (max_db > 0).then(|| {
@@ -142,6 +168,9 @@ impl Pools {
                 .clone()
         });
         let mut map = lock(&self.map);
+        if max_pools > 0 && map.len() >= max_pools as usize && !map.contains_key(&key) {
+            return Err(NoPool::TooMany(max_pools));
+        }
         let pool = map
             .entry(key)
             .or_insert_with(|| {
@@ -164,6 +193,49 @@ impl Pools {
         let unused = pool.open_servers() == 0 && pool.stats.clients.get() == 0;
         if unused && map.get(&key).is_some_and(|p| Arc::ptr_eq(p, pool)) {
             map.remove(&key);
+        }
+    }
+
+    /// Drop the pools of wildcard databases (not in `[databases]`) that
+    /// have had no client for `autodb_idle_timeout`: their idle servers are
+    /// closed, and once none is open the pool leaves the map (its series
+    /// leave /metrics with it). Called by the control plane every second.
+    pub fn drop_unused_autodb(&self, now: Instant) {
+        let config = self.config();
+        let Some(limit) = config.autodb_idle_timeout() else {
+            lock(&self.unused_since).clear();
+            return;
+        };
+        let auto: Vec<Arc<Pool>> = lock(&self.map)
+            .values()
+            .filter(|p| !config.databases.contains_key(&p.database))
+            .cloned()
+            .collect();
+        let mut unused_since = lock(&self.unused_since);
+        unused_since.retain(|key, _| {
+            auto.iter()
+                .any(|p| (&p.database, &p.user) == (&key.0, &key.1))
+        });
+        for pool in auto {
+            let key = (pool.database.clone(), pool.user.clone());
+            if pool.stats.clients.get() > 0 {
+                unused_since.remove(&key);
+                continue;
+            }
+            let since = *unused_since.entry(key.clone()).or_insert(now);
+            if now.duration_since(since) < limit {
+                continue;
+            }
+            while pool.evict_one_idle() {}
+            let mut map = lock(&self.map);
+            // Checked again under the map's lock, which a login takes to
+            // find the pool.
+            let unused = pool.open_servers() == 0 && pool.stats.clients.get() == 0;
+            if unused && map.get(&key).is_some_and(|p| Arc::ptr_eq(p, &pool)) {
+                map.remove(&key);
+                unused_since.remove(&key);
+                tracing::info!(database = %pool.database, user = %pool.user, "unused pool dropped (autodb_idle_timeout)");
+            }
         }
     }
 

@@ -61,6 +61,7 @@ fn failure_reason(code: &str) -> LoginFailure {
         "55000" => LoginFailure::Disabled,
         "57P01" | "57P03" => LoginFailure::ShuttingDown,
         "53300" => LoginFailure::TooManyClients,
+        "53400" => LoginFailure::TooManyPools,
         "08P01" | "0A000" => LoginFailure::Protocol,
         _ => LoginFailure::ServerUnavailable,
     }
@@ -131,7 +132,9 @@ async fn log_in(
     // Authenticate before any pool exists for this (database, user): a
     // stranger trying random names must not make pgmux allocate for them.
     let mut out = handshake::authenticate(stream, pools, &shared.decoy, &user).await?;
-    let pool = pools.get(&database, &user).map_err(unknown)?;
+    let pool = pools
+        .get(&database, &user)
+        .map_err(|e| ClientError::fatal(e.sqlstate(), e.to_string()))?;
     let joined = match pool.mode {
         PoolMode::Session => Box::pin(join_session_pool(&pool, &params, &shared.cancels)).await,
         PoolMode::Transaction => join_transaction_pool(&pool, &params, &shared.cancels).await,
