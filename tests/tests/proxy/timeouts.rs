@@ -175,3 +175,48 @@ async fn a_request_past_query_timeout_is_cancelled_and_its_client_stays() {
     // A request shorter than the limit is not touched.
     assert_eq!(scalar_i32(&other, "select 8 from pg_sleep(0.1)").await, 8);
 }
+
+/// Issue 12: a client whose transaction lasts past `transaction_timeout`
+/// is closed with 25P04 (as PostgreSQL 17's own transaction_timeout): what
+/// its server ran is cancelled and rolled back, and the pool's one server
+/// then serves another client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_past_transaction_timeout_is_ended_and_its_server_reused() {
+    let db = fresh_database("iso_tx_timeout").await;
+    let app = start_pgmux(|c| {
+        c.pool_size = 1;
+        c.transaction_timeout = 0.5;
+        c.auth_type = pgmux::config::AuthType::Trust;
+    })
+    .await;
+    let setup = connect(app.addr, &db).await;
+    setup
+        .batch_execute("create table too_long (id int)")
+        .await
+        .unwrap();
+    drop(setup);
+
+    // Busy, not idle: the transaction runs one long statement.
+    let mut busy = Raw::login(app.addr, APP_USER, &db).await;
+    busy.send(&raw::query(
+        "begin; insert into too_long values (1); select pg_sleep(60)",
+    ))
+    .await;
+    let msgs = tokio::time::timeout(Duration::from_secs(30), busy.until_closed())
+        .await
+        .expect("no hang");
+    let err = raw::error_in(&msgs);
+    assert_eq!(err.sqlstate().as_deref(), Some("25P04"), "{msgs:?}");
+    assert!(
+        err.field(b'M').unwrap().contains("transaction_timeout"),
+        "{msgs:?}"
+    );
+
+    let next = connect(app.addr, &db).await;
+    let rows: i64 = next
+        .query_one("select count(*) from too_long", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "rolled back");
+}

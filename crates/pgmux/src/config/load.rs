@@ -109,6 +109,7 @@ fn defaults(
         .set_default("idle_transaction_timeout", 0)?
         .set_default("query_timeout", 0)?
         .set_default("cancel_wait_timeout", 10)?
+        .set_default("transaction_timeout", 0)?
         .set_default("client_idle_timeout", 0)?
         .set_default("client_login_timeout", 60)?
         .set_default("server_reset_query", "DISCARD ALL")?

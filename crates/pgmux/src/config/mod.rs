@@ -101,6 +101,9 @@ pub struct Config {
     /// How long a cancel sent for `query_timeout` may take to end the
     /// request before the server is closed instead.
     pub cancel_wait_timeout: f64,
+    /// A client whose transaction has lasted longer than this is closed
+    /// (25P04) and its server rolled back and reused; 0: never.
+    pub transaction_timeout: f64,
     /// A client idle inside a transaction longer than this is closed
     /// (25P03) and its server rolled back and reused; 0: never.
     pub idle_transaction_timeout: f64,
@@ -176,6 +179,8 @@ pub struct DatabaseConfig {
     pub idle_transaction_timeout: Option<f64>,
     /// Overrides the general `query_timeout` for this database.
     pub query_timeout: Option<f64>,
+    /// Overrides the general `transaction_timeout` for this database.
+    pub transaction_timeout: Option<f64>,
 }
 
 /// `[users.NAME]`: a user allowed in. `password` may be plaintext, an
@@ -259,6 +264,15 @@ impl Config {
                 .get(database)
                 .and_then(|d| d.idle_transaction_timeout)
                 .unwrap_or(self.idle_transaction_timeout),
+        )
+    }
+    /// `transaction_timeout` for a database: its own, else the general one.
+    pub fn transaction_timeout_for(&self, database: &str) -> Option<Duration> {
+        optional_secs(
+            self.databases
+                .get(database)
+                .and_then(|d| d.transaction_timeout)
+                .unwrap_or(self.transaction_timeout),
         )
     }
     /// `query_timeout` for a database: its own, else the general one.
@@ -386,6 +400,7 @@ impl Config {
             ("query_wait_timeout", self.query_wait_timeout),
             ("idle_transaction_timeout", self.idle_transaction_timeout),
             ("query_timeout", self.query_timeout),
+            ("transaction_timeout", self.transaction_timeout),
             ("client_idle_timeout", self.client_idle_timeout),
             ("autodb_idle_timeout", self.autodb_idle_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
@@ -397,7 +412,10 @@ impl Config {
             let query = d
                 .query_timeout
                 .map(|v| (format!("databases.{name}.query_timeout"), v));
-            idle.into_iter().chain(query)
+            let transaction = d
+                .transaction_timeout
+                .map(|v| (format!("databases.{name}.transaction_timeout"), v));
+            idle.into_iter().chain(query).chain(transaction)
         });
         let non_negative = non_negative
             .into_iter()

@@ -166,6 +166,7 @@ fn wildcard_and_mapped_targets() {
             pool_size: Some(3),
             idle_transaction_timeout: None,
             query_timeout: None,
+            transaction_timeout: None,
         },
     );
     assert_eq!(
@@ -244,7 +245,7 @@ fn query_timeout_is_general_and_per_database_and_cancel_wait_is_positive() {
     let mut f = tempfile_in_target("query_timeout.toml");
     writeln!(
         f.1,
-        "query_timeout = 120\ncancel_wait_timeout = 3\n[databases.reports]\nquery_timeout = 900\n[databases.app]\npool_size = 5"
+        "query_timeout = 120\ncancel_wait_timeout = 3\ntransaction_timeout = 300\n[databases.reports]\nquery_timeout = 900\ntransaction_timeout = 0\n[databases.app]\npool_size = 5"
     )
     .unwrap();
     let cfg = load(Some(&f.0), &Env::new()).unwrap();
@@ -255,6 +256,11 @@ fn query_timeout_is_general_and_per_database_and_cancel_wait_is_positive() {
         Some(Duration::from_secs(900))
     );
     assert_eq!(cfg.cancel_wait_timeout(), Duration::from_secs(3));
+    assert_eq!(
+        cfg.transaction_timeout_for("app"),
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(cfg.transaction_timeout_for("reports"), None, "0: off");
     let defaults = load(None, &Env::new()).unwrap();
     assert_eq!(defaults.query_timeout_for("app"), None, "off by default");
     assert_eq!(defaults.cancel_wait_timeout(), Duration::from_secs(10));

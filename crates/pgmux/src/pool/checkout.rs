@@ -61,6 +61,10 @@ impl Checkout {
                 pool.discard(server, CloseReason::Reconnect);
             } else {
                 server.last_used = now;
+                // A server comes back with no transaction open; one whose
+                // client was cut off (a timeout, a vanished client) must
+                // not pass that transaction's start on to the next.
+                server.timing = Default::default();
                 server.info.set_state(State::Idle);
                 server.info.link(0);
                 pool.idle.push(server);

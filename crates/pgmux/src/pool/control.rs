@@ -40,6 +40,7 @@ impl Pool {
         self.idle_transaction_timeout
             .set(settings.idle_transaction_timeout);
         self.query_timeout.set(settings.query_timeout);
+        self.transaction_timeout.set(settings.transaction_timeout);
         self.cancel_wait_timeout
             .set(Some(settings.cancel_wait_timeout));
         self.client_idle_timeout.set(settings.client_idle_timeout);

@@ -69,10 +69,12 @@ pub struct Pool {
     pub manages_statements: bool,
     /// `max_prepared_statements`, read per request without the lock.
     pub max_prepared: AtomicUsize,
-    /// `idle_transaction_timeout`, `query_timeout`, `cancel_wait_timeout`
-    /// and `client_idle_timeout`, read per request without the lock.
+    /// `idle_transaction_timeout`, `query_timeout`, `cancel_wait_timeout`,
+    /// `transaction_timeout` and `client_idle_timeout`, read per request
+    /// without the lock.
     pub idle_transaction_timeout: AtomicTimeout,
     pub query_timeout: AtomicTimeout,
+    pub transaction_timeout: AtomicTimeout,
     pub cancel_wait_timeout: AtomicTimeout,
     pub client_idle_timeout: AtomicTimeout,
     target: Mutex<Target>,
@@ -133,6 +135,7 @@ impl Pool {
             max_prepared: AtomicUsize::new(settings.max_prepared),
             idle_transaction_timeout: AtomicTimeout::new(settings.idle_transaction_timeout),
             query_timeout: AtomicTimeout::new(settings.query_timeout),
+            transaction_timeout: AtomicTimeout::new(settings.transaction_timeout),
             cancel_wait_timeout: AtomicTimeout::new(Some(settings.cancel_wait_timeout)),
             client_idle_timeout: AtomicTimeout::new(settings.client_idle_timeout),
             target: Mutex::new(target),

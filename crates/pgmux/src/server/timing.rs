@@ -13,6 +13,11 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// When the open transaction began (its first request went out).
+    pub fn transaction_started(&self) -> Option<Instant> {
+        self.transaction
+    }
+
     /// A request went to a server that owed nothing; `status` is the
     /// transaction status it last reported (`I`: this starts a transaction).
     pub fn request_sent(&mut self, status: u8) {

@@ -93,6 +93,11 @@ pub(super) async fn relay_linked(
         } else {
             None
         };
+        // An open transaction is timed only when transaction_timeout is set.
+        let transaction_limit = s.pool.transaction_timeout.get().and_then(|limit| {
+            let started = server.timing.transaction_started()?;
+            Some((started + limit).saturating_duration_since(Instant::now()))
+        });
         // A request in flight (the server owes replies) is timed only when
         // query_timeout is set.
         let query_limit = match s.pool.query_timeout.get() {
@@ -134,6 +139,14 @@ pub(super) async fn relay_linked(
                 if let Some(e) = query_clock.ran_out(s) {
                     return Outcome::ServerFailed(e);
                 }
+            }
+            () = crate::io::sleep(transaction_limit.unwrap_or_default()), if transaction_limit.is_some() => {
+                // As PostgreSQL 17's transaction_timeout: the client is
+                // closed; what its server runs is cancelled and rolled back.
+                return Outcome::ClientLeft(Some(ClientError::fatal(
+                    "25P04",
+                    "terminating connection due to transaction timeout (transaction_timeout)".into(),
+                )));
             }
             () = crate::io::sleep(idle_limit.unwrap_or_default()), if idle_limit.is_some() => {
                 // As PostgreSQL's idle_in_transaction_session_timeout: the
