@@ -214,7 +214,8 @@ pub fn with_console_users(c: &mut Config) {
         c.users.insert(
             name.to_string(),
             config::UserConfig {
-                password: password.to_string(),
+                password: Some(password.to_string()),
+                ..Default::default()
             },
         );
     }

@@ -332,7 +332,8 @@ async fn max_db_connections_caps_a_database_across_its_users() {
         c.users.insert(
             "md5user".into(),
             pgmux::config::UserConfig {
-                password: "md5-secret".into(),
+                password: Some("md5-secret".into()),
+                ..Default::default()
             },
         );
     })

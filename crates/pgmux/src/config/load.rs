@@ -9,7 +9,7 @@ use std::path::Path;
 
 use config::{Environment, File, FileFormat};
 
-use super::{Config, Profile, UserConfig};
+use super::{Config, Profile};
 
 /// A snapshot of environment variables.
 pub type Env = BTreeMap<String, String>;
@@ -190,12 +190,8 @@ fn add_contract_user_and_database(cfg: &mut Config, env: &Env) {
     }
     if let (Some(user), Some(password)) = (env.get("DB_USER"), env.get("DB_PASSWORD")) {
         if !user.is_empty() {
-            cfg.users.insert(
-                user.clone(),
-                UserConfig {
-                    password: password.clone(),
-                },
-            );
+            // The contract's password; the user's own settings stay.
+            cfg.users.entry(user.clone()).or_default().password = Some(password.clone());
         }
     }
 }

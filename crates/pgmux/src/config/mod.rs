@@ -186,20 +186,35 @@ pub struct DatabaseConfig {
 /// `[users.NAME]`: a user allowed in. `password` may be plaintext, an
 /// `md5...` hash or a SCRAM verifier; only plaintext lets pgmux log in to the
 /// server as that user when the server asks for a password.
-#[derive(Clone, Deserialize, Serialize)]
+///
+/// A user may also have its own timeouts, which win over its database's
+/// and the general ones (a user's password may then come from `auth_file`).
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
-    #[serde(serialize_with = "mask")]
-    pub password: String,
+    #[serde(
+        default,
+        serialize_with = "mask",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub password: Option<String>,
+    pub idle_transaction_timeout: Option<f64>,
+    pub query_timeout: Option<f64>,
+    pub transaction_timeout: Option<f64>,
 }
 
 impl std::fmt::Debug for UserConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UserConfig { password: *** }")
+        f.debug_struct("UserConfig")
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("idle_transaction_timeout", &self.idle_transaction_timeout)
+            .field("query_timeout", &self.query_timeout)
+            .field("transaction_timeout", &self.transaction_timeout)
+            .finish()
     }
 }
 
-fn mask<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+fn mask<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("********")
 }
 
@@ -257,30 +272,42 @@ impl Config {
     pub fn query_wait_timeout(&self) -> Option<Duration> {
         optional_secs(self.query_wait_timeout)
     }
-    /// `idle_transaction_timeout` for a database: its own, else the general one.
-    pub fn idle_transaction_timeout_for(&self, database: &str) -> Option<Duration> {
+    /// `idle_transaction_timeout` for a user of a database: the user's own,
+    /// else the database's, else the general one.
+    pub fn idle_transaction_timeout_for(&self, database: &str, user: &str) -> Option<Duration> {
         optional_secs(
-            self.databases
-                .get(database)
-                .and_then(|d| d.idle_transaction_timeout)
+            self.users
+                .get(user)
+                .and_then(|u| u.idle_transaction_timeout)
+                .or_else(|| {
+                    self.databases
+                        .get(database)
+                        .and_then(|d| d.idle_transaction_timeout)
+                })
                 .unwrap_or(self.idle_transaction_timeout),
         )
     }
-    /// `transaction_timeout` for a database: its own, else the general one.
-    pub fn transaction_timeout_for(&self, database: &str) -> Option<Duration> {
+    /// `transaction_timeout` for a user of a database (as above).
+    pub fn transaction_timeout_for(&self, database: &str, user: &str) -> Option<Duration> {
         optional_secs(
-            self.databases
-                .get(database)
-                .and_then(|d| d.transaction_timeout)
+            self.users
+                .get(user)
+                .and_then(|u| u.transaction_timeout)
+                .or_else(|| {
+                    self.databases
+                        .get(database)
+                        .and_then(|d| d.transaction_timeout)
+                })
                 .unwrap_or(self.transaction_timeout),
         )
     }
-    /// `query_timeout` for a database: its own, else the general one.
-    pub fn query_timeout_for(&self, database: &str) -> Option<Duration> {
+    /// `query_timeout` for a user of a database (as above).
+    pub fn query_timeout_for(&self, database: &str, user: &str) -> Option<Duration> {
         optional_secs(
-            self.databases
-                .get(database)
-                .and_then(|d| d.query_timeout)
+            self.users
+                .get(user)
+                .and_then(|u| u.query_timeout)
+                .or_else(|| self.databases.get(database).and_then(|d| d.query_timeout))
                 .unwrap_or(self.query_timeout),
         )
     }
@@ -328,7 +355,7 @@ impl Config {
         let mut out: BTreeMap<String, Secret> = self
             .users
             .iter()
-            .map(|(name, u)| (name.clone(), Secret::parse(&u.password)))
+            .filter_map(|(name, u)| Some((name.clone(), Secret::parse(u.password.as_ref()?))))
             .collect();
         if !self.auth_file.is_empty() {
             let text = std::fs::read_to_string(&self.auth_file).map_err(|e| {
@@ -417,10 +444,20 @@ impl Config {
                 .map(|v| (format!("databases.{name}.transaction_timeout"), v));
             idle.into_iter().chain(query).chain(transaction)
         });
+        let per_user = self.users.iter().flat_map(|(name, u)| {
+            [
+                ("idle_transaction_timeout", u.idle_transaction_timeout),
+                ("query_timeout", u.query_timeout),
+                ("transaction_timeout", u.transaction_timeout),
+            ]
+            .into_iter()
+            .filter_map(move |(key, v)| Some((format!("users.{name}.{key}"), v?)))
+        });
         let non_negative = non_negative
             .into_iter()
             .map(|(key, v)| (key.to_string(), v))
-            .chain(per_database);
+            .chain(per_database)
+            .chain(per_user);
         for (key, v) in non_negative {
             if v.is_nan() || !(0.0..=1e9).contains(&v) {
                 return Err(ConfigError::new(format!(

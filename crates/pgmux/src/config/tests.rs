@@ -76,7 +76,8 @@ fn contract_variables_override_profile_and_file() {
     );
     assert!(cfg.databases.contains_key("booktrader"));
     assert_eq!(
-        cfg.users["bt"].password, "007",
+        cfg.users["bt"].password.as_deref(),
+        Some("007"),
         "a password must never be parsed as a number"
     );
 }
@@ -194,14 +195,18 @@ fn idle_transaction_timeout_is_general_and_per_database() {
     let cfg = load(Some(&f.0), &Env::new()).unwrap();
     cfg.validate().unwrap();
     assert_eq!(
-        cfg.idle_transaction_timeout_for("app"),
+        cfg.idle_transaction_timeout_for("app", "someone"),
         Some(Duration::from_secs(30))
     );
-    assert_eq!(cfg.idle_transaction_timeout_for("reports"), None, "0: off");
+    assert_eq!(
+        cfg.idle_transaction_timeout_for("reports", "someone"),
+        None,
+        "0: off"
+    );
     assert_eq!(
         load(None, &Env::new())
             .unwrap()
-            .idle_transaction_timeout_for("app"),
+            .idle_transaction_timeout_for("app", "someone"),
         None,
         "off by default"
     );
@@ -250,19 +255,30 @@ fn query_timeout_is_general_and_per_database_and_cancel_wait_is_positive() {
     .unwrap();
     let cfg = load(Some(&f.0), &Env::new()).unwrap();
     cfg.validate().unwrap();
-    assert_eq!(cfg.query_timeout_for("app"), Some(Duration::from_secs(120)));
     assert_eq!(
-        cfg.query_timeout_for("reports"),
+        cfg.query_timeout_for("app", "someone"),
+        Some(Duration::from_secs(120))
+    );
+    assert_eq!(
+        cfg.query_timeout_for("reports", "someone"),
         Some(Duration::from_secs(900))
     );
     assert_eq!(cfg.cancel_wait_timeout(), Duration::from_secs(3));
     assert_eq!(
-        cfg.transaction_timeout_for("app"),
+        cfg.transaction_timeout_for("app", "someone"),
         Some(Duration::from_secs(300))
     );
-    assert_eq!(cfg.transaction_timeout_for("reports"), None, "0: off");
+    assert_eq!(
+        cfg.transaction_timeout_for("reports", "someone"),
+        None,
+        "0: off"
+    );
     let defaults = load(None, &Env::new()).unwrap();
-    assert_eq!(defaults.query_timeout_for("app"), None, "off by default");
+    assert_eq!(
+        defaults.query_timeout_for("app", "someone"),
+        None,
+        "off by default"
+    );
     assert_eq!(defaults.cancel_wait_timeout(), Duration::from_secs(10));
 
     let mut f = tempfile_in_target("query_timeout_bad.toml");
@@ -297,4 +313,57 @@ fn wildcard_pools_are_bounded_by_default() {
     cfg.validate().unwrap();
     assert_eq!(cfg.autodb_idle_timeout(), None, "0: never");
     assert_eq!(cfg.max_pools, 50);
+}
+
+#[test]
+fn a_users_timeouts_win_over_its_databases_and_the_general_ones() {
+    let mut f = tempfile_in_target("user_timeouts.toml");
+    writeln!(
+        f.1,
+        "query_timeout = 60\n[databases.app]\nquery_timeout = 30\n[users.reporter]\nquery_timeout = 600\ntransaction_timeout = 900\n[users.web]\npassword = \"pw\"\nidle_transaction_timeout = 5"
+    )
+    .unwrap();
+    let cfg = load(Some(&f.0), &Env::new()).unwrap();
+    cfg.validate().unwrap();
+    let secs = |s| Some(Duration::from_secs(s));
+    assert_eq!(
+        cfg.query_timeout_for("app", "reporter"),
+        secs(600),
+        "the user's"
+    );
+    assert_eq!(
+        cfg.query_timeout_for("app", "web"),
+        secs(30),
+        "the database's"
+    );
+    assert_eq!(
+        cfg.query_timeout_for("other", "web"),
+        secs(60),
+        "the general one"
+    );
+    assert_eq!(cfg.transaction_timeout_for("app", "reporter"), secs(900));
+    assert_eq!(cfg.idle_transaction_timeout_for("app", "web"), secs(5));
+    let secrets = cfg.user_secrets().unwrap();
+    assert!(secrets.contains_key("web"));
+    assert!(
+        !secrets.contains_key("reporter"),
+        "no password: settings only"
+    );
+
+    // The contract's DB_PASSWORD keeps the user's own settings.
+    let cfg = load(
+        Some(&f.0),
+        &env(&[("DB_USER", "reporter"), ("DB_PASSWORD", "secret")]),
+    )
+    .unwrap();
+    assert_eq!(cfg.users["reporter"].password.as_deref(), Some("secret"));
+    assert_eq!(cfg.query_timeout_for("app", "reporter"), secs(600));
+
+    let mut f = tempfile_in_target("user_timeouts_bad.toml");
+    writeln!(f.1, "[users.web]\nquery_timeout = -2").unwrap();
+    let e = load(Some(&f.0), &Env::new())
+        .and_then(|c| c.validate().map(|()| c))
+        .expect_err("a negative timeout is refused")
+        .to_string();
+    assert!(e.contains("users.web.query_timeout"), "{e}");
 }

@@ -156,7 +156,7 @@ impl Pools {
             (
                 target,
                 login_for(&current.secrets, user),
-                PoolSettings::from_config(config, database),
+                PoolSettings::from_config(config, database, user),
                 config.max_db_connections,
                 config.max_pools,
             )
@@ -391,7 +391,7 @@ impl Pools {
             // connected to it; new logins to it are refused.
             if let Some(target) = config.target(&pool.database) {
                 pool.reconfigure(
-                    PoolSettings::from_config(&config, &pool.database),
+                    PoolSettings::from_config(&config, &pool.database, &pool.user),
                     target,
                     login_for(&current.secrets, &pool.user),
                 );

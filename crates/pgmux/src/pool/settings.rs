@@ -33,7 +33,7 @@ pub struct PoolSettings {
 }
 
 impl PoolSettings {
-    pub fn from_config(cfg: &Config, database: &str) -> PoolSettings {
+    pub fn from_config(cfg: &Config, database: &str, user: &str) -> PoolSettings {
         PoolSettings {
             mode: cfg.pool_mode,
             size: cfg.pool_size_for(database),
@@ -45,9 +45,9 @@ impl PoolSettings {
             tcp: cfg.tcp_options(),
             login_retry: cfg.server_login_retry(),
             query_wait_timeout: cfg.query_wait_timeout(),
-            idle_transaction_timeout: cfg.idle_transaction_timeout_for(database),
-            query_timeout: cfg.query_timeout_for(database),
-            transaction_timeout: cfg.transaction_timeout_for(database),
+            idle_transaction_timeout: cfg.idle_transaction_timeout_for(database, user),
+            query_timeout: cfg.query_timeout_for(database, user),
+            transaction_timeout: cfg.transaction_timeout_for(database, user),
             cancel_wait_timeout: cfg.cancel_wait_timeout(),
             client_idle_timeout: cfg.client_idle_timeout(),
             reset_query: cfg.server_reset_query.clone(),
