@@ -111,7 +111,9 @@ async fn answer(mut stream: TcpStream, pools: &Pools) -> std::io::Result<()> {
 }
 
 /// Ready: not shutting down, and every PostgreSQL server pgmux points at
-/// accepts a TCP connection.
+/// either served a pool within `server_check_delay` or accepts a TCP
+/// connection now (a probe makes PostgreSQL fork a backend, so it is made
+/// only when pgmux knows nothing recent).
 async fn readiness(pools: &Pools) -> Result<(), String> {
     if pools.lifecycle.draining() {
         return Err("shutting down".into());
@@ -125,7 +127,18 @@ async fn readiness(pools: &Pools) -> Result<(), String> {
     }
     targets.sort();
     targets.dedup();
+    let (now, delay) = (std::time::Instant::now(), config.server_check_delay());
+    let all = pools.all();
+    let answered_lately = |host: &str, port: u16| {
+        all.iter().any(|p| {
+            let t = p.target();
+            t.host == host && t.port == port && p.answered.within(delay, now)
+        })
+    };
     for (host, port) in targets {
+        if !delay.is_zero() && answered_lately(&host, port) {
+            continue;
+        }
         let probe = tokio::net::TcpStream::connect((host.as_str(), port));
         match tokio::time::timeout(BACKEND_PROBE, probe).await {
             Ok(Ok(_)) => {}

@@ -123,3 +123,36 @@ async fn made_up_database_names_leave_no_series_behind() {
         "{text}"
     );
 }
+
+/// Issue 12: `/readyz` vouches for a PostgreSQL whose servers answered
+/// within `server_check_delay` without connecting to it (each probe makes
+/// PostgreSQL fork a backend). Seen through a relay taken down after a
+/// query: the recent answer still says ready, where a pgmux that must probe
+/// (`server_check_delay = 0`) says not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_from_what_the_pools_know() {
+    use pgmux_tests::relay::Relay;
+
+    let db = fresh_database("readyz_known").await;
+    let relay = Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], cluster().port))).await;
+    let knowing = start_pgmux(|c| c.server_port = relay.addr.port()).await;
+    let probing = start_pgmux(|c| {
+        c.server_port = relay.addr.port();
+        c.server_check_delay = 0.0;
+    })
+    .await;
+    let (status, _) = http_get(probing.metrics_addr.unwrap(), "/readyz").await;
+    assert!(status.contains("200"), "the relay is up: {status}");
+    let client = connect(knowing.addr, &db).await;
+    assert_eq!(scalar_i32(&client, "select 1").await, 1);
+
+    relay.down().await;
+    let (status, body) = http_get(knowing.metrics_addr.unwrap(), "/readyz").await;
+    assert!(
+        status.contains("200"),
+        "served moments ago: {status} {body}"
+    );
+    let (status, body) = http_get(probing.metrics_addr.unwrap(), "/readyz").await;
+    assert!(status.contains("503"), "{status} {body}");
+    assert!(body.contains("PostgreSQL at"), "{body}");
+}

@@ -111,6 +111,7 @@ fn defaults(
         .set_default("cancel_wait_timeout", 10)?
         .set_default("transaction_timeout", 0)?
         .set_default("client_idle_timeout", 0)?
+        .set_default("server_check_delay", 30)?
         .set_default("client_login_timeout", 60)?
         .set_default("server_reset_query", "DISCARD ALL")?
         .set_default(

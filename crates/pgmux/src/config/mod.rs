@@ -110,6 +110,9 @@ pub struct Config {
     /// A client idle (outside a transaction) longer than this is closed
     /// (57P05); 0: never.
     pub client_idle_timeout: f64,
+    /// `/readyz` vouches for a PostgreSQL whose servers answered within
+    /// this many seconds, without connecting to it; 0: always connect.
+    pub server_check_delay: f64,
     pub client_login_timeout: f64,
     pub server_reset_query: String,
     pub max_message_size: u32,
@@ -311,6 +314,9 @@ impl Config {
                 .unwrap_or(self.query_timeout),
         )
     }
+    pub fn server_check_delay(&self) -> Duration {
+        secs(self.server_check_delay)
+    }
     pub fn autodb_idle_timeout(&self) -> Option<Duration> {
         optional_secs(self.autodb_idle_timeout)
     }
@@ -430,6 +436,7 @@ impl Config {
             ("transaction_timeout", self.transaction_timeout),
             ("client_idle_timeout", self.client_idle_timeout),
             ("autodb_idle_timeout", self.autodb_idle_timeout),
+            ("server_check_delay", self.server_check_delay),
             ("shutdown_timeout", self.shutdown_timeout),
         ];
         let per_database = self.databases.iter().flat_map(|(name, d)| {

@@ -61,6 +61,7 @@ impl Checkout {
                 pool.discard(server, CloseReason::Reconnect);
             } else {
                 server.last_used = now;
+                pool.answered.record(now);
                 // A server comes back with no transaction open; one whose
                 // client was cut off (a timeout, a vanished client) must
                 // not pass that transaction's start on to the next.

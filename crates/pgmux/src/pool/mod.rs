@@ -6,6 +6,7 @@
 mod checkout;
 mod control;
 mod db_limit;
+mod health;
 pub mod idle;
 mod maintenance;
 mod registry;
@@ -98,6 +99,9 @@ pub struct Pool {
     waiters: Mutex<BTreeMap<u64, Instant>>,
     next_waiter: AtomicU64,
     pub stats: PoolStats,
+    /// When a server last logged in or ended a transaction cleanly (for
+    /// /readyz).
+    pub answered: health::LastAnswer,
     /// Server-side names of the named statements clients prepare.
     pub statements: StatementCache,
     /// How servers spell the setting values clients give at login.
@@ -153,6 +157,7 @@ impl Pool {
             waiters: Mutex::new(BTreeMap::new()),
             next_waiter: AtomicU64::new(0),
             stats: PoolStats::new(database, user, mode_label),
+            answered: health::LastAnswer::default(),
             statements: StatementCache::default(),
             spellings: Spellings::default(),
             db_limit,
@@ -330,6 +335,7 @@ impl Pool {
         match result {
             Ok(mut server) => {
                 server.db_slot = slot;
+                self.answered.record(Instant::now());
                 self.stats.connected(started.elapsed());
                 *lock(&self.backoff) = Backoff::default();
                 server.expires = settings
