@@ -220,3 +220,35 @@ async fn a_transaction_past_transaction_timeout_is_ended_and_its_server_reused()
         .get(0);
     assert_eq!(rows, 0, "rolled back");
 }
+
+/// Issue 12: a client that stops reading a large result is given up after
+/// `client_write_timeout` of taking no byte: its server is cleaned and
+/// serves the next client (the pool has one), instead of waiting for the
+/// stalled reader forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_server_after_client_write_timeout() {
+    let db = fresh_database("iso_write_timeout").await;
+    let app = start_pgmux(|c| {
+        c.pool_size = 1;
+        c.client_write_timeout = 1.0;
+        c.auth_type = pgmux::config::AuthType::Trust;
+    })
+    .await;
+    let mut stalled = Raw::login(app.addr, APP_USER, &db).await;
+    // About 200 MB of rows, far more than every buffer on the way holds;
+    // the client reads none of it.
+    stalled
+        .send(&raw::query(
+            "select repeat('x', 1000) from generate_series(1, 200000)",
+        ))
+        .await;
+
+    let next = tokio::time::timeout(Duration::from_secs(60), async {
+        let c = connect(app.addr, &db).await;
+        scalar_i32(&c, "select 3").await
+    })
+    .await
+    .expect("the server must come back from the stalled reader");
+    assert_eq!(next, 3);
+    drop(stalled);
+}

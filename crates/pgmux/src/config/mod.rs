@@ -110,6 +110,9 @@ pub struct Config {
     /// A client idle (outside a transaction) longer than this is closed
     /// (57P05); 0: never.
     pub client_idle_timeout: f64,
+    /// A client that takes no byte of its result for this long is closed
+    /// and its server released; 0: never.
+    pub client_write_timeout: f64,
     /// `/readyz` vouches for a PostgreSQL whose servers answered within
     /// this many seconds, without connecting to it; 0: always connect.
     pub server_check_delay: f64,
@@ -314,6 +317,9 @@ impl Config {
                 .unwrap_or(self.query_timeout),
         )
     }
+    pub fn client_write_timeout(&self) -> Option<Duration> {
+        optional_secs(self.client_write_timeout)
+    }
     pub fn server_check_delay(&self) -> Duration {
         secs(self.server_check_delay)
     }
@@ -437,6 +443,7 @@ impl Config {
             ("client_idle_timeout", self.client_idle_timeout),
             ("autodb_idle_timeout", self.autodb_idle_timeout),
             ("server_check_delay", self.server_check_delay),
+            ("client_write_timeout", self.client_write_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
         ];
         let per_database = self.databases.iter().flat_map(|(name, d)| {

@@ -106,6 +106,16 @@ impl Stream {
         matches!(result, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// Give up on a peer that stopped reading: what was written and not
+    /// sent is dropped, and the socket is shut both ways, which also ends a
+    /// send waiting for the peer's window.
+    pub fn abort(&self) {
+        if let Stream::Uring(s) = self {
+            s.drop_unsent();
+        }
+        let _ = self.socket().shutdown(std::net::Shutdown::Both);
+    }
+
     /// The socket beneath, for options and peeks.
     pub fn socket(&self) -> socket2::SockRef<'_> {
         match self {

@@ -44,6 +44,7 @@ impl Pool {
         self.cancel_wait_timeout
             .set(Some(settings.cancel_wait_timeout));
         self.client_idle_timeout.set(settings.client_idle_timeout);
+        self.client_write_timeout.set(settings.client_write_timeout);
         *lock(&self.settings) = settings;
         *lock(&self.login) = login;
         let moved = {

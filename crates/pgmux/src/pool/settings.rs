@@ -26,6 +26,7 @@ pub struct PoolSettings {
     pub transaction_timeout: Option<Duration>,
     pub cancel_wait_timeout: Duration,
     pub client_idle_timeout: Option<Duration>,
+    pub client_write_timeout: Option<Duration>,
     pub reset_query: String,
     pub max_message: usize,
     /// Per-server cap of pgmux-managed named statements; 0: none managed.
@@ -50,6 +51,7 @@ impl PoolSettings {
             transaction_timeout: cfg.transaction_timeout_for(database, user),
             cancel_wait_timeout: cfg.cancel_wait_timeout(),
             client_idle_timeout: cfg.client_idle_timeout(),
+            client_write_timeout: cfg.client_write_timeout(),
             reset_query: cfg.server_reset_query.clone(),
             max_message: cfg.max_message_size as usize,
             max_prepared: cfg.max_prepared_statements as usize,

@@ -290,6 +290,16 @@ impl Stream {
         Poll::Pending
     }
 
+    /// Forget what was written and not yet handed to a send (the peer is
+    /// given up on); a send in flight keeps its own bytes for the kernel.
+    pub fn drop_unsent(&self) {
+        let mut st = self.conn.lock();
+        st.outbox.clear();
+        if !st.sending {
+            st.unsent = None;
+        }
+    }
+
     /// Nothing has arrived and the peer has not closed (a server checked
     /// for health before it is lent).
     pub fn looks_quiet(&self) -> bool {

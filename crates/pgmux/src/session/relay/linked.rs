@@ -380,6 +380,7 @@ pub(super) async fn forward_server_bytes(
     for class in &batch.errors {
         stats::error_sent(stats, *class);
     }
+    let limit = s.pool.client_write_timeout.get();
     let written = match (&batch.edited, passed_held) {
         (Some(edited), Some(held)) => {
             // The refused drop's error and ReadyForQuery, held back to
@@ -390,13 +391,52 @@ pub(super) async fn forward_server_bytes(
             let mut out = BytesMut::with_capacity(edited.len() + held.len());
             out.extend_from_slice(edited);
             out.extend_from_slice(&held);
-            stream.write_all(&out).await
+            write_to_client(stream, &out, limit).await
         }
-        (Some(edited), None) => stream.write_all(edited).await,
-        (None, _) => stream.write_all(&server.buf[..batch.consumed]).await,
+        (Some(edited), None) => write_to_client(stream, edited, limit).await,
+        (None, _) => write_to_client(stream, &server.buf[..batch.consumed], limit).await,
     };
     server.buf.advance(batch.consumed);
-    written.map_err(|_| Outcome::ClientLeft(None))
+    written
+}
+
+/// Write `bytes` to the client. With `client_write_timeout` set, a client
+/// that takes no byte for that long (it stopped reading its result) is
+/// given up, so its server goes back instead of waiting for it forever. No
+/// timer is armed while the socket takes the bytes at once.
+async fn write_to_client(
+    stream: &mut TcpStream,
+    mut bytes: &[u8],
+    limit: Option<Duration>,
+) -> Result<(), Outcome> {
+    use futures_util::FutureExt;
+
+    let gone = |_| Outcome::ClientLeft(None);
+    let Some(limit) = limit else {
+        return stream.write_all(bytes).await.map_err(gone);
+    };
+    while !bytes.is_empty() {
+        let n = match stream.write(bytes).now_or_never() {
+            Some(written) => written.map_err(gone)?,
+            None => match crate::io::timeout(limit, stream.write(bytes)).await {
+                Ok(written) => written.map_err(gone)?,
+                Err(_) => {
+                    // It would not read a FATAL either: cut it off.
+                    tracing::info!(
+                        ?limit,
+                        "client_write_timeout: closing a client that stopped reading its result"
+                    );
+                    stream.abort();
+                    return Err(Outcome::ClientLeft(None));
+                }
+            },
+        };
+        if n == 0 {
+            return Err(Outcome::ClientLeft(None));
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }
 
 /// Whether a `DROP DATABASE` of `db` would pass PostgreSQL's checks but for
