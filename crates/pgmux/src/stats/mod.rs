@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, Counter};
+use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
@@ -61,37 +61,26 @@ pub fn recorder() -> &'static PrometheusHandle {
     })
 }
 
-/// Counters bumped when something happens (rather than copied from a
-/// total at scrape time), kept by (name, label, value) so that each scrape
-/// can touch them: see [`SERIES_IDLE`].
+/// Counts of things that happen (errors by class, pins by reason, login
+/// failures…), by (metric, label, value): counted here and set in the
+/// recorder at scrape time like every other total, so that a series the
+/// recorder drops as idle comes back with its full value (see
+/// [`SERIES_IDLE`]). Events are rare; the lock is never on a hot path.
 #[derive(Default)]
-pub struct EventCounters(Mutex<HashMap<(&'static str, &'static str, String), Counter>>);
+pub struct EventCounters(Mutex<HashMap<(&'static str, &'static str, String), u64>>);
 
 impl EventCounters {
-    /// Add one to `name{base…, label=value}`.
-    fn increment(
-        &self,
-        name: &'static str,
-        base: &[(&'static str, String)],
-        (label, value): (&'static str, String),
-    ) {
-        let mut map = lock(&self.0);
-        let key = (name, label, value);
-        if let Some(c) = map.get(&key) {
-            c.increment(1);
-            return;
-        }
-        let mut labels = base.to_vec();
-        labels.push((label, key.2.clone()));
-        let c = counter!(name, &labels);
-        c.increment(1);
-        map.insert(key, c);
+    /// Add one to `name{label=value}`.
+    fn increment(&self, name: &'static str, (label, value): (&'static str, String)) {
+        *lock(&self.0).entry((name, label, value)).or_insert(0) += 1;
     }
 
-    /// Keep every series alive through the next expiry.
-    fn touch(&self) {
-        for c in lock(&self.0).values() {
-            c.increment(0);
+    /// Set every counter in the recorder, with `base` labels first.
+    fn publish(&self, base: &[(&'static str, String)]) {
+        for ((name, label, value), count) in lock(&self.0).iter() {
+            let mut labels = base.to_vec();
+            labels.push((label, value.clone()));
+            counter!(*name, &labels).absolute(*count);
         }
     }
 }
@@ -100,8 +89,7 @@ impl EventCounters {
 static PROCESS_EVENTS: LazyLock<EventCounters> = LazyLock::new(EventCounters::default);
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 
-/// Set the process-wide series from their sources, so that they are
-/// current and survive the expiry (called before each render).
+/// Set the process-wide series from their sources (before each render).
 pub fn touch_process_series() {
     gauge!("pgmux_shutting_down").set(if SHUTTING_DOWN.load(Ordering::Relaxed) {
         1.0
@@ -109,7 +97,7 @@ pub fn touch_process_series() {
         0.0
     });
     gauge!("pgmux_client_connections").set(client_connections_open() as f64);
-    PROCESS_EVENTS.touch();
+    PROCESS_EVENTS.publish(&[]);
 }
 
 /// Histogram samples wait in per-metric buckets until the exporter's upkeep
@@ -187,14 +175,13 @@ impl LoginFailure {
 pub fn login_failed(reason: LoginFailure) {
     PROCESS_EVENTS.increment(
         "pgmux_client_login_failures_total",
-        &[],
         ("reason", reason.label().to_string()),
     );
 }
 
 pub fn reloaded(ok: bool) {
     let result = if ok { "ok" } else { "error" };
-    PROCESS_EVENTS.increment("pgmux_reloads_total", &[], ("result", result.to_string()));
+    PROCESS_EVENTS.increment("pgmux_reloads_total", ("result", result.to_string()));
 }
 
 pub fn set_shutting_down() {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use metrics::{counter, gauge, Counter, Gauge};
+use metrics::{counter, gauge};
 
 use super::{
     escape, recorder, CloseReason, EventCounters, Histogram, Level, Period, Total, LATENCY_BUCKETS,
@@ -125,38 +125,11 @@ pub struct PoolStats {
     xact_seconds: Histogram,
     query_seconds: Histogram,
     connect_seconds: Histogram,
-    published: Published,
     /// The pool's counters bumped at events (errors, pins, statements).
     events: EventCounters,
     /// The totals at the start of the current stats period, and what the
     /// last full period added (SHOW STATS_AVERAGES and the stats log line).
     pub(crate) period: Mutex<Period>,
-}
-
-/// Recorder handles the levels and totals are copied into at scrape time.
-struct Published {
-    clients_active: Gauge,
-    clients_waiting: Gauge,
-    clients_idle: Gauge,
-    servers_active: Gauge,
-    servers_idle: Gauge,
-    servers_used: Gauge,
-    servers_login: Gauge,
-    servers_tested: Gauge,
-    clients_pinned: Gauge,
-    max_wait: Gauge,
-    pool_size: Gauge,
-    paused: Gauge,
-    xacts: Counter,
-    queries: Counter,
-    received: Counter,
-    sent: Counter,
-    assignments: Counter,
-    logins: Counter,
-    connects: Counter,
-    connect_failures: Counter,
-    session_checks: Counter,
-    closed: [Counter; 5],
 }
 
 /// The pool's levels only it knows, handed in at scrape time.
@@ -171,26 +144,11 @@ pub struct PoolLevels {
 impl PoolStats {
     /// Add one to this pool's `name{label=value}`.
     fn event(&self, name: &'static str, label: (&'static str, String)) {
-        let base = [
-            ("database", self.labels.database.clone()),
-            ("user", self.labels.user.clone()),
-            ("pool_mode", self.labels.mode.to_string()),
-        ];
-        self.events.increment(name, &base, label);
+        self.events.increment(name, label);
     }
 
     pub fn new(database: &str, user: &str, mode: &'static str) -> PoolStats {
         recorder();
-        let l = [
-            ("database", database.to_string()),
-            ("user", user.to_string()),
-            ("pool_mode", mode.to_string()),
-        ];
-        let closed = |reason: CloseReason| {
-            let mut labels = l.to_vec();
-            labels.push(("reason", reason.label().to_string()));
-            counter!("pgmux_server_closed_total", &labels)
-        };
         PoolStats {
             labels: Labels {
                 database: database.to_string(),
@@ -221,30 +179,6 @@ impl PoolStats {
             xact_seconds: Histogram::default(),
             query_seconds: Histogram::default(),
             connect_seconds: Histogram::default(),
-            published: Published {
-                clients_active: gauge!("pgmux_clients_active", &l),
-                clients_waiting: gauge!("pgmux_clients_waiting", &l),
-                clients_idle: gauge!("pgmux_clients_idle", &l),
-                servers_active: gauge!("pgmux_servers_active", &l),
-                servers_idle: gauge!("pgmux_servers_idle", &l),
-                servers_used: gauge!("pgmux_servers_used", &l),
-                servers_login: gauge!("pgmux_servers_login", &l),
-                servers_tested: gauge!("pgmux_servers_tested", &l),
-                clients_pinned: gauge!("pgmux_clients_pinned", &l),
-                max_wait: gauge!("pgmux_max_wait_seconds", &l),
-                pool_size: gauge!("pgmux_pool_size", &l),
-                paused: gauge!("pgmux_paused", &l),
-                xacts: counter!("pgmux_transactions_total", &l),
-                queries: counter!("pgmux_queries_total", &l),
-                received: counter!("pgmux_received_bytes_total", &l),
-                sent: counter!("pgmux_sent_bytes_total", &l),
-                assignments: counter!("pgmux_server_assignments_total", &l),
-                logins: counter!("pgmux_client_logins_total", &l),
-                connects: counter!("pgmux_server_connects_total", &l),
-                connect_failures: counter!("pgmux_server_connect_failures_total", &l),
-                session_checks: counter!("pgmux_session_checks_total", &l),
-                closed: CloseReason::ALL.map(closed),
-            },
             period: Mutex::new(Period::default()),
             events: EventCounters::default(),
         }
@@ -331,32 +265,54 @@ impl PoolStats {
     }
 
     /// Copy levels and totals into the recorder just before a scrape.
+    /// Set this pool's series in the recorder from its cells (at scrape
+    /// time). Looked up by name here rather than held: a series the
+    /// recorder dropped as idle comes back with its full value.
     pub fn publish(&self, levels: &PoolLevels) {
-        let p = &self.published;
-        p.clients_active.set(self.clients_active.get() as f64);
-        p.clients_waiting.set(self.clients_waiting.get() as f64);
-        p.clients_idle.set(self.clients_idle() as f64);
-        p.servers_active.set(self.servers_active.get() as f64);
-        p.servers_idle.set(levels.servers_idle as f64);
-        p.servers_used.set(levels.servers_used as f64);
-        p.servers_login.set(self.servers_login.get() as f64);
-        p.servers_tested.set(self.servers_tested.get() as f64);
-        p.clients_pinned.set(self.clients_pinned.get() as f64);
-        p.max_wait.set(levels.max_wait.as_secs_f64());
-        p.pool_size.set(f64::from(levels.pool_size));
-        p.paused.set(if levels.paused { 1.0 } else { 0.0 });
-        p.xacts.absolute(self.xacts.get());
-        p.queries.absolute(self.queries.get());
-        p.received.absolute(self.received.get());
-        p.sent.absolute(self.sent.get());
-        p.assignments.absolute(self.assignments.get());
-        p.logins.absolute(self.logins.get());
-        p.connects.absolute(self.connects.get());
-        p.connect_failures.absolute(self.connect_failures.get());
-        p.session_checks.absolute(self.session_checks.get());
-        for (counter, total) in p.closed.iter().zip(&self.closed) {
-            counter.absolute(total.get());
+        let l = [
+            ("database", self.labels.database.clone()),
+            ("user", self.labels.user.clone()),
+            ("pool_mode", self.labels.mode.to_string()),
+        ];
+        let gauges = [
+            ("pgmux_clients_active", self.clients_active.get() as f64),
+            ("pgmux_clients_waiting", self.clients_waiting.get() as f64),
+            ("pgmux_clients_idle", self.clients_idle() as f64),
+            ("pgmux_servers_active", self.servers_active.get() as f64),
+            ("pgmux_servers_idle", levels.servers_idle as f64),
+            ("pgmux_servers_used", levels.servers_used as f64),
+            ("pgmux_servers_login", self.servers_login.get() as f64),
+            ("pgmux_servers_tested", self.servers_tested.get() as f64),
+            ("pgmux_clients_pinned", self.clients_pinned.get() as f64),
+            ("pgmux_max_wait_seconds", levels.max_wait.as_secs_f64()),
+            ("pgmux_pool_size", f64::from(levels.pool_size)),
+            ("pgmux_paused", if levels.paused { 1.0 } else { 0.0 }),
+        ];
+        for (name, value) in gauges {
+            gauge!(name, &l).set(value);
         }
-        self.events.touch();
+        let counters = [
+            ("pgmux_transactions_total", self.xacts.get()),
+            ("pgmux_queries_total", self.queries.get()),
+            ("pgmux_received_bytes_total", self.received.get()),
+            ("pgmux_sent_bytes_total", self.sent.get()),
+            ("pgmux_server_assignments_total", self.assignments.get()),
+            ("pgmux_client_logins_total", self.logins.get()),
+            ("pgmux_server_connects_total", self.connects.get()),
+            (
+                "pgmux_server_connect_failures_total",
+                self.connect_failures.get(),
+            ),
+            ("pgmux_session_checks_total", self.session_checks.get()),
+        ];
+        for (name, value) in counters {
+            counter!(name, &l).absolute(value);
+        }
+        for reason in CloseReason::ALL {
+            let mut labels = l.to_vec();
+            labels.push(("reason", reason.label().to_string()));
+            counter!("pgmux_server_closed_total", &labels).absolute(self.closed_count(reason));
+        }
+        self.events.publish(&l);
     }
 }
