@@ -220,6 +220,11 @@ impl Expect {
     fn pop(&mut self) -> Option<Pending> {
         let p = self.queue.pop_front()?;
         self.kinds.remove(p);
+        if self.queue.is_empty() && self.queue.capacity() > 1024 {
+            // A long pipeline is over: the server keeps this queue for
+            // life, so it gives the memory back rather than keep the peak.
+            self.queue = VecDeque::new();
+        }
         if p.raises() {
             self.raises.pop_front();
         }
@@ -306,6 +311,11 @@ impl Expect {
                 .rev()
                 .find(|p| !p.draws_nothing_from_server())
                 .is_some_and(|p| !p.ends_with_ready())
+    }
+
+    /// Entries queued (replies owed, and markers).
+    pub fn len(&self) -> usize {
+        self.queue.len()
     }
 
     /// ReadyForQuery messages still owed.

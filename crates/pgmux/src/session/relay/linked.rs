@@ -109,14 +109,13 @@ pub(super) async fn relay_linked(
         };
         tokio::select! {
             // In order, without a random draw per poll: the stop signal
-            // first, then the client, then the server.
+            // first, then the server, then the client. The server's
+            // replies go before more of the client's requests: a client
+            // that sends without pause must not keep pgmux from reading
+            // what the server answers (an error it would then skip by),
+            // which would leave every request it sent meanwhile owed.
             biased;
             _ = s.info.stop.reached(Stop::Now) => return Outcome::Aborted,
-            read = read_client(stream, cbuf, &s.pool.stats), if !*terminating => match read {
-                Ok(true) => {}
-                Ok(false) => return Outcome::ClientLeft(None),
-                Err(_) => return Outcome::ClientLeft(None),
-            },
             read = server.stream.read_buf(&mut server.buf) => {
                 match read {
                     Ok(0) => return Outcome::ServerFailed(ServerError::Closed),
@@ -135,6 +134,13 @@ pub(super) async fn relay_linked(
                     *cbuf = joined;
                 }
             }
+            // Not while MAX_OWED replies are owed: the server's replies
+            // (or its error) shorten the list first, so it stays bounded.
+            read = read_client(stream, cbuf, &s.pool.stats), if !*terminating && server.expect.len() < MAX_OWED => match read {
+                Ok(true) => {}
+                Ok(false) => return Outcome::ClientLeft(None),
+                Err(_) => return Outcome::ClientLeft(None),
+            },
             () = crate::io::sleep(query_limit.unwrap_or_default()), if query_limit.is_some() => {
                 if let Some(e) = query_clock.ran_out(s) {
                     return Outcome::ServerFailed(e);
@@ -159,6 +165,13 @@ pub(super) async fn relay_linked(
         }
     }
 }
+
+/// Entries of the expected-reply queue (about 24 bytes each) past which
+/// pgmux reads no more from the client until the server's replies have
+/// shortened it: flow control, not an error, so a pipeline of any length
+/// works, and the queue of a client that sends without pause stays bounded
+/// (by this and one read's worth of messages).
+const MAX_OWED: usize = 1 << 18;
 
 /// `query_timeout` for the request in flight: when it went out, and when
 /// pgmux cancelled it.
@@ -256,6 +269,7 @@ async fn forward_client_pass(
     if idle_before && !server.expect.is_empty() {
         server.timing.request_sent(server.flow.status);
     }
+
     server.flow.watch.merge(&batch.watch);
     // A lone prepared execution outside a transaction can be sent again if
     // its statement turns out missing or stale: keep its bytes until the
