@@ -484,3 +484,41 @@ async fn disable_refuses_new_logins_until_enable() {
         ) >= 1.0
     );
 }
+
+/// Issue 12: a client closed while it waits for a server (here by KILL)
+/// leaves no count behind: SHOW POOLS shows nobody waiting and no wait
+/// time afterwards. The wait's bookkeeping is a guard that its dropped
+/// future undoes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_while_waiting_leaves_no_waiter_behind() {
+    let db = fresh_database("console_kill_waiter").await;
+    let app = start_pgmux(|c| {
+        with_console_users(c);
+        c.pool_size = 1;
+        c.auth_type = pgmux::config::AuthType::Trust;
+    })
+    .await;
+    let admin = console(app.addr).await;
+    let mut holder = raw::Raw::login(app.addr, APP_USER, &db).await;
+    holder.send(&raw::query("begin; select 1")).await;
+    holder.until_ready().await;
+    let mut waiter = raw::Raw::login(app.addr, APP_USER, &db).await;
+    waiter.send(&raw::query("select 2")).await;
+    assert!(one_client_waits(&admin, &db).await);
+
+    admin.simple_query(&format!("KILL {db}")).await.unwrap();
+    for client in [&mut holder, &mut waiter] {
+        let m = client.next().await.expect("an error before the close");
+        assert_eq!(m.sqlstate().as_deref(), Some("57P01"), "{m:?}");
+    }
+    let settled = eventually(Duration::from_secs(10), || async {
+        let pools = show(&admin, "SHOW POOLS").await.unwrap();
+        pools.rows_where("database", &db).iter().all(|r| {
+            pools.get(r, "cl_waiting") == "0"
+                && pools.get(r, "maxwait") == "0"
+                && pools.get(r, "cl_active") == "0"
+        })
+    })
+    .await;
+    assert!(settled, "a killed waiter is still counted in SHOW POOLS");
+}

@@ -6,6 +6,7 @@
 mod checkout;
 mod control;
 mod db_limit;
+mod guards;
 mod health;
 pub mod idle;
 mod maintenance;
@@ -226,10 +227,10 @@ impl Pool {
     }
 
     async fn wait_for_permit(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, CheckoutError> {
-        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        lock(&self.waiters).insert(id, started);
-        self.stats.clients_waiting.inc();
+        // Undone when dropped: a client closed mid-wait (KILL, shutdown)
+        // drops this future, and must not stay counted as waiting.
+        let _waiting = guards::Waiting::new(self, started);
         let acquire = async {
             self.until_resumed().await;
             self.permits.clone().acquire_owned().await
@@ -240,8 +241,6 @@ impl Pool {
                 .map_err(|_| CheckoutError::WaitTimeout(limit)),
             None => Ok(acquire.await),
         };
-        self.stats.clients_waiting.dec();
-        lock(&self.waiters).remove(&id);
         self.stats.waited(started.elapsed());
         // The semaphore is never closed, so acquire cannot fail.
         result.map(|p| p.expect("pool semaphore is never closed"))
@@ -304,25 +303,20 @@ impl Pool {
             .is_ok()
     }
 
-    /// Open a server in a slot already reserved; the slot is freed on failure.
+    /// Open a server in a slot already reserved; the slot is freed on
+    /// failure, and also if this future is dropped half way (its client
+    /// was closed meanwhile).
     async fn open_server(&self) -> Result<Box<Server>, ServerError> {
+        let reserved = guards::ReservedSlot(Some(self));
         if let Some(err) = self.backing_off() {
-            self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(err);
         }
         let settings = self.settings();
         let slot = match &self.db_limit {
-            Some(limit) => match limit.acquire(settings.query_wait_timeout).await {
-                Ok(slot) => Some(slot),
-                Err(err) => {
-                    self.open.fetch_sub(1, Ordering::AcqRel);
-                    self.returned.notify_one();
-                    return Err(err);
-                }
-            },
+            Some(limit) => Some(limit.acquire(settings.query_wait_timeout).await?),
             None => None,
         };
-        self.stats.servers_login.inc();
+        let logging_in = guards::LoggingIn::new(&self.stats);
         let started = Instant::now();
         let (target, login) = (self.target(), lock(&self.login).clone());
         let result = Box::pin(Server::connect(
@@ -333,9 +327,11 @@ impl Pool {
             self.generation.load(Ordering::Acquire),
         ))
         .await;
-        self.stats.servers_login.dec();
+        drop(logging_in);
         match result {
             Ok(mut server) => {
+                // The server holds its slot now (`discard` frees it).
+                reserved.keep();
                 server.db_slot = slot;
                 self.answered.record(Instant::now());
                 self.stats.connected(started.elapsed());
@@ -349,8 +345,7 @@ impl Pool {
                 Ok(Box::new(server))
             }
             Err(err) => {
-                self.open.fetch_sub(1, Ordering::AcqRel);
-                self.returned.notify_one();
+                drop(reserved);
                 self.stats.connect_failures.add(1);
                 tracing::warn!(database = %self.database, user = %self.user, server = %format!("{}:{}", target.host, target.port), error = %err, "could not open a server connection");
                 let mut b = lock(&self.backoff);
