@@ -32,6 +32,13 @@ async fn metrics_count_what_happened() {
         "wait time is a real histogram"
     );
     assert!(!text.contains("127.0.0.1"), "no client addresses in labels");
+    // Shown from the start, so a dashboard reads 0 rather than no data.
+    for series in [
+        "pgmux_client_login_failures_total{reason=\"too_many_pools\"}",
+        "pgmux_reloads_total{result=\"error\"}",
+    ] {
+        assert!(text.contains(series), "{series} missing");
+    }
     let (status, body) = http_get(m, "/healthz").await;
     assert!(status.contains("200") && body.contains("ok"));
     let (status, _) = http_get(m, "/nope").await;

@@ -55,6 +55,15 @@ pub fn recorder() -> &'static PrometheusHandle {
         // our handle then renders only what reaches ours.
         if metrics::set_global_recorder(recorder).is_ok() {
             catalog::describe_all();
+            for reason in LoginFailure::ALL {
+                PROCESS_EVENTS.start_at_zero(
+                    "pgmux_client_login_failures_total",
+                    ("reason", reason.label().to_string()),
+                );
+            }
+            for result in ["ok", "error"] {
+                PROCESS_EVENTS.start_at_zero("pgmux_reloads_total", ("result", result.to_string()));
+            }
             touch_process_series();
         }
         handle
@@ -73,6 +82,12 @@ impl EventCounters {
     /// Add one to `name{label=value}`.
     fn increment(&self, name: &'static str, (label, value): (&'static str, String)) {
         *lock(&self.0).entry((name, label, value)).or_insert(0) += 1;
+    }
+
+    /// Show `name{label=value}` from the start, at 0 (a dashboard then
+    /// reads 0, not "no data").
+    fn start_at_zero(&self, name: &'static str, (label, value): (&'static str, String)) {
+        lock(&self.0).entry((name, label, value)).or_insert(0);
     }
 
     /// Set every counter in the recorder, with `base` labels first.
@@ -157,6 +172,18 @@ pub enum LoginFailure {
 }
 
 impl LoginFailure {
+    const ALL: [LoginFailure; 9] = [
+        LoginFailure::Auth,
+        LoginFailure::UnknownDatabase,
+        LoginFailure::Disabled,
+        LoginFailure::Timeout,
+        LoginFailure::TooManyClients,
+        LoginFailure::TooManyPools,
+        LoginFailure::ServerUnavailable,
+        LoginFailure::Protocol,
+        LoginFailure::ShuttingDown,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             LoginFailure::Auth => "auth_failed",
