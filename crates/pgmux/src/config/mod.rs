@@ -2,6 +2,7 @@
 //! Layering (least to most specific) lives in [`load`].
 
 mod load;
+mod overrides;
 #[cfg(test)]
 mod tests;
 
@@ -13,6 +14,7 @@ use pgmux_wire::auth::Secret;
 use serde::{Deserialize, Serialize};
 
 pub use load::{load, ConfigError, Env};
+pub use overrides::PoolTimeout;
 
 /// `DJANGO_ENV=production` selects [`Profile::Production`]; anything else is
 /// development. The profile sets the defaults that BookTrader's contract names.
@@ -278,45 +280,6 @@ impl Config {
     pub fn query_wait_timeout(&self) -> Option<Duration> {
         optional_secs(self.query_wait_timeout)
     }
-    /// `idle_transaction_timeout` for a user of a database: the user's own,
-    /// else the database's, else the general one.
-    pub fn idle_transaction_timeout_for(&self, database: &str, user: &str) -> Option<Duration> {
-        optional_secs(
-            self.users
-                .get(user)
-                .and_then(|u| u.idle_transaction_timeout)
-                .or_else(|| {
-                    self.databases
-                        .get(database)
-                        .and_then(|d| d.idle_transaction_timeout)
-                })
-                .unwrap_or(self.idle_transaction_timeout),
-        )
-    }
-    /// `transaction_timeout` for a user of a database (as above).
-    pub fn transaction_timeout_for(&self, database: &str, user: &str) -> Option<Duration> {
-        optional_secs(
-            self.users
-                .get(user)
-                .and_then(|u| u.transaction_timeout)
-                .or_else(|| {
-                    self.databases
-                        .get(database)
-                        .and_then(|d| d.transaction_timeout)
-                })
-                .unwrap_or(self.transaction_timeout),
-        )
-    }
-    /// `query_timeout` for a user of a database (as above).
-    pub fn query_timeout_for(&self, database: &str, user: &str) -> Option<Duration> {
-        optional_secs(
-            self.users
-                .get(user)
-                .and_then(|u| u.query_timeout)
-                .or_else(|| self.databases.get(database).and_then(|d| d.query_timeout))
-                .unwrap_or(self.query_timeout),
-        )
-    }
     pub fn client_write_timeout(&self) -> Option<Duration> {
         optional_secs(self.client_write_timeout)
     }
@@ -446,32 +409,10 @@ impl Config {
             ("client_write_timeout", self.client_write_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
         ];
-        let per_database = self.databases.iter().flat_map(|(name, d)| {
-            let idle = d
-                .idle_transaction_timeout
-                .map(|v| (format!("databases.{name}.idle_transaction_timeout"), v));
-            let query = d
-                .query_timeout
-                .map(|v| (format!("databases.{name}.query_timeout"), v));
-            let transaction = d
-                .transaction_timeout
-                .map(|v| (format!("databases.{name}.transaction_timeout"), v));
-            idle.into_iter().chain(query).chain(transaction)
-        });
-        let per_user = self.users.iter().flat_map(|(name, u)| {
-            [
-                ("idle_transaction_timeout", u.idle_transaction_timeout),
-                ("query_timeout", u.query_timeout),
-                ("transaction_timeout", u.transaction_timeout),
-            ]
-            .into_iter()
-            .filter_map(move |(key, v)| Some((format!("users.{name}.{key}"), v?)))
-        });
         let non_negative = non_negative
             .into_iter()
             .map(|(key, v)| (key.to_string(), v))
-            .chain(per_database)
-            .chain(per_user);
+            .chain(self.entry_timeouts());
         for (key, v) in non_negative {
             if v.is_nan() || !(0.0..=1e9).contains(&v) {
                 return Err(ConfigError::new(format!(

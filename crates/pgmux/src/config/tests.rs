@@ -195,18 +195,20 @@ fn idle_transaction_timeout_is_general_and_per_database() {
     let cfg = load(Some(&f.0), &Env::new()).unwrap();
     cfg.validate().unwrap();
     assert_eq!(
-        cfg.idle_transaction_timeout_for("app", "someone"),
+        cfg.timeout_for(PoolTimeout::IdleTransaction, "app", "someone"),
         Some(Duration::from_secs(30))
     );
     assert_eq!(
-        cfg.idle_transaction_timeout_for("reports", "someone"),
+        cfg.timeout_for(PoolTimeout::IdleTransaction, "reports", "someone"),
         None,
         "0: off"
     );
     assert_eq!(
-        load(None, &Env::new())
-            .unwrap()
-            .idle_transaction_timeout_for("app", "someone"),
+        load(None, &Env::new()).unwrap().timeout_for(
+            PoolTimeout::IdleTransaction,
+            "app",
+            "someone"
+        ),
         None,
         "off by default"
     );
@@ -256,26 +258,26 @@ fn query_timeout_is_general_and_per_database_and_cancel_wait_is_positive() {
     let cfg = load(Some(&f.0), &Env::new()).unwrap();
     cfg.validate().unwrap();
     assert_eq!(
-        cfg.query_timeout_for("app", "someone"),
+        cfg.timeout_for(PoolTimeout::Query, "app", "someone"),
         Some(Duration::from_secs(120))
     );
     assert_eq!(
-        cfg.query_timeout_for("reports", "someone"),
+        cfg.timeout_for(PoolTimeout::Query, "reports", "someone"),
         Some(Duration::from_secs(900))
     );
     assert_eq!(cfg.cancel_wait_timeout(), Duration::from_secs(3));
     assert_eq!(
-        cfg.transaction_timeout_for("app", "someone"),
+        cfg.timeout_for(PoolTimeout::Transaction, "app", "someone"),
         Some(Duration::from_secs(300))
     );
     assert_eq!(
-        cfg.transaction_timeout_for("reports", "someone"),
+        cfg.timeout_for(PoolTimeout::Transaction, "reports", "someone"),
         None,
         "0: off"
     );
     let defaults = load(None, &Env::new()).unwrap();
     assert_eq!(
-        defaults.query_timeout_for("app", "someone"),
+        defaults.timeout_for(PoolTimeout::Query, "app", "someone"),
         None,
         "off by default"
     );
@@ -327,22 +329,28 @@ fn a_users_timeouts_win_over_its_databases_and_the_general_ones() {
     cfg.validate().unwrap();
     let secs = |s| Some(Duration::from_secs(s));
     assert_eq!(
-        cfg.query_timeout_for("app", "reporter"),
+        cfg.timeout_for(PoolTimeout::Query, "app", "reporter"),
         secs(600),
         "the user's"
     );
     assert_eq!(
-        cfg.query_timeout_for("app", "web"),
+        cfg.timeout_for(PoolTimeout::Query, "app", "web"),
         secs(30),
         "the database's"
     );
     assert_eq!(
-        cfg.query_timeout_for("other", "web"),
+        cfg.timeout_for(PoolTimeout::Query, "other", "web"),
         secs(60),
         "the general one"
     );
-    assert_eq!(cfg.transaction_timeout_for("app", "reporter"), secs(900));
-    assert_eq!(cfg.idle_transaction_timeout_for("app", "web"), secs(5));
+    assert_eq!(
+        cfg.timeout_for(PoolTimeout::Transaction, "app", "reporter"),
+        secs(900)
+    );
+    assert_eq!(
+        cfg.timeout_for(PoolTimeout::IdleTransaction, "app", "web"),
+        secs(5)
+    );
     let secrets = cfg.user_secrets().unwrap();
     assert!(secrets.contains_key("web"));
     assert!(
@@ -357,7 +365,10 @@ fn a_users_timeouts_win_over_its_databases_and_the_general_ones() {
     )
     .unwrap();
     assert_eq!(cfg.users["reporter"].password.as_deref(), Some("secret"));
-    assert_eq!(cfg.query_timeout_for("app", "reporter"), secs(600));
+    assert_eq!(
+        cfg.timeout_for(PoolTimeout::Query, "app", "reporter"),
+        secs(600)
+    );
 
     let mut f = tempfile_in_target("user_timeouts_bad.toml");
     writeln!(f.1, "[users.web]\nquery_timeout = -2").unwrap();

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::config::{Config, PoolMode};
+use crate::config::{Config, PoolMode, PoolTimeout};
 
 /// The settings a pool runs with, copied from the config at creation and
 /// again at each reload.
@@ -46,9 +46,9 @@ impl PoolSettings {
             tcp: cfg.tcp_options(),
             login_retry: cfg.server_login_retry(),
             query_wait_timeout: cfg.query_wait_timeout(),
-            idle_transaction_timeout: cfg.idle_transaction_timeout_for(database, user),
-            query_timeout: cfg.query_timeout_for(database, user),
-            transaction_timeout: cfg.transaction_timeout_for(database, user),
+            idle_transaction_timeout: cfg.timeout_for(PoolTimeout::IdleTransaction, database, user),
+            query_timeout: cfg.timeout_for(PoolTimeout::Query, database, user),
+            transaction_timeout: cfg.timeout_for(PoolTimeout::Transaction, database, user),
             cancel_wait_timeout: cfg.cancel_wait_timeout(),
             client_idle_timeout: cfg.client_idle_timeout(),
             client_write_timeout: cfg.client_write_timeout(),
