@@ -3,13 +3,14 @@
 //! statement may turn out missing or stale, and `DROP DATABASE` eased past
 //! pgmux's own idle servers.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::io::Stream as TcpStream;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::buffers::{self, CLIENT_BUFFER};
+use super::deadlines::{write_to_client, QueryClock};
 use super::{Outcome, STREAM_AFTER};
 use crate::config::PoolMode;
 use crate::lifecycle::Stop;
@@ -101,7 +102,9 @@ pub(super) async fn relay_linked(
         // A request in flight (the server owes replies) is timed only when
         // query_timeout is set.
         let query_limit = match s.pool.query_timeout.get() {
-            Some(limit) if !server.expect.is_empty() => Some(query_clock.left(limit)),
+            Some(limit) if !server.expect.is_empty() => {
+                Some(query_clock.left(limit, s.pool.cancel_wait_timeout.get()))
+            }
             _ => {
                 query_clock = QueryClock::default();
                 None
@@ -172,42 +175,6 @@ pub(super) async fn relay_linked(
 /// works, and the queue of a client that sends without pause stays bounded
 /// (by this and one read's worth of messages).
 const MAX_OWED: usize = 1 << 18;
-
-/// `query_timeout` for the request in flight: when it went out, and when
-/// pgmux cancelled it.
-#[derive(Default)]
-struct QueryClock {
-    started: Option<Instant>,
-    cancelled: Option<(Instant, Duration, Duration)>,
-}
-
-impl QueryClock {
-    /// The time left before the request is cancelled, or, once it was,
-    /// before its server is given up.
-    fn left(&mut self, limit: Duration) -> Duration {
-        let now = Instant::now();
-        let deadline = match self.cancelled {
-            Some((at, _, wait)) => at + wait,
-            None => *self.started.get_or_insert(now) + limit,
-        };
-        deadline.saturating_duration_since(now)
-    }
-
-    /// The time ran out: cancel the request (the client then gets
-    /// PostgreSQL's 57014 and keeps its connection), or, if it was
-    /// cancelled already and still runs, give the server up.
-    fn ran_out(&mut self, s: &Session) -> Option<ServerError> {
-        let limit = s.pool.query_timeout.get().unwrap_or_default();
-        let wait = s.pool.cancel_wait_timeout.get().unwrap_or_default();
-        if let Some((_, limit, wait)) = self.cancelled {
-            return Some(ServerError::QueryTimeout(limit, wait));
-        }
-        tracing::info!(client = s.info.id, user = %s.pool.user, database = %s.pool.database, ?limit, "query_timeout: cancelling the request");
-        self.cancelled = Some((Instant::now(), limit, wait));
-        crate::io::spawn(s.cancel.cancel_linked());
-        None
-    }
-}
 
 /// Whether the server will answer everything it was sent without another
 /// word from the client: not in COPY IN, and every message it was sent is
@@ -412,45 +379,6 @@ pub(super) async fn forward_server_bytes(
     };
     server.buf.advance(batch.consumed);
     written
-}
-
-/// Write `bytes` to the client. With `client_write_timeout` set, a client
-/// that takes no byte for that long (it stopped reading its result) is
-/// given up, so its server goes back instead of waiting for it forever. No
-/// timer is armed while the socket takes the bytes at once.
-async fn write_to_client(
-    stream: &mut TcpStream,
-    mut bytes: &[u8],
-    limit: Option<Duration>,
-) -> Result<(), Outcome> {
-    use futures_util::FutureExt;
-
-    let gone = |_| Outcome::ClientLeft(None);
-    let Some(limit) = limit else {
-        return stream.write_all(bytes).await.map_err(gone);
-    };
-    while !bytes.is_empty() {
-        let n = match stream.write(bytes).now_or_never() {
-            Some(written) => written.map_err(gone)?,
-            None => match crate::io::timeout(limit, stream.write(bytes)).await {
-                Ok(written) => written.map_err(gone)?,
-                Err(_) => {
-                    // It would not read a FATAL either: cut it off.
-                    tracing::info!(
-                        ?limit,
-                        "client_write_timeout: closing a client that stopped reading its result"
-                    );
-                    stream.abort();
-                    return Err(Outcome::ClientLeft(None));
-                }
-            },
-        };
-        if n == 0 {
-            return Err(Outcome::ClientLeft(None));
-        }
-        bytes = &bytes[n..];
-    }
-    Ok(())
 }
 
 /// Whether a `DROP DATABASE` of `db` would pass PostgreSQL's checks but for

@@ -11,9 +11,10 @@
 //! bytes move in [`linked`]; [`pin_tracking`] looks at the session after a
 //! hinted transaction and keeps a pinned client's server; [`release`] gives
 //! a server back when its client leaves; [`buffers`] are the client read
-//! buffers.
+//! buffers; [`deadlines`] are the linked loop's query and write deadlines.
 
 mod buffers;
+mod deadlines;
 mod linked;
 mod pin_tracking;
 mod release;
