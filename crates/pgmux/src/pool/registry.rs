@@ -212,10 +212,11 @@ impl Pools {
             .cloned()
             .collect();
         let mut unused_since = lock(&self.unused_since);
-        unused_since.retain(|key, _| {
-            auto.iter()
-                .any(|p| (&p.database, &p.user) == (&key.0, &key.1))
-        });
+        // Forget pools that are gone (a lookup each, not a scan).
+        {
+            let map = lock(&self.map);
+            unused_since.retain(|key, _| map.contains_key(key));
+        }
         for pool in auto {
             let key = (pool.database.clone(), pool.user.clone());
             if pool.stats.clients.get() > 0 {
