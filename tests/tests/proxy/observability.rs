@@ -14,9 +14,18 @@ async fn metrics_count_what_happened() {
     c.batch_execute("begin; select 1; select 2; commit")
         .await
         .unwrap();
+    let labels = [("database", db.as_str()), ("user", APP_USER)];
+    // The client reads its ReadyForQuery a moment before pgmux has put the
+    // server back: wait for that event, then read everything from one scrape.
+    let settled = eventually(std::time::Duration::from_secs(10), || async {
+        let (_, text) = http_get(m, "/metrics").await;
+        metric_value(&text, "pgmux_servers_idle", &labels) == 1.0
+            && metric_value(&text, "pgmux_clients_idle", &labels) == 1.0
+    })
+    .await;
+    assert!(settled, "the server never went back to idle");
     let (status, text) = http_get(m, "/metrics").await;
     assert!(status.contains("200"), "{status}");
-    let labels = [("database", db.as_str()), ("user", APP_USER)];
     assert!(
         metric_value(&text, "pgmux_transactions_total", &labels) >= 11.0,
         "{text}"
