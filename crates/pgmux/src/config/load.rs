@@ -120,6 +120,7 @@ fn defaults(
             pgmux_wire::frame::DEFAULT_MAX_MESSAGE_SIZE as u64,
         )?
         .set_default("max_prepared_statements", 200)?
+        .set_default("max_client_prepared_bytes", 4u64 << 20)?
         .set_default("auth_type", "scram-sha-256")?
         .set_default("auth_file", "")?
         .set_default("admin_users", empty.clone())?

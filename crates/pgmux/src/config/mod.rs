@@ -124,6 +124,10 @@ pub struct Config {
     /// Named prepared statements each server keeps (transaction mode, LRU);
     /// 0 turns pgmux's statement handling off (names pass through).
     pub max_prepared_statements: u32,
+    /// Bytes of named statements (name, text and a fixed overhead each)
+    /// one client may hold in transaction mode; past it the least recently
+    /// used are forgotten.
+    pub max_client_prepared_bytes: u64,
     pub auth_type: AuthType,
     pub auth_file: String,
     /// Users allowed into the admin console with every command.

@@ -37,6 +37,8 @@ impl Pool {
         }
         self.max_prepared
             .store(settings.max_prepared, Ordering::Relaxed);
+        self.max_client_prepared
+            .store(settings.max_client_prepared, Ordering::Relaxed);
         self.idle_transaction_timeout
             .set(settings.idle_transaction_timeout);
         self.query_timeout.set(settings.query_timeout);

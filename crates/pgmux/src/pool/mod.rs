@@ -71,6 +71,8 @@ pub struct Pool {
     pub manages_statements: bool,
     /// `max_prepared_statements`, read per request without the lock.
     pub max_prepared: AtomicUsize,
+    /// `max_client_prepared_bytes`, read per named Parse without the lock.
+    pub max_client_prepared: AtomicUsize,
     /// `idle_transaction_timeout`, `query_timeout`, `cancel_wait_timeout`,
     /// `transaction_timeout` and `client_idle_timeout`, read per request
     /// without the lock.
@@ -139,6 +141,7 @@ impl Pool {
             max_message: settings.max_message,
             manages_statements: settings.mode == PoolMode::Transaction && settings.max_prepared > 0,
             max_prepared: AtomicUsize::new(settings.max_prepared),
+            max_client_prepared: AtomicUsize::new(settings.max_client_prepared),
             idle_transaction_timeout: AtomicTimeout::new(settings.idle_transaction_timeout),
             query_timeout: AtomicTimeout::new(settings.query_timeout),
             transaction_timeout: AtomicTimeout::new(settings.transaction_timeout),

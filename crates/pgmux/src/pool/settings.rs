@@ -31,6 +31,8 @@ pub struct PoolSettings {
     pub max_message: usize,
     /// Per-server cap of pgmux-managed named statements; 0: none managed.
     pub max_prepared: usize,
+    /// Per-client byte budget of named statements.
+    pub max_client_prepared: usize,
 }
 
 impl PoolSettings {
@@ -55,6 +57,8 @@ impl PoolSettings {
             reset_query: cfg.server_reset_query.clone(),
             max_message: cfg.max_message_size as usize,
             max_prepared: cfg.max_prepared_statements as usize,
+            max_client_prepared: usize::try_from(cfg.max_client_prepared_bytes)
+                .unwrap_or(usize::MAX),
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct Statements<'a> {
     pub server: &'a mut ServerStatements,
     /// `max_prepared_statements`: the server's LRU capacity.
     pub capacity: usize,
+    /// `max_client_prepared_bytes`: the client's budget of names.
+    pub client_budget: usize,
     /// The client keeps this server (pinned): a name pgmux does not know
     /// may be one the client made with SQL `PREPARE`, so it passes through.
     pub pinned: bool,
@@ -258,7 +260,7 @@ pub(super) fn rewrite(
             }
             let s = st.cache.intern(definition);
             watch.merge(&s.watch);
-            let binding = st.client.insert(name, s.clone());
+            let binding = st.client.insert(name, s.clone(), st.client_budget);
             if st.server.contains(s.id) {
                 if st.server_status != b'E' && !expect.closed_request_pending() {
                     // Already there, as far as pgmux knows: prepared again
@@ -300,7 +302,7 @@ pub(super) fn rewrite(
                 return Ok(());
             }
             // Borrowed, not cloned: this is every prepared execution.
-            let Some(s) = st.client.get(name) else {
+            let Some(s) = st.client.use_statement(name) else {
                 unknown_name(name, Pending::Bind { id: None }, st, expect, &mut out);
                 if !out.is_empty() {
                     splice.replace(input, start, end, &out);
@@ -352,7 +354,7 @@ pub(super) fn rewrite(
                     expect.push(Pending::NameClosed(binding));
                 }
             } else {
-                let Some(s) = st.client.get(name) else {
+                let Some(s) = st.client.use_statement(name) else {
                     unknown_name(name, Pending::Describe { id: None }, st, expect, &mut out);
                     if !out.is_empty() {
                         splice.replace(input, start, end, &out);
@@ -425,7 +427,7 @@ pub(super) fn stream_big_bind(
     let name = &body[portal_end + 1..portal_end + 1 + name_len];
     let head_end = start + HEADER_LEN + portal_end + 1 + name_len + 1;
     let statement = (!name.is_empty())
-        .then(|| st.client.get(name).cloned())
+        .then(|| st.client.use_statement(name).cloned())
         .flatten();
     let id = statement.as_ref().map(|s| s.id);
     if let Some(s) = statement {

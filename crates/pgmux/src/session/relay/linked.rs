@@ -226,6 +226,10 @@ async fn forward_client_pass(
             .pool
             .max_prepared
             .load(std::sync::atomic::Ordering::Relaxed),
+        client_budget: s
+            .pool
+            .max_client_prepared
+            .load(std::sync::atomic::Ordering::Relaxed),
         pinned,
         server_status: server.flow.status,
     });

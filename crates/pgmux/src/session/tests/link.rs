@@ -68,6 +68,7 @@ impl Link {
             client: &mut self.client_statements,
             server: &mut self.server_statements,
             capacity: 200,
+            client_budget: 1 << 20,
             pinned: false,
             server_status: self.server_flow.status,
         });

@@ -68,6 +68,7 @@ impl Rig {
             client: &mut self.client,
             server: &mut self.server,
             capacity: 200,
+            client_budget: 1 << 20,
             pinned: self.pinned,
             server_status: b'I',
         };
