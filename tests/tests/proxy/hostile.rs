@@ -281,3 +281,157 @@ async fn messages_sent_past_an_error_without_a_sync_cost_no_memory() {
     );
     assert_eq!(client.scalar("select 2").await, "2", "still served");
 }
+
+/// Issue 12: a client that prepares statement after statement and closes
+/// none holds at most `max_client_prepared_bytes` of them, and the pool's
+/// index of statement texts is capped too: 12,000 distinct 8 KB statements
+/// (about 100 MB of text, which pgmux once kept whole) leave it within a
+/// few tens of MiB. The names used last still work; the first is gone, with
+/// PostgreSQL's 26000 for a name that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_preparing_without_end_is_held_to_its_budget() {
+    let db = fresh_database("prepare_flood").await;
+    let config = config_text(
+        "127.0.0.1:0",
+        "auth_type = \"trust\"\nmax_client_prepared_bytes = 1048576",
+    );
+    let pgmux = Proc::start(
+        "prepare_flood",
+        &config,
+        &[("PGMUX_LOG", "warn,pgmux::app=info")],
+    )
+    .await;
+    let mut client = Raw::login(pgmux.addr, APP_USER, &db).await;
+    let filler = "x".repeat(8000);
+    const BATCH: usize = 100;
+    let mut prepare = async |batch: usize| {
+        let mut bytes = Vec::new();
+        for i in batch * BATCH..(batch + 1) * BATCH {
+            bytes.extend(raw::parse(
+                &format!("s{i}"),
+                &format!("select '{i} {filler}'"),
+            ));
+        }
+        bytes.extend(raw::sync());
+        let replies = client.exchange(&bytes).await;
+        assert_eq!(
+            replies.iter().filter(|m| m.tag == b'1').count(),
+            BATCH,
+            "batch {batch}: {}",
+            raw::tags(&replies)
+        );
+    };
+    for batch in 0..40 {
+        prepare(batch).await;
+    }
+    // 32 MB so far: the client's budget and the pool's index are full.
+    let warm = pgmux.rss_kib();
+    for batch in 40..120 {
+        prepare(batch).await;
+    }
+    let after = pgmux.rss_kib();
+    println!("pgmux: {warm} KiB after 32 MB of statements, {after} KiB after 96 MB");
+    assert!(
+        after.saturating_sub(warm) < 32 * 1024,
+        "pgmux grew from {warm} to {after} KiB while a client prepared 64 MB more statements"
+    );
+
+    let run = |name: &str| [raw::bind(name), raw::execute(), raw::sync()].concat();
+    let last = client.exchange(&run("s11999")).await;
+    assert_eq!(
+        raw::tags(&last).matches('D').count(),
+        1,
+        "{}",
+        raw::tags(&last)
+    );
+    let first = client.exchange(&run("s0")).await;
+    assert_eq!(raw::error_in(&first).sqlstate().as_deref(), Some("26000"));
+    assert_eq!(client.scalar("select 3").await, "3", "still served");
+}
+
+/// Issue 12: with `wildcard_databases` on, a logged-in user who tries
+/// 100,000 made-up database names leaves pgmux's memory and /metrics as
+/// they were: a name whose database does not exist gets PostgreSQL's 3D000
+/// and leaves no pool behind; once `max_pools` pools exist, further names
+/// get 53400 without reaching PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_database_names_leave_nothing_behind() {
+    let kept = [
+        fresh_database("names_kept_a").await,
+        fresh_database("names_kept_b").await,
+        fresh_database("names_kept_c").await,
+    ];
+    let config = config_text(
+        "127.0.0.1:0",
+        "auth_type = \"trust\"\nwildcard_databases = true\nmax_pools = 3\nmax_db_connections = 4",
+    );
+    let pgmux = Proc::start(
+        "db_names",
+        &config,
+        &[("PGMUX_LOG", "error,pgmux::app=info")],
+    )
+    .await;
+    let mut holders = Vec::new();
+    for db in &kept[..2] {
+        let mut c = Raw::login(pgmux.addr, APP_USER, db).await;
+        assert_eq!(c.scalar("select 1").await, "1");
+        holders.push(c);
+    }
+    let metrics_lines = || async { http_get(pgmux.metrics, "/metrics").await.1.lines().count() };
+    // Log in to `count` made-up names from `parallel` clients at once;
+    // each must be refused with `sqlstate`.
+    let try_names =
+        |prefix: &'static str, count: usize, parallel: usize, sqlstate: &'static str| {
+            let addr = pgmux.addr;
+            async move {
+                let tasks: Vec<_> = (0..parallel)
+                    .map(|t| {
+                        tokio::spawn(async move {
+                            for i in (t..count).step_by(parallel) {
+                                let name = format!("{prefix}{i}");
+                                let (_, msgs) = Raw::login_with(
+                                    addr,
+                                    &[("user", APP_USER), ("database", &name)],
+                                    None,
+                                )
+                                .await;
+                                let got = raw::error_in(&msgs).sqlstate();
+                                assert_eq!(got.as_deref(), Some(sqlstate), "{name}");
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+        };
+    // One free slot: each name in turn is tried at PostgreSQL, which has
+    // no such database.
+    try_names("warm_", 200, 1, "3D000").await;
+    let (warm_rss, warm_lines) = (pgmux.rss_kib(), metrics_lines().await);
+    try_names("missing_", 2_000, 1, "3D000").await;
+    // The last slot taken: names are refused before PostgreSQL.
+    let mut third = Raw::login(pgmux.addr, APP_USER, &kept[2]).await;
+    assert_eq!(third.scalar("select 1").await, "1");
+    try_names("made_up_", 98_000, 8, "53400").await;
+    let (rss, lines) = (pgmux.rss_kib(), metrics_lines().await);
+    println!("pgmux: {warm_rss} KiB and {warm_lines} /metrics lines, then {rss} KiB and {lines}");
+    assert!(
+        rss.saturating_sub(warm_rss) < 8 * 1024,
+        "pgmux grew from {warm_rss} to {rss} KiB over 100,000 database names"
+    );
+    // The third pool's series came; nothing else did.
+    let one_pool = {
+        let text = http_get(pgmux.metrics, "/metrics").await.1;
+        text.lines().filter(|l| l.contains(&kept[2])).count()
+    };
+    assert_eq!(lines, warm_lines + one_pool, "series left behind");
+    for c in holders.iter_mut() {
+        assert_eq!(
+            c.scalar("select 2").await,
+            "2",
+            "the pools' clients still served"
+        );
+    }
+}

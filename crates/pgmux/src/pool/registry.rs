@@ -161,12 +161,6 @@ impl Pools {
                 config.max_pools,
             )
         };
-        let db_limit = (max_db > 0).then(|| {
-            lock(&self.db_limits)
-                .entry(database.to_string())
-                .or_insert_with(|| DbLimit::new(max_db))
-                .clone()
-        });
         let mut map = lock(&self.map);
         if max_pools > 0 && map.len() >= max_pools as usize && !map.contains_key(&key) {
             return Err(NoPool::TooMany(max_pools));
@@ -174,6 +168,15 @@ impl Pools {
         let pool = map
             .entry(key)
             .or_insert_with(|| {
+                // Shared by the database's pools, and made only with one
+                // (under the map's lock), so a name that gets no pool
+                // leaves nothing behind.
+                let db_limit = (max_db > 0).then(|| {
+                    lock(&self.db_limits)
+                        .entry(database.to_string())
+                        .or_insert_with(|| DbLimit::new(max_db))
+                        .clone()
+                });
                 let pool = Pool::new(database, user, target, login, settings, db_limit);
                 if self.is_paused(database) {
                     pool.pause();
@@ -193,6 +196,25 @@ impl Pools {
         let unused = pool.open_servers() == 0 && pool.stats.clients.get() == 0;
         if unused && map.get(&key).is_some_and(|p| Arc::ptr_eq(p, pool)) {
             map.remove(&key);
+            self.release_db_limit(pool);
+        }
+    }
+
+    /// Forget the `max_db_connections` count of `removed`'s database once
+    /// no pool in the map shares it (called with the map's lock held,
+    /// after `removed`, which has no server open, left it). `removed` may
+    /// live on a moment in the session that dropped it: its own share does
+    /// not keep the count.
+    fn release_db_limit(&self, removed: &Pool) {
+        let Some(own) = removed.db_limit.as_ref() else {
+            return;
+        };
+        let mut limits = lock(&self.db_limits);
+        let only_removed_holds_it = limits
+            .get(&removed.database)
+            .is_some_and(|limit| Arc::ptr_eq(limit, own) && Arc::strong_count(limit) == 2);
+        if only_removed_holds_it {
+            limits.remove(&removed.database);
         }
     }
 
@@ -234,14 +256,13 @@ impl Pools {
             let unused = pool.open_servers() == 0 && pool.stats.clients.get() == 0;
             if unused && map.get(&key).is_some_and(|p| Arc::ptr_eq(p, &pool)) {
                 map.remove(&key);
+                self.release_db_limit(&pool);
                 unused_since.remove(&key);
                 tracing::info!(database = %pool.database, user = %pool.user, "unused pool dropped (autodb_idle_timeout)");
             }
         }
     }
 
-    /// Close every idle server connected to the server-side database
-    /// `dbname` (before a DROP DATABASE, which they would block).
     /// Idle servers connected to the server-side database `dbname`.
     pub fn idle_to(&self, dbname: &str) -> u32 {
         self.all()
@@ -251,6 +272,8 @@ impl Pools {
             .sum()
     }
 
+    /// Close every idle server connected to the server-side database
+    /// `dbname` (before a DROP DATABASE, which they would block).
     pub fn close_idle_to(&self, dbname: &str) {
         for pool in self
             .all()
@@ -410,5 +433,41 @@ fn login_for(secrets: &BTreeMap<String, Secret>, user: &str) -> Login {
             .get(user)
             .and_then(|s| s.plaintext())
             .map(String::from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12: database names that get no pool, or whose pool goes
+    /// again, leave nothing behind: not a pool, not a connection count.
+    #[tokio::test]
+    async fn names_without_a_pool_leave_nothing_behind() {
+        let env = [("DB_USER", "app"), ("DB_PASSWORD", "secret")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut config = crate::config::load(None, &env).unwrap();
+        config.wildcard_databases = true;
+        config.max_db_connections = 5;
+        config.max_pools = 2;
+        let pools = Pools::new(Arc::new(config), Arc::default());
+        let kept = pools.get("kept", "app").unwrap();
+        for i in 0..10_000 {
+            let name = format!("db{i}");
+            // As a login whose server refused the database does.
+            let pool = pools.get(&name, "app").unwrap();
+            pools.forget_if_unused(&pool);
+        }
+        let other = pools.get("other", "app").unwrap();
+        for i in 0..10_000 {
+            let refused = pools.get(&format!("more{i}"), "app");
+            assert!(matches!(refused, Err(NoPool::TooMany(2))));
+        }
+        assert_eq!(pools.all().len(), 2);
+        let limits: BTreeSet<String> = lock(&pools.db_limits).keys().cloned().collect();
+        assert_eq!(limits, BTreeSet::from(["kept".into(), "other".into()]));
+        drop((kept, other));
     }
 }
