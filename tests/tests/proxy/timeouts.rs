@@ -252,3 +252,82 @@ async fn a_client_that_stops_reading_loses_its_server_after_client_write_timeout
     assert_eq!(next, 3);
     drop(stalled);
 }
+
+/// Issue 12: a server idle for `server_check_delay` (0 here: every time)
+/// runs `server_check_query` before it is lent again. One that fails it is
+/// closed and the client is served by another, none the wiser; an empty
+/// setting turns the check off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_runs_the_check_query_before_it_is_lent() {
+    let db = fresh_database("server_check").await;
+    let owner = try_connect(&format!(
+        "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={db}",
+        cluster().port
+    ))
+    .await
+    .unwrap();
+    owner
+        .batch_execute("create table checks (n serial)")
+        .await
+        .unwrap();
+    let app = start_pgmux(|c| {
+        c.pool_size = 1;
+        c.server_check_delay = 0.0;
+        c.server_check_query = "insert into checks default values".into();
+    })
+    .await;
+    let client = connect(app.addr, &db).await;
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        // A simple query: one transaction, one lending.
+        counts.push(simple_scalar(&client, "select count(*) from checks").await);
+    }
+    // Each lending of the idle server was preceded by exactly one check.
+    assert_eq!(counts[2] - counts[1], 1, "{counts:?}");
+    assert_eq!(counts[1] - counts[0], 1, "{counts:?}");
+    let first = simple_scalar(&client, "select pg_backend_pid()").await;
+
+    // The check now fails (its table is gone): the server is closed and
+    // the client's query runs on a new one, without an error.
+    owner.batch_execute("drop table checks").await.unwrap();
+    let second = simple_scalar(&client, "select pg_backend_pid()").await;
+    assert_ne!(first, second, "the server that failed its check was lent");
+    let failed = metric(
+        app.metrics_addr.unwrap(),
+        "pgmux_server_closed_total",
+        &[("database", &db), ("reason", "check_failed")],
+    )
+    .await;
+    assert_eq!(failed, 1.0);
+
+    // Turned off: nothing runs before the client's queries.
+    owner
+        .batch_execute("create table checks (n serial)")
+        .await
+        .unwrap();
+    let quiet = start_pgmux(|c| {
+        c.pool_size = 1;
+        c.server_check_delay = 0.0;
+        c.server_check_query = String::new();
+    })
+    .await;
+    let client = connect(quiet.addr, &db).await;
+    for _ in 0..3 {
+        assert_eq!(
+            simple_scalar(&client, "select count(*) from checks").await,
+            0
+        );
+    }
+}
+
+async fn simple_scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    let rows = client.simple_query(sql).await.unwrap();
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("a row");
+    row.get(0).unwrap().parse().unwrap()
+}

@@ -112,6 +112,7 @@ fn defaults(
         .set_default("transaction_timeout", 0)?
         .set_default("client_idle_timeout", 0)?
         .set_default("server_check_delay", 30)?
+        .set_default("server_check_query", "<empty>")?
         .set_default("client_write_timeout", 60)?
         .set_default("client_login_timeout", 60)?
         .set_default("server_reset_query", "DISCARD ALL")?

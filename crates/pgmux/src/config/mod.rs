@@ -115,9 +115,13 @@ pub struct Config {
     /// A client that takes no byte of its result for this long is closed
     /// and its server released; 0: never.
     pub client_write_timeout: f64,
-    /// `/readyz` vouches for a PostgreSQL whose servers answered within
-    /// this many seconds, without connecting to it; 0: always connect.
+    /// A server idle longer than this runs `server_check_query` before it
+    /// is lent again (0: before every lending); and `/readyz` vouches for a
+    /// PostgreSQL whose servers answered within it, without connecting.
     pub server_check_delay: f64,
+    /// What checks an idle server: `<empty>` (the default) sends an empty
+    /// query, `""` turns the check off, anything else is run as SQL.
+    pub server_check_query: String,
     pub client_login_timeout: f64,
     pub server_reset_query: String,
     pub max_message_size: u32,
@@ -289,6 +293,14 @@ impl Config {
     }
     pub fn server_check_delay(&self) -> Duration {
         secs(self.server_check_delay)
+    }
+    /// The SQL that checks an idle server, if any (`<empty>`: an empty query).
+    pub fn server_check_query(&self) -> Option<&str> {
+        match self.server_check_query.as_str() {
+            "" => None,
+            "<empty>" => Some(""),
+            sql => Some(sql),
+        }
     }
     pub fn autodb_idle_timeout(&self) -> Option<Duration> {
         optional_secs(self.autodb_idle_timeout)

@@ -28,6 +28,20 @@ fn nothing_set_gives_the_documented_defaults() {
         (300.0, 10.0)
     );
     assert_eq!(cfg.profile, Profile::Development);
+    assert_eq!(
+        cfg.server_check_query(),
+        Some(""),
+        "<empty>: an empty query"
+    );
+    assert_eq!(cfg.max_client_prepared_bytes, 4 << 20);
+}
+
+#[test]
+fn server_check_query_spellings() {
+    let off = load(None, &env(&[("PGMUX_SERVER_CHECK_QUERY", "")])).unwrap();
+    assert_eq!(off.server_check_query(), None);
+    let sql = load(None, &env(&[("PGMUX_SERVER_CHECK_QUERY", "select 1")])).unwrap();
+    assert_eq!(sql.server_check_query(), Some("select 1"));
 }
 
 #[test]

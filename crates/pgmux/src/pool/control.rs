@@ -47,6 +47,7 @@ impl Pool {
             .set(Some(settings.cancel_wait_timeout));
         self.client_idle_timeout.set(settings.client_idle_timeout);
         self.client_write_timeout.set(settings.client_write_timeout);
+        self.check_after.set(&settings);
         *lock(&self.settings) = settings;
         *lock(&self.login) = login;
         let moved = {

@@ -30,7 +30,7 @@ use crate::stats::{CloseReason, PoolStats};
 pub use checkout::Checkout;
 pub use db_limit::DbLimit;
 pub use registry::{NoPool, Pools, UnknownDatabase};
-pub use settings::{AtomicTimeout, PoolSettings};
+pub use settings::{AtomicTimeout, CheckAfter, PoolSettings};
 
 /// An idle server unused this long counts as "used" rather than "idle" in
 /// SHOW POOLS and /metrics (PgBouncer's server_check_delay default is 30 s;
@@ -82,6 +82,8 @@ pub struct Pool {
     pub cancel_wait_timeout: AtomicTimeout,
     pub client_idle_timeout: AtomicTimeout,
     pub client_write_timeout: AtomicTimeout,
+    /// `server_check_delay`, when `server_check_query` is set.
+    check_after: CheckAfter,
     target: Mutex<Target>,
     login: Mutex<Login>,
     settings: Mutex<PoolSettings>,
@@ -148,6 +150,7 @@ impl Pool {
             cancel_wait_timeout: AtomicTimeout::new(Some(settings.cancel_wait_timeout)),
             client_idle_timeout: AtomicTimeout::new(settings.client_idle_timeout),
             client_write_timeout: AtomicTimeout::new(settings.client_write_timeout),
+            check_after: CheckAfter::new(&settings),
             target: Mutex::new(target),
             login: Mutex::new(login),
             permits: Arc::new(Semaphore::new(settings.size as usize)),
@@ -216,7 +219,11 @@ impl Pool {
         };
         self.stats.assignments.add(1);
         loop {
-            if let Some(server) = self.take_idle() {
+            if let Some((mut server, check)) = self.take_idle() {
+                if check && !Box::pin(self.passes_check(&mut server)).await {
+                    self.discard(server, CloseReason::CheckFailed);
+                    continue;
+                }
                 return Ok(self.lend(server, permit));
             }
             if self.reserve_slot() {
@@ -259,9 +266,35 @@ impl Pool {
         }
     }
 
+    /// Run `server_check_query` on a server that has been idle a while,
+    /// within `server_connect_timeout`: PostgreSQL (or something between)
+    /// may have dropped it without a word, and that is better found here
+    /// than by the client's first query.
+    async fn passes_check(&self, server: &mut Server) -> bool {
+        let settings = self.settings();
+        let Some(query) = settings.check_query.as_deref() else {
+            return true;
+        };
+        let result = crate::io::timeout(settings.connect_timeout, server.run(query)).await;
+        match result {
+            Ok(Ok(b'I')) => return true,
+            Ok(Ok(status)) => {
+                tracing::warn!(server = server.info.id, database = %self.database, status = %char::from(status), "server_check_query left a transaction open; server closed")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(server = server.info.id, database = %self.database, error = %e, "server failed server_check_query; closed")
+            }
+            Err(_) => {
+                tracing::warn!(server = server.info.id, database = %self.database, "server_check_query got no answer within server_connect_timeout; server closed")
+            }
+        }
+        false
+    }
+
     /// An idle server to lend: this worker's own first, another worker's
-    /// (moved into this worker's reactor) only when it has none.
-    fn take_idle(&self) -> Option<Box<Server>> {
+    /// (moved into this worker's reactor) only when it has none. With it,
+    /// whether it has been idle long enough to be checked first.
+    fn take_idle(&self) -> Option<(Box<Server>, bool)> {
         loop {
             let (server, moved) = match self.idle.pop_here() {
                 Some(s) => (s, false),
@@ -273,9 +306,12 @@ impl Pool {
             } else if server.info.generation < self.generation.load(Ordering::Acquire) {
                 self.discard(server, CloseReason::Reconnect);
             } else if moved {
+                let check = self
+                    .check_after
+                    .due(now.saturating_duration_since(server.last_used));
                 match server.rehome() {
                     // Its readiness is not known here yet: a real peek.
-                    Ok(server) if server.check_health(true) => return Some(server),
+                    Ok(server) if server.check_health(true) => return Some((server, check)),
                     Ok(server) => self.discard(server, CloseReason::Error),
                     Err(e) => {
                         // The socket is gone with the failed move.
@@ -286,7 +322,10 @@ impl Pool {
             } else if !server.is_healthy(now) {
                 self.discard(server, CloseReason::Error);
             } else {
-                return Some(server);
+                let check = self
+                    .check_after
+                    .due(now.saturating_duration_since(server.last_used));
+                return Some((server, check));
             }
         }
     }

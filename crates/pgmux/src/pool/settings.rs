@@ -28,6 +28,9 @@ pub struct PoolSettings {
     pub client_idle_timeout: Option<Duration>,
     pub client_write_timeout: Option<Duration>,
     pub reset_query: String,
+    /// Run on a server idle `check_delay` or longer before it is lent.
+    pub check_query: Option<String>,
+    pub check_delay: Duration,
     pub max_message: usize,
     /// Per-server cap of pgmux-managed named statements; 0: none managed.
     pub max_prepared: usize,
@@ -55,6 +58,8 @@ impl PoolSettings {
             client_idle_timeout: cfg.client_idle_timeout(),
             client_write_timeout: cfg.client_write_timeout(),
             reset_query: cfg.server_reset_query.clone(),
+            check_query: cfg.server_check_query().map(str::to_string),
+            check_delay: cfg.server_check_delay(),
             max_message: cfg.max_message_size as usize,
             max_prepared: cfg.max_prepared_statements as usize,
             max_client_prepared: usize::try_from(cfg.max_client_prepared_bytes)
@@ -86,5 +91,34 @@ impl AtomicTimeout {
     /// At least 1 ms, so a tiny timeout is not taken for none.
     fn millis(timeout: Option<Duration>) -> u64 {
         timeout.map_or(0, |t| (t.as_millis() as u64).max(1))
+    }
+}
+
+/// After how long idle a server is checked before it is lent (see
+/// `server_check_query`), read on every checkout without the lock: whole
+/// milliseconds, `u64::MAX` for never (0 is a real value here: always).
+pub struct CheckAfter(AtomicU64);
+
+impl CheckAfter {
+    pub(super) fn new(settings: &PoolSettings) -> CheckAfter {
+        let after = CheckAfter(AtomicU64::new(u64::MAX));
+        after.set(settings);
+        after
+    }
+
+    pub(super) fn set(&self, settings: &PoolSettings) {
+        let ms = match settings.check_query {
+            Some(_) => u64::try_from(settings.check_delay.as_millis()).unwrap_or(u64::MAX - 1),
+            None => u64::MAX,
+        };
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether a server idle for `idle` is to be checked.
+    pub fn due(&self, idle: Duration) -> bool {
+        match self.0.load(Ordering::Relaxed) {
+            u64::MAX => false,
+            ms => idle >= Duration::from_millis(ms),
+        }
     }
 }

@@ -45,7 +45,7 @@ pub const METRICS: &[Metric] = &[
     m("pgmux_client_logins_total", Counter, "Clients that logged in successfully."),
     m("pgmux_server_connects_total", Counter, "Server connections opened and logged in."),
     m("pgmux_server_connect_failures_total", Counter, "Attempts to open a server connection that failed."),
-    m("pgmux_server_closed_total", Counter, "Server connections closed, by `reason`: lifetime, idle, error, client_vanished_mid_transaction, reconnect."),
+    m("pgmux_server_closed_total", Counter, "Server connections closed, by `reason`: lifetime, idle, error, client_vanished_mid_transaction, reconnect, check_failed."),
     m("pgmux_errors_total", Counter, "ErrorResponses sent to clients, by SQLSTATE `class` (first two characters)."),
     m("pgmux_session_checks_total", Counter, "Transaction mode: times pgmux read a client's session state (settings, pins) back from its server after a transaction that hinted at it; each costs one round trip."),
     m("pgmux_client_pins_total", Counter, "Times a client became pinned to its server, by `reason`: advisory_lock, listen, temp_table, with_hold_cursor, sql_prepare, session_authorization, untracked_setting."),

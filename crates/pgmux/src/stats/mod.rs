@@ -135,15 +135,18 @@ pub enum CloseReason {
     Dirty,
     /// RECONNECT, KILL, or a reload that moved the database.
     Reconnect,
+    /// It failed `server_check_query` after being idle.
+    CheckFailed,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 5] = [
+    pub(crate) const ALL: [CloseReason; 6] = [
         CloseReason::Lifetime,
         CloseReason::Idle,
         CloseReason::Error,
         CloseReason::Dirty,
         CloseReason::Reconnect,
+        CloseReason::CheckFailed,
     ];
 
     fn label(self) -> &'static str {
@@ -153,6 +156,7 @@ impl CloseReason {
             CloseReason::Error => "error",
             CloseReason::Dirty => "client_vanished_mid_transaction",
             CloseReason::Reconnect => "reconnect",
+            CloseReason::CheckFailed => "check_failed",
         }
     }
 }

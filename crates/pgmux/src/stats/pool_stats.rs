@@ -120,7 +120,7 @@ pub struct PoolStats {
     pub logins: Total,
     pub connects: Total,
     pub connect_failures: Total,
-    closed: [Total; 5],
+    closed: [Total; CloseReason::ALL.len()],
     wait_seconds: Histogram,
     xact_seconds: Histogram,
     query_seconds: Histogram,
