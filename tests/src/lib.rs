@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod faults;
 pub mod process;
 pub mod raw;
 pub mod relay;
