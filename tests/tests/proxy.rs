@@ -7,6 +7,7 @@ mod proxy {
     pub mod cancel;
     pub mod console;
     pub mod edges;
+    pub mod faults;
     pub mod hostile;
     pub mod isolation;
     pub mod lifecycle;
