@@ -35,6 +35,7 @@ use super::{refuse, ClientError, Session};
 use crate::config::PoolMode;
 use crate::conninfo::{now_micros, State};
 use crate::lifecycle::Stop;
+use crate::pool::Checkout;
 use crate::server::ServerError;
 use crate::stats::CloseReason;
 
@@ -278,6 +279,28 @@ async fn serve_request(
     };
     s.info.idle_from(idle_from);
     s.info.link(0);
+    // Part of a server message already went to the client (rows stream
+    // as they arrive): an ErrorResponse now would land inside it, and the
+    // client would read pgmux's bytes as the rest of a row. The client is
+    // closed without a word instead, as when a direct connection breaks.
+    let mid_message = !checkout.server().flow.at_boundary();
+    let result = end_request(stream, s, checkout, outcome, transaction_mode, terminating).await;
+    match result {
+        Err(ClientError::Fatal { .. }) if mid_message => Err(ClientError::Gone),
+        other => other,
+    }
+}
+
+/// What becomes of the server and the client once a request's link ended
+/// with `outcome`.
+async fn end_request(
+    stream: &mut TcpStream,
+    s: &mut Session,
+    mut checkout: Checkout,
+    outcome: Outcome,
+    transaction_mode: bool,
+    terminating: bool,
+) -> Result<bool, ClientError> {
     match outcome {
         Outcome::Done if transaction_mode && !terminating => {
             let watch = std::mem::take(&mut checkout.server_mut().flow.watch);
