@@ -7,6 +7,8 @@ pub mod app;
 pub mod cancel;
 pub mod config;
 pub mod conninfo;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod http;
 pub mod io;
 pub mod lifecycle;

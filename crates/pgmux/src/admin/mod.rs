@@ -146,7 +146,7 @@ async fn answer(ctx: &Ctx, role: Role, text: &str) -> BytesMut {
 /// Find the command `text` names and its database argument. Words are
 /// case-insensitive; one trailing `;` is allowed; a database name may be
 /// double-quoted.
-fn parse(text: &str) -> Option<(&'static dyn Command, Option<String>)> {
+pub(crate) fn parse(text: &str) -> Option<(&'static dyn Command, Option<String>)> {
     let text = text.trim();
     let text = text.strip_suffix(';').unwrap_or(text).trim_end();
     let words: Vec<&str> = text.split_whitespace().collect();

@@ -5,7 +5,7 @@
 //! (settings, pins). Tests of the flows, and the PostgreSQL model they run
 //! against, are in `tests/`.
 
-mod flow;
+pub(crate) mod flow;
 mod login;
 mod relay;
 pub mod state;

@@ -6,10 +6,10 @@
 //! still owed. [`retry`] says when a request may be sent again, and
 //! [`splice`] builds an edited byte run from the input.
 
-pub(super) mod client_flow;
-pub(super) mod expect;
+pub(crate) mod client_flow;
+pub(crate) mod expect;
 pub(super) mod replies;
-pub(super) mod retry;
+pub(crate) mod retry;
 pub(super) mod rewrite;
-pub(super) mod server_flow;
+pub(crate) mod server_flow;
 mod splice;

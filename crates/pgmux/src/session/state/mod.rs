@@ -6,7 +6,7 @@
 //! statement texts (once per statement) for what the others look for.
 
 pub(super) mod align;
-pub(super) mod ddl;
+pub(crate) mod ddl;
 pub mod pins;
 pub mod watch;
-pub(super) mod words;
+pub(crate) mod words;
