@@ -1,0 +1,4 @@
+#![no_main]
+//! See `pgmux::fuzzing::flows::server_flow` for what this target asserts.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pgmux::fuzzing::flows::server_flow(data));

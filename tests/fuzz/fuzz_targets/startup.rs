@@ -1,0 +1,4 @@
+#![no_main]
+//! See `pgmux::fuzzing::wire::startup` for what this target asserts.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pgmux::fuzzing::wire::startup(data));
