@@ -274,7 +274,6 @@ async fn a_server_reset_inside_a_row_gives_no_half_row() {
 /// pool's one server is replaced for the next client, and a client of
 /// another database is served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "pgmux bug: hangs; while a write to the server blocks (forward_client_pass in session/relay/linked.rs, outside the select!), no deadline (query_timeout, transaction_timeout) nor the stop signal is polled"]
 async fn a_server_that_stops_reading_a_copy_is_given_up_after_query_timeout() {
     let db = fresh_database("fault_stop_reading").await;
     let other = fresh_database("fault_stop_reading_other").await;

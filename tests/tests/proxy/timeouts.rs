@@ -331,3 +331,43 @@ async fn simple_scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
         .expect("a row");
     row.get(0).unwrap().parse().unwrap()
 }
+
+/// Issue 12: `query_timeout` holds while the request is still being sent.
+/// PostgreSQL reads nothing while it runs a statement, so a long query
+/// followed by megabytes of pipelined queries leaves pgmux with bytes the
+/// server will not take; the timeout must still cancel the long query
+/// (which once ran to its end, the write to the server blocking pgmux's
+/// whole link), and everything after it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_holds_while_the_server_is_not_reading() {
+    let db = fresh_database("timeout_unread").await;
+    // Each request is timed (not the pipeline): 3 s is far more than any
+    // of the small queries takes, even on a loaded machine.
+    let app = start_pgmux(|c| c.query_timeout = 3.0).await;
+    let client = connect(app.addr, &db).await;
+    let padding = "-".repeat(1000);
+    let sleeper = client.simple_query("select pg_sleep(60)");
+    let rest: Vec<_> = (0..16_000)
+        .map(|i| {
+            let sql = format!("select {i} /* {padding} */");
+            let client = &client;
+            async move { client.simple_query(&sql).await.map(|_| ()) }
+        })
+        .collect();
+    let (slept, rest) = tokio::time::timeout(
+        Duration::from_secs(40),
+        futures_util::future::join(sleeper, futures_util::future::join_all(rest)),
+    )
+    .await
+    .expect("the long query must be cancelled, not run to its end");
+    let err = slept.expect_err("cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err:?}");
+    let failed: Vec<_> = rest.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "the queries after it are served; {} failed, the first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(scalar_i32(&client, "select 7").await, 7);
+}

@@ -88,6 +88,22 @@ impl Stream {
         }
     }
 
+    /// Ready when a write would take at least some bytes without waiting.
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tokio(s) => s.poll_write_ready(cx),
+            Stream::Uring(s) => s.poll_write_ready(cx),
+        }
+    }
+
+    /// Write what the socket takes without waiting (`WouldBlock` if none).
+    pub fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tokio(s) => s.try_write(data),
+            Stream::Uring(s) => s.try_write(data),
+        }
+    }
+
     /// Nothing has arrived on an idle connection and the peer has not
     /// closed; with `peek`, asked of the kernel (a syscall).
     pub fn quiet(&self, peek: bool) -> bool {

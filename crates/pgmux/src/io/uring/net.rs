@@ -290,6 +290,32 @@ impl Stream {
         Poll::Pending
     }
 
+    /// Ready when [`Stream::try_write`] would take bytes.
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.conn.lock();
+        if st.error.is_some() || st.outbox.len() < OUTBOX_HIGH {
+            return Poll::Ready(Ok(()));
+        }
+        st.writer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Queue `data` for sending unless the outbox is full (`WouldBlock`).
+    pub fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        let mut st = self.conn.lock();
+        if let Some(kind) = st.error {
+            return Err(kind.into());
+        }
+        if st.outbox.len() >= OUTBOX_HIGH {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        take_spare(&mut st.outbox);
+        st.outbox.extend_from_slice(data);
+        drop(st);
+        self.conn.push_sends();
+        Ok(data.len())
+    }
+
     /// Forget what was written and not yet handed to a send (the peer is
     /// given up on); a send in flight keeps its own bytes for the kernel.
     pub fn drop_unsent(&self) {

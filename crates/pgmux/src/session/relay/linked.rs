@@ -3,6 +3,7 @@
 //! statement may turn out missing or stale, and `DROP DATABASE` eased past
 //! pgmux's own idle servers.
 
+use std::future::poll_fn;
 use std::time::Instant;
 
 use crate::io::Stream as TcpStream;
@@ -53,19 +54,50 @@ pub(super) async fn relay_linked(
     cbuf: &mut BytesMut,
     terminating: &mut bool,
 ) -> Outcome {
+    let mut to_server = BytesMut::new();
+    let outcome = link(stream, s, checkout, flow, cbuf, terminating, &mut to_server).await;
+    if !to_server.is_empty() {
+        // The link ended with the client's bytes half delivered (the
+        // server stopped reading): the server may hold part of a message,
+        // so it can only be closed, which also rolls its work back.
+        checkout.server().stream.abort();
+    }
+    outcome
+}
+
+async fn link(
+    stream: &mut TcpStream,
+    s: &mut Session,
+    checkout: &mut Checkout,
+    flow: &mut ClientFlow,
+    cbuf: &mut BytesMut,
+    terminating: &mut bool,
+    to_server: &mut BytesMut,
+) -> Outcome {
     let transaction_mode = s.pool.mode == PoolMode::Transaction;
     let mut replay = Replay::default();
     let mut query_clock = QueryClock::default();
     loop {
         let server = checkout.server_mut();
-        if !cbuf.is_empty() && !*terminating {
-            if let Err(outcome) =
-                forward_client_bytes(stream, s, server, flow, cbuf, terminating, &mut replay).await
-            {
+        // What the server has not taken yet goes before anything more of
+        // the client's (and no more is read from the client meanwhile).
+        if !cbuf.is_empty() && !*terminating && to_server.is_empty() {
+            let forwarded = forward_client_bytes(
+                stream,
+                s,
+                server,
+                flow,
+                cbuf,
+                terminating,
+                &mut replay,
+                to_server,
+            );
+            if let Err(outcome) = forwarded.await {
                 return outcome;
             }
         }
-        let answered = server.expect.is_empty()
+        let answered = to_server.is_empty()
+            && server.expect.is_empty()
             && server.flow.at_ready
             && server.flow.at_boundary()
             && flow.at_boundary();
@@ -119,14 +151,30 @@ pub(super) async fn relay_linked(
             // which would leave every request it sent meanwhile owed.
             biased;
             _ = s.info.stop.reached(Stop::Now) => return Outcome::Aborted,
-            read = server.stream.read_buf(&mut server.buf) => {
-                match read {
+            // Readiness, not a read future: the server is read while a
+            // write to it waits (below), so that a server sending results
+            // while it is sent more never waits on pgmux, nor pgmux on it.
+            ready = poll_fn(|cx| server.stream.poll_read_ready(cx)) => {
+                if let Err(e) = ready {
+                    return Outcome::ServerFailed(ServerError::io(e));
+                }
+                if server.buf.capacity() - server.buf.len() < 1024 {
+                    server.buf.reserve(SERVER_READ);
+                }
+                match server.stream.try_read_buf(&mut server.buf) {
                     Ok(0) => return Outcome::ServerFailed(ServerError::Closed),
                     Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Outcome::ServerFailed(ServerError::io(e)),
                 }
+                let owed = server.expect.ready_owed();
                 if let Err(outcome) = forward_server_bytes(stream, s, server, &mut replay).await {
                     return outcome;
+                }
+                if server.expect.ready_owed() < owed {
+                    // A request of a pipeline was answered: query_timeout
+                    // times each one, not the pipeline.
+                    query_clock = QueryClock::default();
                 }
                 if let Some(again) = replay.due.take() {
                     // The held-back request goes out again, ahead of
@@ -137,9 +185,19 @@ pub(super) async fn relay_linked(
                     *cbuf = joined;
                 }
             }
+            // The rest of what the client sent, as the server takes it; the
+            // deadlines and the stop signal above and below still run.
+            ready = poll_fn(|cx| server.stream.poll_write_ready(cx)), if !to_server.is_empty() => {
+                let written = ready.and_then(|()| server.stream.try_write(to_server));
+                match written {
+                    Ok(n) => to_server.advance(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Outcome::ServerFailed(ServerError::Closed),
+                }
+            }
             // Not while MAX_OWED replies are owed: the server's replies
             // (or its error) shorten the list first, so it stays bounded.
-            read = read_client(stream, cbuf, &s.pool.stats), if !*terminating && server.expect.len() < MAX_OWED => match read {
+            read = read_client(stream, cbuf, &s.pool.stats), if !*terminating && to_server.is_empty() && server.expect.len() < MAX_OWED => match read {
                 Ok(true) => {}
                 Ok(false) => return Outcome::ClientLeft(None),
                 Err(_) => return Outcome::ClientLeft(None),
@@ -169,6 +227,31 @@ pub(super) async fn relay_linked(
     }
 }
 
+/// Send `bytes` to the server as far as its socket takes them now; the
+/// rest waits in `to_server` for the linked loop, which goes on reading
+/// the server and keeping time meanwhile. (A write that waited here would
+/// stop both: a server that stops reading, or sends results as it is sent
+/// a long pipeline, would hold the client past every deadline.)
+fn send_to_server(
+    server: &TcpStream,
+    mut bytes: &[u8],
+    to_server: &mut BytesMut,
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match server.try_write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    to_server.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// Room made in the server's read buffer when it has less than 1 KiB left.
+const SERVER_READ: usize = 16 * 1024;
+
 /// Entries of the expected-reply queue (about 24 bytes each) past which
 /// pgmux reads no more from the client until the server's replies have
 /// shortened it: flow control, not an error, so a pipeline of any length
@@ -185,6 +268,7 @@ fn finishes_alone(server: &Server) -> bool {
         && (server.expect.ready_owed() > 0 || server.flow.at_ready)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward_client_bytes(
     stream: &mut TcpStream,
     s: &mut Session,
@@ -193,13 +277,25 @@ async fn forward_client_bytes(
     cbuf: &mut BytesMut,
     terminating: &mut bool,
     replay: &mut Replay,
+    to_server: &mut BytesMut,
 ) -> Result<(), Outcome> {
     // Usually one pass; another when a reply pgmux owed itself settled what
     // later bytes were waiting for (see `Expect::statements_unsettled`).
     loop {
-        if !forward_client_pass(stream, s, server, flow, cbuf, terminating, replay).await?
+        if !forward_client_pass(
+            stream,
+            s,
+            server,
+            flow,
+            cbuf,
+            terminating,
+            replay,
+            to_server,
+        )
+        .await?
             || cbuf.is_empty()
             || *terminating
+            || !to_server.is_empty()
         {
             return Ok(());
         }
@@ -208,6 +304,7 @@ async fn forward_client_bytes(
 
 /// One pass of [`forward_client_bytes`]; whether it wrote replies of
 /// pgmux's own.
+#[allow(clippy::too_many_arguments)]
 async fn forward_client_pass(
     stream: &mut TcpStream,
     s: &mut Session,
@@ -216,6 +313,7 @@ async fn forward_client_pass(
     cbuf: &mut BytesMut,
     terminating: &mut bool,
     replay: &mut Replay,
+    to_server: &mut BytesMut,
 ) -> Result<bool, Outcome> {
     let pinned = !s.pins().is_empty();
     let statements = s.pool.manages_statements.then(|| Statements {
@@ -270,8 +368,8 @@ async fn forward_client_pass(
     server.flow.retry_armed = if replayable { retry } else { Retry::Never };
     replay.drops = batch.dropped_database.clone().filter(|_| replayable);
     let sent = match &batch.edited {
-        Some(edited) => server.stream.write_all(edited).await,
-        None => server.stream.write_all(&cbuf[..batch.consumed]).await,
+        Some(edited) => send_to_server(&server.stream, edited, to_server),
+        None => send_to_server(&server.stream, &cbuf[..batch.consumed], to_server),
     };
     sent.map_err(|_| Outcome::ServerFailed(ServerError::Closed))?;
     if replayable {
