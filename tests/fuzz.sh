@@ -96,6 +96,7 @@ for target in "${selected[@]}"; do
   rm -f "$log"
 done
 
+echo "fuzz: $(( ${#selected[@]} - ${#failed[@]} )) passed, ${#failed[@]} failed"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz: findings in ${failed[*]}" >&2
   exit 1
