@@ -69,6 +69,10 @@ struct Rig {
     client_read: usize,
     to_server: Vec<u8>,
     to_client: Vec<u8>,
+    /// How much of `to_server` / `to_client` is known to be whole
+    /// messages (checked once: the check stays linear in the output).
+    server_whole: usize,
+    client_whole: usize,
     /// The request kept for a resend, and whether one was made.
     kept: Option<Vec<u8>>,
     replay_used: bool,
@@ -106,6 +110,8 @@ impl Rig {
             client_read: 0,
             to_server: Vec::new(),
             to_client: Vec::new(),
+            server_whole: 0,
+            client_whole: 0,
             kept: None,
             replay_used: false,
             terminated: false,
@@ -279,7 +285,7 @@ impl Rig {
     }
 
     /// What must hold between any two steps.
-    fn check(&self) {
+    fn check(&mut self) {
         let owed = self.expect.ready_owed() as usize;
         assert!(
             owed <= self.expect.len(),
@@ -296,10 +302,10 @@ impl Rig {
         );
         assert!(self.server_statements.len() <= self.capacity);
         if self.client_flow.at_boundary() {
-            assert_whole(&self.to_server, "to the server");
+            self.server_whole = assert_whole(&self.to_server, self.server_whole, "to the server");
         }
         if self.server_flow.at_boundary() {
-            assert_whole(&self.to_client, "to the client");
+            self.client_whole = assert_whole(&self.to_client, self.client_whole, "to the client");
         }
     }
 }
@@ -311,9 +317,10 @@ fn framed(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.extend_from_slice(&msg);
 }
 
-/// `bytes` is whole messages, nothing torn at the end.
-fn assert_whole(bytes: &[u8], side: &str) {
-    let mut pos = 0;
+/// `bytes` is whole messages, nothing torn at the end, given that it was
+/// up to `from`; returns its length, the new such point.
+fn assert_whole(bytes: &[u8], from: usize, side: &str) -> usize {
+    let mut pos = from;
     while let Ok(Some((_, len))) = peek_header(&bytes[pos..], usize::MAX) {
         if pos + HEADER_LEN + len > bytes.len() {
             break;
@@ -321,4 +328,5 @@ fn assert_whole(bytes: &[u8], side: &str) {
         pos += HEADER_LEN + len;
     }
     assert_eq!(pos, bytes.len(), "a torn message {side}");
+    pos
 }
