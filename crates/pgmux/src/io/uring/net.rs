@@ -32,7 +32,7 @@ use socket2::{Domain, SockRef, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::reactor::{self, Tag};
-use super::spare::{give_back, take_spare};
+use super::spare::{ensure_room, give_traffic, take_traffic};
 
 /// A writer waits while this much is queued and unsent.
 const OUTBOX_HIGH: usize = 1 << 20;
@@ -50,7 +50,9 @@ pub struct Conn {
 
 #[derive(Default)]
 struct ConnState {
-    inbox: BytesMut,
+    /// The buffers and the send in flight while bytes move; none while the
+    /// connection is idle (most clients, most of the time).
+    traffic: Option<Box<Traffic>>,
     eof: bool,
     error: Option<io::ErrorKind>,
     /// A receive is in flight.
@@ -62,18 +64,60 @@ struct ConnState {
     /// The ring of the thread that last waited to read.
     reader_ring: u32,
     reader: Option<Waker>,
-    /// Written, not yet handed to a send.
-    outbox: BytesMut,
-    /// The bytes of the send in flight, or what a partial send left (to go
-    /// first); `sending` says which.
-    unsent: Option<Bytes>,
+    /// A send is in flight (its bytes are `Traffic::unsent`).
     sending: bool,
-    writer: Option<Waker>,
     /// The stream is gone: shut the socket once the sends are done.
     closing: bool,
     /// The socket is being taken back whole ([`Stream::into_std`]): the
     /// stream's drop leaves it open.
     detached: bool,
+}
+
+/// What a connection holds only while bytes move: given back to the
+/// thread's spares (see [`super::spare`]) once all is read and sent.
+#[derive(Default)]
+pub(super) struct Traffic {
+    /// Received, not yet read.
+    pub(super) inbox: BytesMut,
+    /// Written, not yet handed to a send.
+    pub(super) outbox: BytesMut,
+    /// The bytes of the send in flight, or what a partial send left (to go
+    /// first); `ConnState::sending` says which.
+    unsent: Option<Bytes>,
+    writer: Option<Waker>,
+}
+
+impl ConnState {
+    fn traffic(&mut self) -> &mut Traffic {
+        self.traffic.get_or_insert_with(take_traffic)
+    }
+
+    fn inbox_len(&self) -> usize {
+        self.traffic.as_ref().map_or(0, |t| t.inbox.len())
+    }
+
+    fn outbox_len(&self) -> usize {
+        self.traffic.as_ref().map_or(0, |t| t.outbox.len())
+    }
+
+    fn has_unsent(&self) -> bool {
+        self.traffic.as_ref().is_some_and(|t| t.unsent.is_some())
+    }
+
+    /// Give the traffic state back once nothing is left in it.
+    fn settle(&mut self) {
+        let sending = self.sending;
+        let idle = |t: &mut Box<Traffic>| {
+            !sending
+                && t.inbox.is_empty()
+                && t.outbox.is_empty()
+                && t.unsent.is_none()
+                && t.writer.is_none()
+        };
+        if let Some(t) = self.traffic.take_if(idle) {
+            give_traffic(t);
+        }
+    }
 }
 
 impl Conn {
@@ -101,8 +145,9 @@ impl Conn {
         }
         match result {
             n if n > 0 => {
-                take_spare(&mut st.inbox);
-                st.inbox.extend_from_slice(data)
+                let inbox = &mut st.traffic().inbox;
+                ensure_room(inbox);
+                inbox.extend_from_slice(data)
             }
             0 => st.eof = true,
             // This kernel has no multishot receive: single ones from now.
@@ -117,7 +162,7 @@ impl Conn {
         let mut end = None;
         if more {
             let here = reactor::ring_id();
-            let stop = st.inbox.len() >= INBOX_HIGH || st.reader_ring != here;
+            let stop = st.inbox_len() >= INBOX_HIGH || st.reader_ring != here;
             if stop {
                 end = st.multishot.take();
             }
@@ -135,14 +180,17 @@ impl Conn {
         if !std::mem::take(&mut st.sending) {
             return;
         }
-        let Some(sent) = st.unsent.take() else {
+        let Some(t) = st.traffic.as_mut() else {
+            return;
+        };
+        let Some(sent) = t.unsent.take() else {
             return;
         };
         if result < 0 {
+            t.outbox.clear();
             st.error = Some(io::Error::from_raw_os_error(-result).kind());
-            st.outbox.clear();
         } else if (result as usize) < sent.len() {
-            st.unsent = Some(sent.slice(result as usize..));
+            t.unsent = Some(sent.slice(result as usize..));
         }
     }
 
@@ -150,18 +198,18 @@ impl Conn {
     pub fn after_send(self: &Arc<Self>) {
         self.push_sends();
         let mut st = self.lock();
-        if st.outbox.len() < OUTBOX_HIGH {
-            if let Some(w) = st.writer.take() {
-                w.wake();
+        if let Some(t) = st.traffic.as_mut() {
+            if t.outbox.len() < OUTBOX_HIGH {
+                if let Some(w) = t.writer.take() {
+                    w.wake();
+                }
             }
         }
-        if st.closing && !st.sending && st.outbox.is_empty() {
+        if st.closing && !st.sending && st.outbox_len() == 0 {
             st.closing = false;
             let _ = self.socket.shutdown(std::net::Shutdown::Both);
         }
-        if st.unsent.is_none() && st.outbox.is_empty() {
-            give_back(&mut st.outbox);
-        }
+        st.settle();
     }
 
     /// Start the next send if none is in flight and something waits.
@@ -173,12 +221,15 @@ impl Conn {
         if st.sending {
             return;
         }
-        let next = match &st.unsent {
-            Some(rest) => rest.clone(),
-            None if st.outbox.is_empty() => return,
-            None => st.outbox.split().freeze(),
+        let Some(t) = st.traffic.as_mut() else {
+            return;
         };
-        st.unsent = Some(next.clone());
+        let next = match &t.unsent {
+            Some(rest) => rest.clone(),
+            None if t.outbox.is_empty() => return,
+            None => t.outbox.split().freeze(),
+        };
+        t.unsent = Some(next.clone());
         st.sending = true;
         drop(st);
         if !reactor::send(self.fd(), next.clone(), Tag::Send(self.clone())) {
@@ -257,16 +308,16 @@ impl Stream {
     /// (a receive is then in flight, so readiness is watched).
     pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         let mut st = self.conn.lock();
-        if !st.inbox.is_empty() {
-            let n = st.inbox.len();
+        if let Some(t) = st.traffic.as_mut().filter(|t| !t.inbox.is_empty()) {
+            let n = t.inbox.len();
             if buf.is_empty() && buf.capacity() < n {
                 // Hand the inbox over whole rather than copy it.
-                std::mem::swap(buf, &mut st.inbox);
+                std::mem::swap(buf, &mut t.inbox);
             } else {
-                buf.extend_from_slice(&st.inbox);
-                st.inbox.clear();
-                give_back(&mut st.inbox);
+                buf.extend_from_slice(&t.inbox);
+                t.inbox.clear();
             }
+            st.settle();
             return Ok(n);
         }
         if let Some(kind) = st.error {
@@ -282,7 +333,7 @@ impl Stream {
     /// Ready when a read would not wait.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut st = self.conn.lock();
-        if !st.inbox.is_empty() || st.eof || st.error.is_some() {
+        if st.inbox_len() > 0 || st.eof || st.error.is_some() {
             return Poll::Ready(Ok(()));
         }
         st.reader = Some(cx.waker().clone());
@@ -293,10 +344,10 @@ impl Stream {
     /// Ready when [`Stream::try_write`] would take bytes.
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut st = self.conn.lock();
-        if st.error.is_some() || st.outbox.len() < OUTBOX_HIGH {
+        if st.error.is_some() || st.outbox_len() < OUTBOX_HIGH {
             return Poll::Ready(Ok(()));
         }
-        st.writer = Some(cx.waker().clone());
+        st.traffic().writer = Some(cx.waker().clone());
         Poll::Pending
     }
 
@@ -306,11 +357,12 @@ impl Stream {
         if let Some(kind) = st.error {
             return Err(kind.into());
         }
-        if st.outbox.len() >= OUTBOX_HIGH {
+        if st.outbox_len() >= OUTBOX_HIGH {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        take_spare(&mut st.outbox);
-        st.outbox.extend_from_slice(data);
+        let outbox = &mut st.traffic().outbox;
+        ensure_room(outbox);
+        outbox.extend_from_slice(data);
         drop(st);
         self.conn.push_sends();
         Ok(data.len())
@@ -320,17 +372,21 @@ impl Stream {
     /// given up on); a send in flight keeps its own bytes for the kernel.
     pub fn drop_unsent(&self) {
         let mut st = self.conn.lock();
-        st.outbox.clear();
-        if !st.sending {
-            st.unsent = None;
+        let sending = st.sending;
+        if let Some(t) = st.traffic.as_mut() {
+            t.outbox.clear();
+            if !sending {
+                t.unsent = None;
+            }
         }
+        st.settle();
     }
 
     /// Nothing has arrived and the peer has not closed (a server checked
     /// for health before it is lent).
     pub fn looks_quiet(&self) -> bool {
         let st = self.conn.lock();
-        st.inbox.is_empty() && !st.eof && st.error.is_none()
+        st.inbox_len() == 0 && !st.eof && st.error.is_none()
     }
 
     pub fn socket(&self) -> &Socket {
@@ -361,13 +417,11 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut st = self.conn.lock();
-        if !st.inbox.is_empty() {
-            let n = st.inbox.len().min(buf.remaining());
-            buf.put_slice(&st.inbox[..n]);
-            bytes::Buf::advance(&mut st.inbox, n);
-            if st.inbox.is_empty() {
-                give_back(&mut st.inbox);
-            }
+        if let Some(t) = st.traffic.as_mut().filter(|t| !t.inbox.is_empty()) {
+            let n = t.inbox.len().min(buf.remaining());
+            buf.put_slice(&t.inbox[..n]);
+            bytes::Buf::advance(&mut t.inbox, n);
+            st.settle();
             return Poll::Ready(Ok(()));
         }
         if let Some(kind) = st.error {
@@ -392,12 +446,13 @@ impl AsyncWrite for Stream {
         if let Some(kind) = st.error {
             return Poll::Ready(Err(kind.into()));
         }
-        if st.outbox.len() >= OUTBOX_HIGH {
-            st.writer = Some(cx.waker().clone());
+        if st.outbox_len() >= OUTBOX_HIGH {
+            st.traffic().writer = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        take_spare(&mut st.outbox);
-        st.outbox.extend_from_slice(data);
+        let outbox = &mut st.traffic().outbox;
+        ensure_room(outbox);
+        outbox.extend_from_slice(data);
         drop(st);
         self.conn.push_sends();
         Poll::Ready(Ok(data.len()))
@@ -408,10 +463,10 @@ impl AsyncWrite for Stream {
         if let Some(kind) = st.error {
             return Poll::Ready(Err(kind.into()));
         }
-        if st.unsent.is_none() && st.outbox.is_empty() {
+        if !st.has_unsent() && st.outbox_len() == 0 {
             return Poll::Ready(Ok(()));
         }
-        st.writer = Some(cx.waker().clone());
+        st.traffic().writer = Some(cx.waker().clone());
         Poll::Pending
     }
 
@@ -432,7 +487,7 @@ impl Drop for Stream {
         if st.detached {
             return;
         }
-        if st.unsent.is_some() || !st.outbox.is_empty() {
+        if st.has_unsent() || st.outbox_len() > 0 {
             // Let what was written go first (refusals, Terminate).
             st.closing = true;
             drop(st);
