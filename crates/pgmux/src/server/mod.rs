@@ -140,8 +140,8 @@ impl Server {
             Err(_) => return Err(ServerError::Timeout(timeout)),
         };
         let mut info = ConnInfo::new(server.id, State::Idle);
-        info.addr = Some(server.addr);
-        info.local = server.stream.local_addr().ok();
+        info.addr = Some(server.addr).into();
+        info.local = server.stream.local_addr().ok().into();
         info.remote_pid = server.backend_pid;
         info.generation = generation;
         server.info = Arc::new(info);

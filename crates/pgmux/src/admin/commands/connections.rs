@@ -38,10 +38,10 @@ pub fn row(rows: &mut Rows, kind: &str, pool: &Pool, c: &ConnInfo, close_needed:
     let linked = c.linked();
     let cells = [
         c.state().name().to_string(),
-        ip(c.addr),
-        port(c.addr),
-        ip(c.local),
-        port(c.local),
+        ip(c.addr.get()),
+        port(c.addr.get()),
+        ip(c.local.get()),
+        port(c.local.get()),
         format_timestamp(c.connected_us),
         format_timestamp(c.request_us()),
         num(waited / 1_000_000),

@@ -189,7 +189,7 @@ pub(in crate::session) async fn finish(c: Client, result: Result<(), ClientError
     }
     session.pool.stats.clients.dec();
     session.pool.forget_client(session.info.id);
-    let (client, peer) = (session.info.id, session.info.addr);
+    let (client, peer) = (session.info.id, session.info.addr.get());
     match result {
         Err(ClientError::Fatal { code, message }) => {
             tracing::info!(client, ?peer, user = %session.pool.user, database = %session.pool.database, %code, %message, "closing client");
@@ -339,7 +339,7 @@ async fn end_request(
             // reached the client: close as a direct connection would.
             let told = checkout.server().flow.fatal_passed;
             checkout.discard(CloseReason::Error);
-            tracing::warn!(client = s.info.id, peer = ?s.info.addr, user = %s.pool.user, database = %s.pool.database, error = %e, "server connection failed");
+            tracing::warn!(client = s.info.id, peer = ?s.info.addr.get(), user = %s.pool.user, database = %s.pool.database, error = %e, "server connection failed");
             if told {
                 return Err(ClientError::Gone);
             }
