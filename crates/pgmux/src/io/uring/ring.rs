@@ -42,15 +42,21 @@ const ENTRIES: u32 = 2048;
 /// `user_data` of submissions whose completion nobody waits for.
 const UNTRACKED: u64 = u64::MAX;
 
-/// What an operation in flight keeps alive for the kernel, and the
-/// caller's tag to hand back with its completion.
+/// An operation in flight: the caller's tag to hand back with its
+/// completion, and where what it keeps alive for the kernel is.
 struct InFlight<T> {
     tag: T,
     /// Which use of its slot this is: a cancel names the slot and the use,
     /// so it can never reach a later operation that took the slot over.
     seq: u32,
-    _keep: Keep,
+    /// Its entry in `Ring::kept`, or [`KEPT_NOTHING`]. Apart, because
+    /// every idle connection has a receive in flight that keeps nothing,
+    /// and the table of operations would otherwise be sized for a send's
+    /// bytes in every entry.
+    kept: u32,
 }
+
+const KEPT_NOTHING: u32 = u32::MAX;
 
 /// Held only to keep memory alive for the kernel; never read.
 #[allow(dead_code)]
@@ -74,6 +80,10 @@ pub struct Ring<T> {
     arena: Box<[u8]>,
     ops: Vec<Option<InFlight<T>>>,
     free: Vec<u64>,
+    /// What operations in flight keep alive for the kernel (a send's
+    /// bytes, a connect's address), and the free entries.
+    kept: Vec<Keep>,
+    kept_free: Vec<u32>,
     in_flight: usize,
     /// Numbers the uses of slots (see [`InFlight::seq`]).
     seq: u32,
@@ -108,6 +118,8 @@ impl<T> Ring<T> {
             arena: vec![0u8; usize::from(BUFFERS) * BUFFER_SIZE].into_boxed_slice(),
             ops: Vec::new(),
             free: Vec::new(),
+            kept: Vec::new(),
+            kept_free: Vec::new(),
             in_flight: 0,
             seq: 0,
             reaped: Vec::new(),
@@ -166,11 +178,20 @@ impl<T> Ring<T> {
         // Never all ones: that is UNTRACKED's high half.
         self.seq = self.seq.wrapping_add(1) % u32::MAX;
         let seq = self.seq;
-        let entry = Some(InFlight {
-            tag,
-            seq,
-            _keep: keep,
-        });
+        let kept = match keep {
+            Keep::Nothing => KEPT_NOTHING,
+            keep => match self.kept_free.pop() {
+                Some(at) => {
+                    self.kept[at as usize] = keep;
+                    at
+                }
+                None => {
+                    self.kept.push(keep);
+                    (self.kept.len() - 1) as u32
+                }
+            },
+        };
+        let entry = Some(InFlight { tag, seq, kept });
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.ops[slot as usize] = entry;
@@ -404,7 +425,13 @@ impl<T> Ring<T> {
                 self.provide(bid, 1);
             }
             if !more {
-                self.ops[slot] = None;
+                if let Some(op) = self.ops[slot].take() {
+                    if op.kept != KEPT_NOTHING {
+                        // The kernel is done with it.
+                        self.kept[op.kept as usize] = Keep::Nothing;
+                        self.kept_free.push(op.kept);
+                    }
+                }
                 self.free.push(slot as u64);
                 self.in_flight -= 1;
             }
@@ -511,7 +538,7 @@ impl<T> Drop for Ring<T> {
             // bytes: never free them. (With nothing in flight, the ring
             // is closed before the arena is freed: fields drop in order.)
             std::mem::forget(std::mem::take(&mut self.arena));
-            std::mem::forget(std::mem::take(&mut self.ops));
+            std::mem::forget(std::mem::take(&mut self.kept));
         }
     }
 }
