@@ -341,12 +341,14 @@ async fn simple_scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_timeout_holds_while_the_server_is_not_reading() {
     let db = fresh_database("timeout_unread").await;
-    // Each request is timed (not the pipeline): 3 s is far more than any
-    // of the small queries takes, even on a loaded machine.
-    let app = start_pgmux(|c| c.query_timeout = 3.0).await;
+    // Each request is timed (not the pipeline), also while its replies
+    // wait for the client to read them: 5 s is far more than any of the
+    // small queries takes, even with the test's own reading starved by a
+    // loaded machine.
+    let app = start_pgmux(|c| c.query_timeout = 5.0).await;
     let client = connect(app.addr, &db).await;
     let padding = "-".repeat(1000);
-    let sleeper = client.simple_query("select pg_sleep(60)");
+    let sleeper = client.simple_query("select pg_sleep(120)");
     let rest: Vec<_> = (0..16_000)
         .map(|i| {
             let sql = format!("select {i} /* {padding} */");
@@ -355,7 +357,7 @@ async fn query_timeout_holds_while_the_server_is_not_reading() {
         })
         .collect();
     let (slept, rest) = tokio::time::timeout(
-        Duration::from_secs(40),
+        Duration::from_secs(90),
         futures_util::future::join(sleeper, futures_util::future::join_all(rest)),
     )
     .await
