@@ -217,6 +217,12 @@ fn setting_name(s: &[u8]) -> Option<String> {
             if end == 0 || quoted.get(end + 1) == Some(&b'"') {
                 return None; // empty, or with "" escapes: not worth following
             }
+            if quoted[..end].iter().any(u8::is_ascii_control) {
+                // Not a name PostgreSQL would take (the scanned text may
+                // run past a statement's NUL into its parameter types),
+                // and one pgmux must not echo into a query of its own.
+                return None;
+            }
             name.push_str(std::str::from_utf8(&quoted[..end]).ok()?);
             rest = &quoted[end + 1..];
         } else {
@@ -401,6 +407,15 @@ mod tests {
             Watch::of_text(b"select abalance from a where aid = $1"),
             Watch::default()
         );
+    }
+
+    #[test]
+    fn a_quoted_name_with_control_bytes_is_not_followed() {
+        // A Parse's text runs on past its NUL into the parameter types.
+        let found = custom_settings(b"select 1; set \"a.b\0\" = 'x'");
+        assert!(found.names.iter().all(|n| !n.contains('\0')), "{:?}", found.names);
+        let watch = Watch::of_text(b"select pg_advisory_lock(1); set \"a.b\0\" = 'x'");
+        assert!(!format!("{watch:?}").contains("\\0"), "{watch:?}");
     }
 
     #[test]
