@@ -413,7 +413,11 @@ mod tests {
     fn a_quoted_name_with_control_bytes_is_not_followed() {
         // A Parse's text runs on past its NUL into the parameter types.
         let found = custom_settings(b"select 1; set \"a.b\0\" = 'x'");
-        assert!(found.names.iter().all(|n| !n.contains('\0')), "{:?}", found.names);
+        assert!(
+            found.names.iter().all(|n| !n.contains('\0')),
+            "{:?}",
+            found.names
+        );
         let watch = Watch::of_text(b"select pg_advisory_lock(1); set \"a.b\0\" = 'x'");
         assert!(!format!("{watch:?}").contains("\\0"), "{watch:?}");
     }
