@@ -27,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 fuzz_dir=tests/fuzz
-mapfile -t targets < <(ls "$fuzz_dir/fuzz_targets" | sed -n 's/\.rs$//p' | sort)
+mapfile -t targets < <(find "$fuzz_dir/fuzz_targets" -maxdepth 1 -name '*.rs' -printf '%f\n' | sed 's/\.rs$//' | sort)
 
 usage() {
   echo "usage: tests/fuzz.sh TARGET|all SECONDS [RUNS]   (targets: ${targets[*]})" >&2
@@ -91,7 +91,7 @@ for target in "${selected[@]}"; do
     echo "fuzz $target: FAILED (exit $status) after ${execs:-?} executions; input saved in $artifacts/"
     failed+=("$target")
   else
-    echo "fuzz $target: ok, ${execs:-?} executions (${rate:-?}/s), peak RSS ${rss:-?} MB, corpus $(ls "$corpus" | wc -l) inputs"
+    echo "fuzz $target: ok, ${execs:-?} executions (${rate:-?}/s), peak RSS ${rss:-?} MB, corpus $(find "$corpus" -maxdepth 1 -type f | wc -l) inputs"
   fi
   rm -f "$log"
 done
