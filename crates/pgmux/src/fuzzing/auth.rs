@@ -12,6 +12,8 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
 use super::Input;
+use crate::server::auth::answer_request;
+use crate::server::Login;
 
 /// The user and password every SCRAM target logs in with.
 const USER: &str = "alice";
@@ -140,16 +142,15 @@ fn check_both(secret: &Secret, user: &str, password: &str, salt: [u8; 4], respon
     assert!(secret.check_plain(user, password));
 }
 
-/// pgmux logging in to a server that sends fuzzed messages: as the login
-/// loop reads frames and answers `R` requests (cleartext, MD5, SASL start,
-/// continue, final) the way `Server::authenticate` does. In one mode the
-/// server is pgmux-wire's own SCRAM server for the same password, and the
-/// fuzzer may corrupt one byte of one message in flight.
+/// pgmux logging in to a server that sends fuzzed messages: each `R`
+/// request goes to [`answer_request`], the function a login runs. In one
+/// mode the server is pgmux-wire's own SCRAM server for the same password,
+/// and the fuzzer may corrupt one byte of one message in flight.
 ///
-/// Asserts: the MD5 answer has libpq's form; the client-first message is
-/// well formed; a server-final the fuzzer wrote never verifies (it needs
-/// the password's ServerKey); and in the round trip both sides succeed
-/// exactly when nothing was corrupted.
+/// Asserts: the MD5 answer has libpq's form; the client-first and
+/// client-final messages are well formed; a server-final the fuzzer wrote
+/// never verifies (it needs the password's ServerKey); and in the round
+/// trip both sides succeed exactly when nothing was corrupted.
 pub fn auth_client(data: &[u8]) {
     let mut input = Input::new(data);
     // A quarter of the inputs run the round trip.
@@ -158,56 +159,57 @@ pub fn auth_client(data: &[u8]) {
     }
     let max = usize::from(input.u16()).max(4);
     let mut buf = BytesMut::from(input.rest());
+    let login = Login {
+        user: USER.into(),
+        password: Some(PASSWORD.into()),
+    };
     let mut scram: Option<ScramSha256> = None;
     while let Ok(Some(frame)) = take_frame(&mut buf, max) {
         if frame.tag != b'R' {
             continue; // ParameterStatus and the like: not this target's
         }
-        let Some((code, body)) = frame.body.split_first_chunk::<4>() else {
-            return; // "short authentication request"
+        let Some((code, rest)) = frame.body.split_first_chunk::<4>() else {
+            assert!(answer_request(&frame.body, &login, &mut scram, &mut BytesMut::new()).is_err());
+            return;
         };
-        match i32::from_be_bytes(*code) {
-            0 => return,
-            3 => {}
-            5 => {
-                let Ok(salt) = <[u8; 4]>::try_from(body) else {
-                    return; // "bad MD5 salt"
+        let code = i32::from_be_bytes(*code);
+        if code == 11 && iterations(rest).is_some_and(|i| i > MAX_FUZZ_ITERATIONS) {
+            return;
+        }
+        let mut out = BytesMut::new();
+        let answered = answer_request(&frame.body, &login, &mut scram, &mut out);
+        match (code, answered) {
+            (_, Err(_)) => return, // the login ends with that error
+            (0, Ok(())) => return,
+            (12, Ok(())) => panic!("a server signature the fuzzer wrote verified"),
+            (3 | 5 | 10 | 11, Ok(())) => {
+                let Ok(Some(answer)) = take_frame(&mut out, usize::MAX) else {
+                    panic!("request {code} drew no whole answer")
                 };
-                let hashed = md5_hash(USER.as_bytes(), PASSWORD.as_bytes(), salt);
-                assert!(hashed.len() == 35 && hashed.starts_with("md5"));
-                assert!(hashed[3..].bytes().all(|b| b.is_ascii_hexdigit()));
-            }
-            10 => {
-                if !body.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256") {
-                    return;
+                assert_eq!(answer.tag, b'p');
+                assert!(out.is_empty(), "one message per request");
+                let body = &answer.body[..];
+                match code {
+                    5 => {
+                        let hashed = md5_hash(
+                            USER.as_bytes(),
+                            PASSWORD.as_bytes(),
+                            rest.try_into().unwrap_or_default(),
+                        );
+                        assert_eq!(body, [hashed.as_bytes(), b"\0"].concat());
+                        assert!(hashed.len() == 35 && hashed.starts_with("md5"));
+                    }
+                    10 => {
+                        let first = body
+                            .strip_prefix(b"SCRAM-SHA-256\0")
+                            .expect("mechanism named");
+                        assert!(first[4..].starts_with(b"n,,n=,r="));
+                    }
+                    11 => assert!(body.starts_with(b"c=biws,r=")),
+                    _ => {}
                 }
-                let client = ScramSha256::new(PASSWORD.as_bytes(), ChannelBinding::unsupported());
-                assert!(client.message().starts_with(b"n,,n=,r="));
-                scram = Some(client);
             }
-            11 => {
-                let Some(client) = scram.as_mut() else {
-                    return; // "SASL continue without a start"
-                };
-                if iterations(body).is_some_and(|i| i > MAX_FUZZ_ITERATIONS) {
-                    return;
-                }
-                if client.update(body).is_err() {
-                    return;
-                }
-                assert!(client.message().starts_with(b"c=biws,r="));
-            }
-            12 => {
-                let Some(mut client) = scram.take() else {
-                    return; // "SASL final without a start"
-                };
-                assert!(
-                    client.finish(body).is_err(),
-                    "a server signature the fuzzer wrote verified"
-                );
-                return;
-            }
-            _ => return,
+            (other, Ok(())) => panic!("request {other} was answered"),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Answering the server's authentication request is in [`auth`]; request
 //! and transaction start times, in [`timing`].
 
-mod auth;
+pub(crate) mod auth;
 mod timing;
 
 use std::net::SocketAddr;
