@@ -5,13 +5,15 @@
 mod exec;
 mod listen;
 mod net;
+mod oneshot;
 mod reactor;
 mod ring;
 mod spare;
 
 pub use exec::{active as executor_active, sleep_until, spawn, Sleep};
 pub use listen::Listener;
-pub use net::{connect, Stream};
+pub use net::Stream;
+pub use oneshot::connect;
 pub use reactor::{active, block_on};
 pub use ring::Ring;
 

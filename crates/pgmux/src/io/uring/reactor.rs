@@ -14,7 +14,8 @@ use bytes::Bytes;
 
 use super::exec;
 use super::listen::Accepted;
-use super::net::{Completion, Conn};
+use super::net::Conn;
+use super::oneshot::Completion;
 use super::ring::{OpId, Ring};
 
 /// What a ring operation is for.
