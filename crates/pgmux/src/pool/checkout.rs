@@ -1,5 +1,5 @@
 //! A server lent out of its pool: [`Checkout`], and [`Pool::lend`], which
-//! makes one. It goes back with [`Checkout::checkin`]; a checkout dropped
+//! makes one (after `server_check_query` where the server sat idle). It goes back with [`Checkout::checkin`]; a checkout dropped
 //! instead closes its server, so a client that vanishes leaves no server
 //! half-used in the pool.
 
@@ -21,6 +21,31 @@ pub struct Checkout {
 }
 
 impl Pool {
+    /// Run `server_check_query` on a server that has been idle a while,
+    /// within `server_connect_timeout`: PostgreSQL (or something between)
+    /// may have dropped it without a word, and that is better found here
+    /// than by the client's first query.
+    pub(super) async fn passes_check(&self, server: &mut Server) -> bool {
+        let settings = self.settings();
+        let Some(query) = settings.check_query.as_deref() else {
+            return true;
+        };
+        let result = crate::io::timeout(settings.connect_timeout, server.run(query)).await;
+        match result {
+            Ok(Ok(b'I')) => return true,
+            Ok(Ok(status)) => {
+                tracing::warn!(server = server.info.id, database = %self.database, status = %char::from(status), "server_check_query left a transaction open; server closed")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(server = server.info.id, database = %self.database, error = %e, "server failed server_check_query; closed")
+            }
+            Err(_) => {
+                tracing::warn!(server = server.info.id, database = %self.database, "server_check_query got no answer within server_connect_timeout; server closed")
+            }
+        }
+        false
+    }
+
     pub(super) fn lend(
         self: &Arc<Self>,
         server: Box<Server>,

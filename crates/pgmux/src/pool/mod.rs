@@ -266,31 +266,6 @@ impl Pool {
         }
     }
 
-    /// Run `server_check_query` on a server that has been idle a while,
-    /// within `server_connect_timeout`: PostgreSQL (or something between)
-    /// may have dropped it without a word, and that is better found here
-    /// than by the client's first query.
-    async fn passes_check(&self, server: &mut Server) -> bool {
-        let settings = self.settings();
-        let Some(query) = settings.check_query.as_deref() else {
-            return true;
-        };
-        let result = crate::io::timeout(settings.connect_timeout, server.run(query)).await;
-        match result {
-            Ok(Ok(b'I')) => return true,
-            Ok(Ok(status)) => {
-                tracing::warn!(server = server.info.id, database = %self.database, status = %char::from(status), "server_check_query left a transaction open; server closed")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(server = server.info.id, database = %self.database, error = %e, "server failed server_check_query; closed")
-            }
-            Err(_) => {
-                tracing::warn!(server = server.info.id, database = %self.database, "server_check_query got no answer within server_connect_timeout; server closed")
-            }
-        }
-        false
-    }
-
     /// An idle server to lend: this worker's own first, another worker's
     /// (moved into this worker's reactor) only when it has none. With it,
     /// whether it has been idle long enough to be checked first.
