@@ -204,12 +204,7 @@ impl Rig {
             && self.server_flow.status == b'I'
             && batch.consumed <= REPLAY_LIMIT;
         self.server_flow.retry_armed = if replayable { retry } else { Retry::Never };
-        match &batch.edited {
-            Some(edited) => self.to_server.extend_from_slice(edited),
-            None => self
-                .to_server
-                .extend_from_slice(&self.cbuf[..batch.consumed]),
-        }
+        self.to_server.extend_from_slice(batch.output(&self.cbuf));
         self.kept = replayable.then(|| self.cbuf[..batch.consumed].to_vec());
         self.cbuf.advance(batch.consumed);
         if batch.copy_ended {
@@ -251,12 +246,7 @@ impl Rig {
             .map_err(|_| Ended)?;
         assert!(batch.consumed <= self.sbuf.len());
         assert!(batch.ready_idle <= batch.ready);
-        match &batch.edited {
-            Some(edited) => self.to_client.extend_from_slice(edited),
-            None => self
-                .to_client
-                .extend_from_slice(&self.sbuf[..batch.consumed]),
-        }
+        self.to_client.extend_from_slice(batch.output(&self.sbuf));
         self.sbuf.advance(batch.consumed);
         if batch.retry {
             let in_use_by = batch.database_in_use_by.unwrap_or(0);

@@ -67,6 +67,14 @@ pub struct ClientBatch {
     pub retry: Retry,
 }
 
+impl ClientBatch {
+    /// What goes on to the peer for this batch: the edited bytes, or the
+    /// `consumed` part of `input` as it came.
+    pub fn output<'a>(&'a self, input: &'a [u8]) -> &'a [u8] {
+        self.edited.as_deref().unwrap_or(&input[..self.consumed])
+    }
+}
+
 #[derive(Debug)]
 pub struct ClientFlow {
     max: usize,

@@ -367,10 +367,7 @@ async fn forward_client_pass(
         && batch.consumed <= REPLAY_LIMIT;
     server.flow.retry_armed = if replayable { retry } else { Retry::Never };
     replay.drops = batch.dropped_database.clone().filter(|_| replayable);
-    let sent = match &batch.edited {
-        Some(edited) => send_to_server(&server.stream, edited, to_server),
-        None => send_to_server(&server.stream, &cbuf[..batch.consumed], to_server),
-    };
+    let sent = send_to_server(&server.stream, batch.output(cbuf), to_server);
     sent.map_err(|_| Outcome::ServerFailed(ServerError::Closed))?;
     if replayable {
         replay.kept = Some(cbuf.split_to(batch.consumed).freeze());

@@ -76,10 +76,7 @@ impl Link {
             .client_flow
             .process(&self.cbuf, &mut self.expect, statements)
             .expect("the client stream is well-formed");
-        let sent = match &batch.edited {
-            Some(edited) => edited.to_vec(),
-            None => self.cbuf[..batch.consumed].to_vec(),
-        };
+        let sent = batch.output(&self.cbuf).to_vec();
         self.cbuf.advance(batch.consumed);
         if batch.copy_ended {
             self.server_flow.copy_in = false;
@@ -115,12 +112,7 @@ impl Link {
             .server_flow
             .process(&self.sbuf, &mut self.expect, &mut observers)
             .unwrap_or_else(|e| panic!("pgmux lost track of the server: {e}"));
-        match &batch.edited {
-            Some(edited) => self.to_client.extend_from_slice(edited),
-            None => self
-                .to_client
-                .extend_from_slice(&self.sbuf[..batch.consumed]),
-        }
+        self.to_client.extend_from_slice(batch.output(&self.sbuf));
         self.sbuf.advance(batch.consumed);
         if !self.cbuf.is_empty() {
             // Client bytes that waited for these replies may go now.
