@@ -23,12 +23,8 @@ use crate::params::ParamMap;
 use crate::prepared::{ClientStatements, ServerStatements, StatementCache};
 use crate::session::flow::client_flow::{ClientFlow, Statements};
 use crate::session::flow::expect::Expect;
-use crate::session::flow::retry::Retry;
+use crate::session::flow::retry::{Retry, REPLAY_LIMIT};
 use crate::session::flow::server_flow::{Observers, ServerFlow};
-
-/// The relay keeps a request for a resend only up to this size
-/// (`REPLAY_LIMIT` in `relay/linked.rs`).
-const REPLAY_LIMIT: usize = 64 * 1024;
 
 /// The client flow alone: whenever the script says the server answers,
 /// everything owed is taken as answered (as the session tests' rig does).

@@ -2,6 +2,10 @@
 //! missing or stale on the server): the client flow counts the message
 //! kinds of each batch ([`Shape`]) and answers with a [`Retry`].
 
+/// Requests bigger than this are not kept for a replay (the relay keeps a
+/// copy of each until its reply).
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
 /// When a request may be sent again as it is, its reply held back: it is
 /// one execution of one prepared statement (Bind, Execute, Sync, what libpq
 /// sends per execution) and nothing of it ran.

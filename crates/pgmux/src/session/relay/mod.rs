@@ -18,6 +18,7 @@ mod deadlines;
 mod linked;
 mod pin_tracking;
 mod release;
+mod to_server;
 
 use std::task::{Context, Poll};
 

@@ -7,7 +7,8 @@ use crate::io::Stream as TcpStream;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::linked::{forward_server_bytes, Replay};
+use super::linked::forward_server_bytes;
+use super::to_server::Replay;
 use super::Outcome;
 use crate::pool::Checkout;
 use crate::server::ServerError;
