@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use crate::tls::Certs;
 use crate::{APP_PASSWORD, APP_USER};
 
 pub const SUPERUSER_PASSWORD: &str = "super-secret";
@@ -16,8 +17,15 @@ pub struct Cluster {
     pub port: u16,
     pub bindir: PathBuf,
     pub dir: PathBuf,
+    /// The certificates it serves TLS with (`ssl = on`), and the others.
+    pub certs: Certs,
     as_postgres: bool,
 }
+
+/// A database only TLS connections may reach (`hostssl` in pg_hba.conf).
+pub const TLS_ONLY_DATABASE: &str = "tls_only";
+/// A database whose logins are by client certificate (`cert`).
+pub const CERT_DATABASE: &str = "cert_login";
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
@@ -80,10 +88,12 @@ impl Cluster {
         std::fs::write(&pwfile, SUPERUSER_PASSWORD).unwrap();
         let data = dir.join("data");
         let port = free_port();
+        let certs = Certs::generate(&dir.join("tls"));
         let mut c = Cluster {
             port,
             bindir,
             dir: dir.clone(),
+            certs,
             as_postgres,
         };
         if as_postgres {
@@ -109,10 +119,14 @@ impl Cluster {
                 "--no-sync",
             ],
         );
+        c.allow_tls_logins(&data);
         let opts = format!(
             "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-             -c max_connections=500 -c shared_buffers=64MB",
-            path(&dir)
+             -c max_connections=500 -c shared_buffers=64MB -c ssl=on -c ssl_cert_file={} -c ssl_key_file={} -c ssl_ca_file={}",
+            path(&dir),
+            path(&c.certs.server.cert),
+            path(&c.certs.server.key),
+            path(&c.certs.ca),
         );
         let log = dir.join("server.log");
         // Registered before start so a failed start still cleans up.
@@ -135,6 +149,42 @@ impl Cluster {
         c.port = port;
         c.bootstrap_roles();
         c
+    }
+
+    /// TLS-only rules first in pg_hba.conf, and the key files readable by
+    /// the server alone (it refuses a key others can read).
+    fn allow_tls_logins(&self, data: &Path) {
+        let hba = data.join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).unwrap();
+        let rules = format!(
+            "hostssl {TLS_ONLY_DATABASE} all 127.0.0.1/32 md5\n\
+             host {TLS_ONLY_DATABASE} all 127.0.0.1/32 reject\n\
+             hostssl {CERT_DATABASE} all 127.0.0.1/32 cert\n\
+             host {CERT_DATABASE} all 127.0.0.1/32 reject\n"
+        );
+        std::fs::write(&hba, rules + &rest).unwrap();
+        for key in std::fs::read_dir(&self.certs.dir).unwrap() {
+            let key = key.unwrap().path();
+            if key.extension().is_some_and(|e| e == "key") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+        if self.as_postgres {
+            // Only what the server reads: libpq (run as root by the tests)
+            // refuses a client key owned by another user.
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .args([
+                    &self.certs.server.cert,
+                    &self.certs.server.key,
+                    &self.certs.ca,
+                    &hba,
+                ])
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
     }
 
     fn command(&self, tool: &str) -> Command {

@@ -20,4 +20,5 @@ mod proxy {
     pub mod python;
     pub mod session_state;
     pub mod timeouts;
+    pub mod tls;
 }

@@ -65,12 +65,13 @@ impl App {
         // Latency histograms are recorded only when /metrics can read them.
         stats::record_histograms(config.metrics()?.is_some());
         let secrets = Arc::new(config.user_secrets()?);
+        let tls = Arc::new(crate::tls::TlsSetup::load(&config)?);
         let listen = config.listen()?;
         let metrics = config.metrics()?;
         let max_clients = config.max_client_conn;
         let backlog = config.listen_backlog;
         let reuse_port = config.so_reuseport;
-        let pools = Arc::new(Pools::new(Arc::new(config), secrets));
+        let pools = Arc::new(Pools::new(Arc::new(config), secrets, tls));
         if let Some(source) = source {
             pools.set_source(source);
         }

@@ -95,6 +95,8 @@ pub struct ConnInfo {
     pub application_name: Box<str>,
     /// For a server: the pool generation it was opened under.
     pub generation: u64,
+    /// Its TLS protocol and cipher ([`tls_code`]; 0: plaintext).
+    pub tls: u8,
     /// For a client: asked to stop (drain, shutdown, KILL).
     pub stop: crate::lifecycle::StopSignal,
     state: AtomicU8,
@@ -123,6 +125,7 @@ impl ConnInfo {
             remote_pid: 0,
             application_name: Box::default(),
             generation: 0,
+            tls: 0,
             stop: Default::default(),
             state: AtomicU8::new(state as u8),
             request_us: AtomicU64::new(now),
@@ -250,6 +253,36 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// TLS descriptions (`TLSv1.3/TLS13_AES_256_GCM_SHA384`), interned, so a
+/// connection keeps one byte for its `tls` column. Only a handful of
+/// protocol and cipher pairs exist; past 254 the rest read "TLS".
+static TLS_NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+/// The code of a TLS description (taken once per TLS connection).
+pub fn tls_code(description: &str) -> u8 {
+    let mut names = TLS_NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = names.iter().position(|n| *n == description) {
+        return i as u8 + 1;
+    }
+    if names.len() >= 254 {
+        return u8::MAX;
+    }
+    names.push(Box::leak(description.to_owned().into_boxed_str()));
+    names.len() as u8
+}
+
+/// What SHOW CLIENTS and SHOW SERVERS print for a `tls` code.
+pub fn tls_name(code: u8) -> &'static str {
+    match code {
+        0 => "",
+        u8::MAX => "TLS",
+        c => {
+            let names = TLS_NAMES.lock().unwrap_or_else(|p| p.into_inner());
+            names.get(usize::from(c) - 1).copied().unwrap_or("TLS")
+        }
+    }
 }
 
 #[cfg(test)]

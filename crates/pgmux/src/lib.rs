@@ -20,4 +20,5 @@ pub mod reload;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod tls;
 pub mod workers;

@@ -148,6 +148,8 @@ fn send_to(acceptor: &Acceptor, me: usize, target: usize, stream: Stream) {
     let std = match stream {
         Stream::Tokio(s) => s.into_std(),
         Stream::Uring(s) => s.into_std(),
+        // Accepted sockets are plain; TLS starts after the hand-over.
+        Stream::Tls(_) => Err(std::io::Error::other("a TLS session cannot change workers")),
     };
     let moved = std.map(|s| acceptor.inboxes[target].send(s));
     match moved {

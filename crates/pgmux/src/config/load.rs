@@ -137,6 +137,16 @@ fn defaults(
         .set_default("tcp_keepintvl", 10)?
         .set_default("tcp_keepcnt", 0)?
         .set_default("tcp_user_timeout", 0)?
+        .set_default("client_tls_sslmode", "disable")?
+        .set_default("client_tls_cert_file", "")?
+        .set_default("client_tls_key_file", "")?
+        .set_default("client_tls_ca_file", "")?
+        .set_default("client_tls_protocols", "secure")?
+        .set_default("server_tls_sslmode", "prefer")?
+        .set_default("server_tls_ca_file", "")?
+        .set_default("server_tls_cert_file", "")?
+        .set_default("server_tls_key_file", "")?
+        .set_default("server_tls_protocols", "secure")?
         .set_default("log_format", "text")?
         .set_default("wildcard_databases", true)?
         .set_default("autodb_idle_timeout", 3600)?

@@ -8,6 +8,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgmux_wire::auth::Secret;
@@ -15,6 +16,9 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{load, ConfigError, Env};
 pub use overrides::PoolTimeout;
+
+pub use crate::tls::SslMode;
+use crate::tls::TlsSetup;
 
 /// `DJANGO_ENV=production` selects [`Profile::Production`]; anything else is
 /// development. The profile sets the defaults that BookTrader's contract names.
@@ -170,6 +174,26 @@ pub struct Config {
     pub worker_threads: u32,
     /// The workers' I/O backend: `auto`, `io_uring` or `epoll`.
     pub io_backend: IoBackend,
+    /// TLS toward clients (PgBouncer's names): `disable`, `allow`,
+    /// `prefer`, `require` (plaintext refused), `verify-ca`/`verify-full`
+    /// (a client certificate signed by `client_tls_ca_file` is required).
+    pub client_tls_sslmode: SslMode,
+    pub client_tls_cert_file: String,
+    pub client_tls_key_file: String,
+    pub client_tls_ca_file: String,
+    /// `secure` (TLS 1.2 and 1.3), or `tlsv1.2` / `tlsv1.3`.
+    pub client_tls_protocols: String,
+    /// TLS toward PostgreSQL, as libpq's sslmode: `prefer` (the default)
+    /// uses it when the server offers it, `require` insists, `verify-ca`
+    /// and `verify-full` check the certificate (and the host name).
+    pub server_tls_sslmode: SslMode,
+    /// CAs that sign the servers' certificates (default: the system's).
+    pub server_tls_ca_file: String,
+    /// A client certificate for logging in to PostgreSQL (`cert` in
+    /// pg_hba.conf), with its key.
+    pub server_tls_cert_file: String,
+    pub server_tls_key_file: String,
+    pub server_tls_protocols: String,
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
     #[serde(default)]
@@ -197,6 +221,9 @@ pub struct DatabaseConfig {
     pub query_timeout: Option<f64>,
     /// Overrides the general `transaction_timeout` for this database.
     pub transaction_timeout: Option<f64>,
+    /// Overrides the general `server_tls_sslmode` for this database (one
+    /// that lives on another server).
+    pub server_tls_sslmode: Option<SslMode>,
 }
 
 /// `[users.NAME]`: a user allowed in. `password` may be plaintext, an
@@ -234,13 +261,31 @@ fn mask<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str("********")
 }
 
-/// Where a pool's server connections go.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Where a pool's server connections go, and how they are secured.
+#[derive(Debug, Clone)]
 pub struct Target {
     pub host: String,
     pub port: u16,
     pub dbname: String,
+    pub tls_mode: SslMode,
+    /// The loaded TLS setup servers are reached with (set by the pools;
+    /// `None`: plaintext).
+    pub tls: Option<Arc<TlsSetup>>,
 }
+
+/// Two targets are the same place reached the same way: servers opened
+/// for one serve the other. A reload that re-read unchanged certificate
+/// files changes nothing.
+impl PartialEq for Target {
+    fn eq(&self, other: &Target) -> bool {
+        let fingerprint = |t: &Target| t.tls.as_ref().map(|s| s.server_fingerprint);
+        (&self.host, self.port, &self.dbname, self.tls_mode)
+            == (&other.host, other.port, &other.dbname, other.tls_mode)
+            && fingerprint(self) == fingerprint(other)
+    }
+}
+
+impl Eq for Target {}
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
@@ -330,6 +375,8 @@ impl Config {
             host: db.host.unwrap_or_else(|| self.server_host.clone()),
             port: db.port.unwrap_or(self.server_port),
             dbname: db.dbname.unwrap_or_else(|| database.to_string()),
+            tls_mode: db.server_tls_sslmode.unwrap_or(self.server_tls_sslmode),
+            tls: None,
         })
     }
 

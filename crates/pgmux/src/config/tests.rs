@@ -182,6 +182,7 @@ fn wildcard_and_mapped_targets() {
             idle_transaction_timeout: None,
             query_timeout: None,
             transaction_timeout: None,
+            server_tls_sslmode: Some(SslMode::VerifyFull),
         },
     );
     assert_eq!(
@@ -189,9 +190,13 @@ fn wildcard_and_mapped_targets() {
         Target {
             host: "h".into(),
             port: 1,
-            dbname: "real".into()
+            dbname: "real".into(),
+            tls_mode: SslMode::VerifyFull,
+            tls: None,
         }
     );
+    // Other databases follow the general setting (libpq's default).
+    assert_eq!(cfg.target("test_app").unwrap().tls_mode, SslMode::Prefer);
     assert_eq!(cfg.target("test_app").unwrap().dbname, "test_app");
     assert_eq!(cfg.pool_size_for("app"), 3);
     cfg.wildcard_databases = false;

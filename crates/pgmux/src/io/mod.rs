@@ -12,6 +12,7 @@
 //! thread it runs on. The control plane (signals, metrics, housekeeping)
 //! always runs on tokio.
 
+pub mod buffers;
 pub mod uring;
 
 use std::future::Future;
@@ -40,10 +41,12 @@ impl Backend {
     }
 }
 
-/// A connection, on whichever backend its worker runs.
+/// A connection, on whichever backend its worker runs, possibly with a
+/// TLS session over it.
 pub enum Stream {
     Tokio(tokio::net::TcpStream),
     Uring(uring::Stream),
+    Tls(Box<crate::tls::TlsStream>),
 }
 
 impl Stream {
@@ -77,6 +80,7 @@ impl Stream {
                 Ok(n)
             }
             Stream::Uring(s) => s.try_read_buf(buf),
+            Stream::Tls(s) => s.try_read_buf(buf),
         }
     }
 
@@ -85,6 +89,7 @@ impl Stream {
         match self {
             Stream::Tokio(s) => s.poll_read_ready(cx),
             Stream::Uring(s) => s.poll_read_ready(cx),
+            Stream::Tls(s) => s.poll_read_ready(cx),
         }
     }
 
@@ -93,6 +98,7 @@ impl Stream {
         match self {
             Stream::Tokio(s) => s.poll_write_ready(cx),
             Stream::Uring(s) => s.poll_write_ready(cx),
+            Stream::Tls(s) => s.poll_write_ready(cx),
         }
     }
 
@@ -101,6 +107,32 @@ impl Stream {
         match self {
             Stream::Tokio(s) => s.try_write(data),
             Stream::Uring(s) => s.try_write(data),
+            Stream::Tls(s) => s.try_write(data),
+        }
+    }
+
+    /// Write from several buffers in one call (one `writev` on epoll).
+    pub fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tokio(s) => s.try_write_vectored(bufs),
+            // The ring's writes are copies into its send buffer: no
+            // syscall to save.
+            _ => {
+                let mut total = 0;
+                for buf in bufs.iter().filter(|b| !b.is_empty()) {
+                    match self.try_write(buf) {
+                        Ok(n) => {
+                            total += n;
+                            if n < buf.len() {
+                                break;
+                            }
+                        }
+                        Err(e) if total > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(total)
+            }
         }
     }
 
@@ -108,6 +140,7 @@ impl Stream {
     /// closed; with `peek`, asked of the kernel (a syscall).
     pub fn quiet(&self, peek: bool) -> bool {
         let result = match (self, peek) {
+            (Stream::Tls(s), _) => return s.quiet(peek),
             (Stream::Uring(s), false) => return s.looks_quiet(),
             (Stream::Uring(s), true) if !s.looks_quiet() => return false,
             (Stream::Tokio(s), false) => {
@@ -126,8 +159,10 @@ impl Stream {
     /// sent is dropped, and the socket is shut both ways, which also ends a
     /// send waiting for the peer's window.
     pub fn abort(&self) {
-        if let Stream::Uring(s) = self {
-            s.drop_unsent();
+        match self {
+            Stream::Uring(s) => s.drop_unsent(),
+            Stream::Tls(s) => return s.inner().abort(),
+            Stream::Tokio(_) => {}
         }
         let _ = self.socket().shutdown(std::net::Shutdown::Both);
     }
@@ -137,6 +172,7 @@ impl Stream {
         match self {
             Stream::Tokio(s) => socket2::SockRef::from(s),
             Stream::Uring(s) => socket2::SockRef::from(s.socket()),
+            Stream::Tls(s) => s.inner().socket(),
         }
     }
 
@@ -144,6 +180,7 @@ impl Stream {
         match self {
             Stream::Tokio(s) => s.peer_addr(),
             Stream::Uring(s) => s.peer_addr(),
+            Stream::Tls(s) => s.inner().peer_addr(),
         }
     }
 
@@ -151,6 +188,7 @@ impl Stream {
         match self {
             Stream::Tokio(s) => s.local_addr(),
             Stream::Uring(s) => s.local_addr(),
+            Stream::Tls(s) => s.inner().local_addr(),
         }
     }
 
@@ -164,6 +202,15 @@ impl Stream {
         match self {
             Stream::Tokio(s) => Stream::from_std(s.into_std()?),
             uring @ Stream::Uring(_) => Ok(uring),
+            Stream::Tls(s) => Ok(Stream::Tls(Box::new(s.rehome()?))),
+        }
+    }
+
+    /// The TLS session, if any.
+    pub fn tls(&self) -> Option<&crate::tls::TlsStream> {
+        match self {
+            Stream::Tls(s) => Some(s),
+            _ => None,
         }
     }
 }
@@ -177,6 +224,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tokio(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Uring(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -190,6 +238,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tokio(s) => Pin::new(s).poll_write(cx, data),
             Stream::Uring(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, data),
         }
     }
 
@@ -197,6 +246,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tokio(s) => Pin::new(s).poll_flush(cx),
             Stream::Uring(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
@@ -204,6 +254,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tokio(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Uring(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }

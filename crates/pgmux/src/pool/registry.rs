@@ -10,11 +10,12 @@ use std::time::Instant;
 use pgmux_wire::auth::{ScramVerifier, Secret};
 
 use super::{lock, maintenance, DbLimit, Pool, PoolSettings};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Target};
 use crate::conninfo::ConnInfo;
 use crate::lifecycle::{Lifecycle, Stop};
 use crate::reload::ConfigSource;
 use crate::server::Login;
+use crate::tls::TlsSetup;
 
 /// What a reload replaces in one step.
 struct Current {
@@ -22,10 +23,12 @@ struct Current {
     secrets: BTreeMap<String, Secret>,
     /// SCRAM verifiers, derived once per load for plaintext secrets.
     verifiers: BTreeMap<String, ScramVerifier>,
+    /// Certificates and keys, read once per load.
+    tls: Arc<TlsSetup>,
 }
 
 impl Current {
-    fn new(config: Arc<Config>, secrets: BTreeMap<String, Secret>) -> Current {
+    fn new(config: Arc<Config>, secrets: BTreeMap<String, Secret>, tls: Arc<TlsSetup>) -> Current {
         let verifiers = secrets
             .iter()
             .filter_map(|(user, s)| Some((user.clone(), s.scram_verifier()?)))
@@ -34,7 +37,15 @@ impl Current {
             config,
             secrets,
             verifiers,
+            tls,
         }
+    }
+
+    /// Where `database`'s servers are, with the TLS setup to reach them.
+    fn target(&self, database: &str) -> Option<Target> {
+        let mut target = self.config.target(database)?;
+        target.tls = Some(self.tls.clone());
+        Some(target)
     }
 }
 
@@ -85,9 +96,13 @@ impl NoPool {
 }
 
 impl Pools {
-    pub fn new(config: Arc<Config>, secrets: Arc<BTreeMap<String, Secret>>) -> Pools {
+    pub fn new(
+        config: Arc<Config>,
+        secrets: Arc<BTreeMap<String, Secret>>,
+        tls: Arc<TlsSetup>,
+    ) -> Pools {
         Pools {
-            current: RwLock::new(Current::new(config, (*secrets).clone())),
+            current: RwLock::new(Current::new(config, (*secrets).clone(), tls)),
             map: Mutex::new(HashMap::new()),
             db_limits: Mutex::new(HashMap::new()),
             switches: Mutex::new(Switches::default()),
@@ -128,6 +143,11 @@ impl Pools {
         self.current().config.clone()
     }
 
+    /// The TLS setup in force (new connections use it).
+    pub fn tls(&self) -> Arc<TlsSetup> {
+        self.current().tls.clone()
+    }
+
     pub fn secret(&self, user: &str) -> Option<Secret> {
         self.current().secrets.get(user).cloned()
     }
@@ -150,7 +170,7 @@ impl Pools {
         let (target, login, settings, max_db, max_pools) = {
             let current = self.current();
             let config = &current.config;
-            let target = config
+            let target = current
                 .target(database)
                 .ok_or_else(|| UnknownDatabase(database.to_string()))?;
             (
@@ -403,17 +423,18 @@ impl Pools {
     pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, ConfigError> {
         config.validate()?;
         let secrets = config.user_secrets()?;
+        let tls = Arc::new(TlsSetup::load(&config)?);
         let config = Arc::new(config);
         let restart_needed = {
             let old = self.config();
             old.restart_only_differences(&config)
         };
-        let current = Current::new(config.clone(), secrets);
+        let current = Current::new(config.clone(), secrets, tls);
         let pools = self.all();
         for pool in &pools {
             // A database gone from the config keeps its pool for the clients
             // connected to it; new logins to it are refused.
-            if let Some(target) = config.target(&pool.database) {
+            if let Some(target) = current.target(&pool.database) {
                 pool.reconfigure(
                     PoolSettings::from_config(&config, &pool.database, &pool.user),
                     target,
@@ -452,7 +473,11 @@ mod tests {
         config.wildcard_databases = true;
         config.max_db_connections = 5;
         config.max_pools = 2;
-        let pools = Pools::new(Arc::new(config), Arc::default());
+        let pools = Pools::new(
+            Arc::new(config),
+            Arc::default(),
+            Arc::new(TlsSetup::disabled()),
+        );
         let kept = pools.get("kept", "app").unwrap();
         for i in 0..10_000 {
             let name = format!("db{i}");

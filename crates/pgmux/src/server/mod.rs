@@ -20,11 +20,12 @@ use postgres_protocol::authentication::sasl::ScramSha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cancel::CancelTarget;
-use crate::config::Target;
+use crate::config::{SslMode, Target};
 use crate::conninfo::{next_id, ConnInfo, State};
 use crate::params::ParamMap;
 use crate::prepared::{forgets_statements, ServerStatements};
 use crate::session::{Expect, ServerFlow};
+use crate::tls::{HandshakeFailure, Side};
 
 pub use timing::Timing;
 
@@ -44,6 +45,8 @@ pub enum ServerError {
     Backend(ErrorFields),
     #[error("server asked for a password for user \"{0}\", and pgmux has no plaintext password for that user")]
     NoPassword(String),
+    #[error("could not connect to server {addr} with TLS: {reason}")]
+    Tls { addr: String, reason: String },
     #[error("server authentication method {0} is not supported")]
     UnsupportedAuth(i32),
     #[error("server protocol violation: {0}")]
@@ -63,7 +66,9 @@ impl ServerError {
     pub fn sqlstate(&self) -> &str {
         match self {
             ServerError::Backend(e) if !e.code.is_empty() => &e.code,
-            ServerError::Connect { .. } | ServerError::Timeout(_) => "08001",
+            ServerError::Connect { .. } | ServerError::Tls { .. } | ServerError::Timeout(_) => {
+                "08001"
+            }
             ServerError::NoPassword(_) => "28000",
             ServerError::UnsupportedAuth(_) => "28000",
             ServerError::Protocol(_) => "08P01",
@@ -144,6 +149,9 @@ impl Server {
         info.local = server.stream.local_addr().ok().into();
         info.remote_pid = server.backend_pid;
         info.generation = generation;
+        if let Some(tls) = server.stream.tls() {
+            info.tls = crate::conninfo::tls_code(&tls.describe());
+        }
         server.info = Arc::new(info);
         Ok(server)
     }
@@ -165,6 +173,7 @@ impl Server {
         stream.set_nodelay(true).map_err(connect_err)?;
         tcp.apply(stream.socket()).map_err(connect_err)?;
         let addr = stream.peer_addr().map_err(connect_err)?;
+        let stream = secure(stream, target, &where_).await?;
         let now = Instant::now();
         let id = next_id();
         let mut server = Server {
@@ -356,12 +365,16 @@ impl Server {
         }
     }
 
-    /// Send Terminate and drop the connection.
+    /// Send Terminate and drop the connection (over TLS, with the
+    /// session's close_notify, which also pushes out what rustls holds).
     pub async fn close(mut self) {
-        let _ = crate::io::timeout(
-            Duration::from_secs(1),
-            self.stream.write_all(b"X\0\0\0\x04"),
-        )
+        let _ = crate::io::timeout(Duration::from_secs(1), async {
+            self.stream.write_all(b"X\0\0\0\x04").await?;
+            if self.stream.tls().is_some() {
+                self.stream.shutdown().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        })
         .await;
     }
 }
@@ -369,6 +382,64 @@ impl Server {
 /// Connect to `host:port`, trying each address it resolves to. A name is
 /// resolved off the worker thread (a lookup can take seconds, and a worker
 /// serves many clients); an address literal needs no lookup.
+/// PostgreSQL's SSLRequest: length 8, code 1234.5679.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Ask for TLS as `server_tls_sslmode` says, and run the handshake if the
+/// server agrees. Never plaintext under `require` or stronger.
+async fn secure(
+    mut stream: TcpStream,
+    target: &Target,
+    where_: &str,
+) -> Result<TcpStream, ServerError> {
+    let mode = target.tls_mode;
+    let Some(setup) = target.tls.as_ref() else {
+        return Ok(stream);
+    };
+    if matches!(mode, SslMode::Disable | SslMode::Allow) {
+        return Ok(stream);
+    }
+    let refused = |reason: String| ServerError::Tls {
+        addr: where_.to_string(),
+        reason,
+    };
+    stream
+        .write_all(&SSL_REQUEST)
+        .await
+        .map_err(ServerError::io)?;
+    // Exactly one byte: anything the server sent after it (in plaintext)
+    // is read as TLS and fails the handshake, as libpq makes it.
+    let mut answer = [0u8; 1];
+    stream
+        .read_exact(&mut answer)
+        .await
+        .map_err(ServerError::io)?;
+    match answer[0] {
+        b'S' => {}
+        b'N' if mode.requires_tls() => {
+            return Err(refused(format!(
+                "the server does not accept TLS, and server_tls_sslmode is \"{}\"",
+                mode.name()
+            )))
+        }
+        b'N' => return Ok(stream),
+        other => {
+            return Err(ServerError::Protocol(format!(
+                "unexpected answer {other:#04x} to the TLS request"
+            )))
+        }
+    }
+    let conn = setup.connect(mode, &target.host).map_err(refused)?;
+    let tls = crate::tls::TlsStream::new(stream, conn, &[]);
+    let done = tls.handshake().await;
+    crate::stats::tls_handshake(
+        Side::Server,
+        done.as_ref().map(|_| ()).map_err(HandshakeFailure::of),
+    );
+    done.map_err(|e| refused(e.to_string()))?;
+    Ok(TcpStream::Tls(Box::new(tls)))
+}
+
 async fn connect_any(host: &str, port: u16) -> std::io::Result<TcpStream> {
     let addrs: Vec<std::net::SocketAddr> = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => vec![(ip, port).into()],

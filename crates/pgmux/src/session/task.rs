@@ -130,7 +130,11 @@ mod tests {
     async fn an_idle_client_task_stays_small() {
         let cfg = crate::config::load(None, &Default::default()).unwrap();
         let secrets = Arc::new(cfg.user_secrets().unwrap());
-        let shared = Arc::new(Shared::new(Arc::new(Pools::new(Arc::new(cfg), secrets))));
+        let shared = Arc::new(Shared::new(Arc::new(Pools::new(
+            Arc::new(cfg),
+            secrets,
+            Arc::new(crate::tls::TlsSetup::disabled()),
+        ))));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await

@@ -11,7 +11,9 @@ mod periodic;
 mod pool_stats;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use crate::tls::{HandshakeFailure, Side};
 use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -113,6 +115,32 @@ pub fn touch_process_series() {
     });
     gauge!("pgmux_client_connections").set(client_connections_open() as f64);
     PROCESS_EVENTS.publish(&[]);
+    publish_tls();
+}
+
+/// TLS handshakes ended, by side; and failed ones by side and reason.
+static TLS_HANDSHAKES: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+static TLS_FAILURES: [[AtomicU64; 5]; 2] = [const { [const { AtomicU64::new(0) }; 5] }; 2];
+
+/// A TLS handshake with a client or a server ended (`Err`: it failed).
+pub fn tls_handshake(side: Side, outcome: Result<(), HandshakeFailure>) {
+    let s = side as usize;
+    match outcome {
+        Ok(()) => TLS_HANDSHAKES[s].fetch_add(1, Ordering::Relaxed),
+        Err(reason) => TLS_FAILURES[s][reason as usize].fetch_add(1, Ordering::Relaxed),
+    };
+}
+
+fn publish_tls() {
+    for side in [Side::Client, Side::Server] {
+        let s = side as usize;
+        counter!("pgmux_tls_handshakes_total", "side" => side.label())
+            .absolute(TLS_HANDSHAKES[s].load(Ordering::Relaxed));
+        for reason in HandshakeFailure::ALL {
+            counter!("pgmux_tls_handshake_errors_total", "side" => side.label(), "reason" => reason.label())
+                .absolute(TLS_FAILURES[s][reason as usize].load(Ordering::Relaxed));
+        }
+    }
 }
 
 /// Histogram samples wait in per-metric buckets until the exporter's upkeep

@@ -3,7 +3,7 @@
 use pgmux_wire::reply::ColumnType::{Int4, Text};
 
 use crate::admin::command::{num, Rows};
-use crate::conninfo::{format_timestamp, now_micros, ConnInfo};
+use crate::conninfo::{format_timestamp, now_micros, tls_name, ConnInfo};
 use crate::pool::Pool;
 
 pub fn rows() -> Rows {
@@ -54,7 +54,7 @@ pub fn row(rows: &mut Rows, kind: &str, pool: &Pool, c: &ConnInfo, close_needed:
             format!("{linked:#x}")
         },
         num(c.remote_pid),
-        String::new(),
+        tls_name(c.tls).to_string(),
         c.application_name.to_string(),
     ];
     let mut values: Vec<Option<&str>> = vec![Some(kind), Some(&pool.user), Some(&pool.database)];

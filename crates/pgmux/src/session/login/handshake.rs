@@ -9,9 +9,13 @@ use pgmux_wire::reply::{self, Severity};
 use pgmux_wire::startup::{parse_startup, startup_body_len, StartupError, StartupRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use std::net::SocketAddr;
+
 use crate::config::AuthType;
 use crate::pool::Pools;
 use crate::session::ClientError;
+use crate::stats;
+use crate::tls::{HandshakeFailure, Side, TlsSetup, TlsStream};
 
 /// Password messages are small; anything bigger during login is hostile.
 const MAX_LOGIN_MESSAGE: usize = 10_000;
@@ -22,24 +26,79 @@ pub enum Opening {
     Cancel { pid: u32, key: u32 },
 }
 
-/// Read the startup packet, answering SSL/GSSENC requests with `N`.
-pub async fn read_opening(stream: &mut TcpStream) -> Result<Opening, ClientError> {
+/// Read the startup packet, answering SSLRequest as `client_tls_sslmode`
+/// says (and running the TLS handshake, which replaces the stream in
+/// `slot`) and GSSENCRequest with `N`. PostgreSQL 17's direct TLS (a
+/// ClientHello first, with ALPN `postgresql`) is taken too.
+pub async fn read_opening(
+    slot: &mut Option<TcpStream>,
+    tls: &TlsSetup,
+    peer: Option<SocketAddr>,
+) -> Result<Opening, ClientError> {
+    let mut encrypted = false;
     // A client may ask for SSL and then GSSENC before its startup packet.
     for _ in 0..3 {
-        let raw = stream.read_i32().await.map_err(ClientError::io)?;
-        let len = startup_body_len(raw).map_err(startup_error)?;
+        let stream = slot.as_mut().ok_or(ClientError::Gone)?;
+        let mut head = [0u8; 4];
+        stream
+            .read_exact(&mut head)
+            .await
+            .map_err(ClientError::io)?;
+        if head[0] == TLS_HANDSHAKE_RECORD && !encrypted {
+            // No startup packet is that long: a TLS ClientHello.
+            let Some(conn) = tls.accept() else {
+                tracing::info!(
+                    ?peer,
+                    "direct TLS from a client, and client_tls_sslmode is \"disable\""
+                );
+                return Err(ClientError::Gone);
+            };
+            start_tls(slot, conn, &head, peer).await?;
+            let direct_alpn = slot.as_ref().and_then(|s| s.tls()).and_then(|t| t.alpn());
+            if direct_alpn.as_deref() != Some(crate::tls::ALPN_POSTGRESQL) {
+                return Err(ClientError::fatal(
+                    "08P01",
+                    "direct TLS without the ALPN protocol \"postgresql\"".into(),
+                ));
+            }
+            encrypted = true;
+            continue;
+        }
+        let len = startup_body_len(i32::from_be_bytes(head)).map_err(startup_error)?;
         let mut body = vec![0u8; len];
         stream
             .read_exact(&mut body)
             .await
             .map_err(ClientError::io)?;
         match parse_startup(&body).map_err(startup_error)? {
-            // TLS is not offered yet; this is where it will be negotiated.
-            StartupRequest::Ssl | StartupRequest::GssEnc => {
-                stream.write_all(b"N").await.map_err(ClientError::io)?
+            StartupRequest::Ssl if encrypted => {
+                return Err(ClientError::fatal(
+                    "08P01",
+                    "SSLRequest on a connection that is already encrypted".into(),
+                ))
             }
+            StartupRequest::Ssl => match tls.accept() {
+                Some(conn) => {
+                    stream.write_all(b"S").await.map_err(ClientError::io)?;
+                    start_tls(slot, conn, &[], peer).await?;
+                    encrypted = true;
+                }
+                None => stream.write_all(b"N").await.map_err(ClientError::io)?,
+            },
+            StartupRequest::GssEnc => stream.write_all(b"N").await.map_err(ClientError::io)?,
+            // A cancel is taken however it comes: libpq before 17 sends
+            // it in plaintext whatever its sslmode.
             StartupRequest::Cancel { pid, key } => return Ok(Opening::Cancel { pid, key }),
             StartupRequest::Startup { minor, mut params } => {
+                if !encrypted && tls.client_mode.requires_tls() {
+                    return Err(ClientError::fatal(
+                        "28000",
+                        format!(
+                            "client_tls_sslmode is \"{}\": pgmux accepts only TLS connections (connect with sslmode=require or stronger)",
+                            tls.client_mode.name()
+                        ),
+                    ));
+                }
                 if minor > 0 || params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
                     let unsupported: Vec<String> = params
                         .iter()
@@ -60,6 +119,37 @@ pub async fn read_opening(stream: &mut TcpStream) -> Result<Opening, ClientError
         "08P01",
         "too many encryption requests before the startup packet".into(),
     ))
+}
+
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Serve TLS on the client's connection: the stream in `slot` becomes a
+/// TLS stream (`received`: bytes of the ClientHello already read).
+async fn start_tls(
+    slot: &mut Option<TcpStream>,
+    conn: rustls::ServerConnection,
+    received: &[u8],
+    peer: Option<SocketAddr>,
+) -> Result<(), ClientError> {
+    let plain = slot.take().ok_or(ClientError::Gone)?;
+    let tls = slot.insert(TcpStream::Tls(Box::new(TlsStream::new(
+        plain, conn, received,
+    ))));
+    let Some(session) = tls.tls() else {
+        return Err(ClientError::Gone);
+    };
+    let done = session.handshake().await;
+    stats::tls_handshake(
+        Side::Client,
+        done.as_ref().map(|_| ()).map_err(HandshakeFailure::of),
+    );
+    if let Err(e) = done {
+        // Nothing can be said to a client that does not speak our TLS.
+        tracing::info!(?peer, error = %e, "TLS handshake with a client failed");
+        return Err(ClientError::Gone);
+    }
+    Ok(())
 }
 
 fn startup_error(e: StartupError) -> ClientError {

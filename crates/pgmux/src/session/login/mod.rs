@@ -28,12 +28,15 @@ pub enum LoggedIn {
 
 /// Log the client in within `client_login_timeout`, or tell it why not.
 pub(super) async fn open_session(
-    mut stream: TcpStream,
+    stream: TcpStream,
     shared: &Shared,
 ) -> Option<(TcpStream, LoggedIn)> {
     let peer = stream.peer_addr().ok();
     let login_timeout = shared.pools.config().client_login_timeout();
-    let opened = crate::io::timeout(login_timeout, log_in(&mut stream, shared, peer)).await;
+    // TLS replaces the stream during the login: it lives in a slot.
+    let mut slot = Some(stream);
+    let opened = crate::io::timeout(login_timeout, log_in(&mut slot, shared, peer)).await;
+    let mut stream = slot?;
     let (code, message) = match opened {
         Ok(Ok(Some(session))) => return Some((stream, session)),
         Ok(Ok(None)) | Ok(Err(ClientError::Gone)) => return None,
@@ -68,11 +71,13 @@ fn failure_reason(code: &str) -> LoginFailure {
 }
 
 async fn log_in(
-    stream: &mut TcpStream,
+    slot: &mut Option<TcpStream>,
     shared: &Shared,
     peer: Option<std::net::SocketAddr>,
 ) -> Result<Option<LoggedIn>, ClientError> {
-    let params = match handshake::read_opening(stream).await? {
+    let opening = handshake::read_opening(slot, &shared.pools.tls(), peer).await?;
+    let stream = slot.as_mut().ok_or(ClientError::Gone)?;
+    let params = match opening {
         handshake::Opening::Cancel { pid, key } => {
             shared.cancels.cancel(pid, key).await;
             return Ok(None);
@@ -164,6 +169,9 @@ async fn log_in(
         .or_else(|| stream.local_addr().ok())
         .into();
     info.remote_pid = cancel.pid;
+    if let Some(tls) = stream.tls() {
+        info.tls = crate::conninfo::tls_code(&tls.describe());
+    }
     info.application_name = client_params
         .get("application_name")
         .unwrap_or_default()

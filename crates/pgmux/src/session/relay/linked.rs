@@ -11,11 +11,11 @@ use crate::io::Stream as TcpStream;
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 
-use super::buffers::{self, CLIENT_BUFFER};
 use super::deadlines::{write_to_client, QueryClock};
 use super::to_server::{forward_client_bytes, Replay};
 use super::{Outcome, STREAM_AFTER};
 use crate::config::PoolMode;
+use crate::io::buffers::{self, CLIENT_BUFFER};
 use crate::lifecycle::Stop;
 use crate::pool::Checkout;
 use crate::server::{Server, ServerError};

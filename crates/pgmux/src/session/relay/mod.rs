@@ -13,7 +13,6 @@
 //! a server back when its client leaves; [`buffers`] are the client read
 //! buffers; [`deadlines`] are the linked loop's query and write deadlines.
 
-mod buffers;
 mod deadlines;
 mod linked;
 mod pin_tracking;
@@ -25,7 +24,6 @@ use std::task::{Context, Poll};
 use crate::io::Stream as TcpStream;
 use bytes::BytesMut;
 
-use self::buffers::CLIENT_BUFFER;
 use self::linked::relay_linked;
 use self::pin_tracking::{inspect_session, pass_server_news, set_pins};
 use self::release::{release_after_client, Leaving};
@@ -35,6 +33,7 @@ use super::state::pins::Pins;
 use super::{refuse, ClientError, Session};
 use crate::config::PoolMode;
 use crate::conninfo::{now_micros, State};
+use crate::io::buffers::{self, CLIENT_BUFFER};
 use crate::lifecycle::Stop;
 use crate::pool::Checkout;
 use crate::server::ServerError;

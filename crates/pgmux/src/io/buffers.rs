@@ -1,7 +1,7 @@
-//! Client read buffers, kept per worker thread: a client holds one only
-//! while it has something to say (an idle client holds none), and the next
-//! busy client of the same worker takes it again, so a request costs no
-//! allocation.
+//! Read buffers, kept per worker thread: a client (or a TLS session's
+//! ciphertext) holds one only while it has something to say (an idle
+//! client holds none), and the next busy connection of the same worker
+//! takes it again, so a request costs no allocation.
 
 use std::cell::RefCell;
 

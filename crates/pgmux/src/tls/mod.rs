@@ -1,0 +1,434 @@
+//! TLS on both sides, with rustls (ring provider), driven by pgmux's own
+//! buffers ([`stream`]) so a TLS connection is just another [`crate::io::Stream`]
+//! to the relay, on either I/O backend.
+//!
+//! [`TlsSetup`] is what the configuration's `client_tls_*` and `server_tls_*`
+//! keys build: certificate files are read when the configuration is loaded
+//! or reloaded, never per connection, and a reload that cannot read them
+//! keeps the running setup.
+
+mod stream;
+mod verify;
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ConfigError};
+
+pub use stream::TlsStream;
+
+/// libpq's `sslmode` values, as PgBouncer takes them for both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Plaintext is refused.
+    pub fn requires_tls(self) -> bool {
+        self >= SslMode::Require
+    }
+}
+
+/// ALPN name of the PostgreSQL protocol (PostgreSQL 17's direct TLS
+/// requires it; earlier servers ignore it).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// The built TLS configuration of both sides.
+pub struct TlsSetup {
+    pub client_mode: SslMode,
+    /// How clients are served TLS; `None` when `client_tls_sslmode` is
+    /// `disable`.
+    acceptor: Option<Arc<ServerConfig>>,
+    pub server_mode: SslMode,
+    /// Toward servers: no certificate check (`allow`, `prefer`, `require`),
+    /// the chain only (`verify-ca`), chain and host name (`verify-full`).
+    /// `None` when the CA file is not needed and not given.
+    connector_unverified: Arc<ClientConfig>,
+    connector_verified: Option<(Arc<ClientConfig>, Arc<ClientConfig>)>,
+    /// Changes when what shapes server connections changes (the files'
+    /// contents, the protocols): servers opened under another are replaced.
+    pub server_fingerprint: u64,
+}
+
+impl fmt::Debug for TlsSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSetup")
+            .field("client_mode", &self.client_mode)
+            .field("server_mode", &self.server_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSetup {
+    /// Read the certificate files the configuration names and build both
+    /// sides; an error names the key and the file.
+    pub fn load(config: &Config) -> Result<TlsSetup, ConfigError> {
+        let acceptor = match config.client_tls_sslmode {
+            SslMode::Disable => None,
+            mode => Some(Arc::new(acceptor(config, mode)?)),
+        };
+        let versions = protocols("server_tls_protocols", &config.server_tls_protocols)?;
+        let client_auth = match (
+            config.server_tls_cert_file.as_str(),
+            config.server_tls_key_file.as_str(),
+        ) {
+            ("", "") => None,
+            ("", _) | (_, "") => {
+                return Err(ConfigError::new(
+                    "server_tls_cert_file and server_tls_key_file: give both or neither".into(),
+                ))
+            }
+            (cert, key) => Some((
+                certificates("server_tls_cert_file", cert)?,
+                private_key("server_tls_key_file", key)?,
+            )),
+        };
+        let build = |verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>| {
+            let builder = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&versions)
+                .map_err(|e| ConfigError::new(format!("server_tls_protocols: {e}")))?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier);
+            let mut built = match &client_auth {
+                None => builder.with_no_client_auth(),
+                Some((certs, key)) => builder
+                    .with_client_auth_cert(certs.clone(), key.clone_key())
+                    .map_err(|e| ConfigError::new(format!("server_tls_key_file: {e}")))?,
+            };
+            built.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+            // PostgreSQL keeps no sessions to resume.
+            built.resumption = rustls::client::Resumption::disabled();
+            Ok::<_, ConfigError>(Arc::new(built))
+        };
+        let connector_unverified = build(Arc::new(verify::SignatureOnly::new(provider())))?;
+        let roots = match config.server_tls_ca_file.as_str() {
+            "" => system_roots(config.server_tls_sslmode >= SslMode::VerifyCa)?,
+            file => Some(roots("server_tls_ca_file", file)?),
+        };
+        let connector_verified = match roots {
+            None => None,
+            Some(roots) => {
+                let full = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| ConfigError::new(format!("server_tls_ca_file: {e}")))?;
+                let chain_only = Arc::new(verify::ChainOnly(full.clone()));
+                Some((build(chain_only)?, build(full)?))
+            }
+        };
+        Ok(TlsSetup {
+            client_mode: config.client_tls_sslmode,
+            acceptor,
+            server_mode: config.server_tls_sslmode,
+            connector_unverified,
+            connector_verified,
+            server_fingerprint: server_fingerprint(config),
+        })
+    }
+
+    /// Neither side speaks TLS (unit tests and tools).
+    pub fn disabled() -> TlsSetup {
+        let connector = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verify::SignatureOnly::new(provider())))
+            .with_no_client_auth();
+        TlsSetup {
+            client_mode: SslMode::Disable,
+            acceptor: None,
+            server_mode: SslMode::Disable,
+            connector_unverified: Arc::new(connector),
+            connector_verified: None,
+            server_fingerprint: 0,
+        }
+    }
+
+    /// The server side of a TLS session with a client, if TLS is offered.
+    pub fn accept(&self) -> Option<rustls::ServerConnection> {
+        let config = self.acceptor.as_ref()?;
+        rustls::ServerConnection::new(config.clone()).ok()
+    }
+
+    /// The client side of a TLS session with the server at `host`, as
+    /// `mode` asks.
+    pub fn connect(&self, mode: SslMode, host: &str) -> Result<rustls::ClientConnection, String> {
+        let config = match (mode, &self.connector_verified) {
+            (SslMode::VerifyCa, Some((chain_only, _))) => chain_only,
+            (SslMode::VerifyFull, Some((_, full))) => full,
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+                return Err(
+                    "no CA certificates to verify the server with (server_tls_ca_file)".into(),
+                )
+            }
+            _ => &self.connector_unverified,
+        };
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host:?} is not a host name TLS can check: {e}"))?;
+        rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())
+    }
+}
+
+fn server_fingerprint(config: &Config) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.server_tls_protocols.hash(&mut h);
+    for file in [
+        &config.server_tls_ca_file,
+        &config.server_tls_cert_file,
+        &config.server_tls_key_file,
+    ] {
+        file.hash(&mut h);
+        std::fs::read(file).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// ring rather than aws-lc-rs: a third of the build time, no C toolchain
+/// beyond cc. rustls 0.23.48 marks it deprecated because ring has no
+/// post-quantum key exchange; connections get X25519 and the NIST curves.
+#[allow(deprecated)]
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn acceptor(config: &Config, mode: SslMode) -> Result<ServerConfig, ConfigError> {
+    let versions = protocols("client_tls_protocols", &config.client_tls_protocols)?;
+    let need = |key: &str, value: &str| {
+        if value.is_empty() {
+            Err(ConfigError::new(format!(
+                "{key}: client_tls_sslmode = \"{}\" needs a certificate and key to serve TLS",
+                mode.name()
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    need("client_tls_cert_file", &config.client_tls_cert_file)?;
+    need("client_tls_key_file", &config.client_tls_key_file)?;
+    let certs = certificates("client_tls_cert_file", &config.client_tls_cert_file)?;
+    let key = private_key("client_tls_key_file", &config.client_tls_key_file)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&versions)
+        .map_err(|e| ConfigError::new(format!("client_tls_protocols: {e}")))?;
+    let builder = match (mode, config.client_tls_ca_file.as_str()) {
+        (SslMode::VerifyCa | SslMode::VerifyFull, "") => {
+            return Err(ConfigError::new(format!(
+                "client_tls_ca_file: client_tls_sslmode = \"{}\" checks client certificates and needs the CA that signs them",
+                mode.name()
+            )))
+        }
+        (SslMode::VerifyCa | SslMode::VerifyFull, file) => {
+            let roots = Arc::new(roots("client_tls_ca_file", file)?);
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                    .build()
+                    .map_err(|e| ConfigError::new(format!("client_tls_ca_file: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut built = builder.with_single_cert(certs, key).map_err(|e| {
+        ConfigError::new(format!(
+            "client_tls_key_file: {} does not go with client_tls_cert_file: {e}",
+            config.client_tls_key_file
+        ))
+    })?;
+    built.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    // Drivers do not resume sessions; tickets would only cost a message
+    // and memory per connection.
+    built.send_tls13_tickets = 0;
+    built.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(built)
+}
+
+/// `client_tls_protocols` / `server_tls_protocols`, PgBouncer's syntax:
+/// `secure` (the default) and `all` mean TLS 1.2 and 1.3, or a list of
+/// `tlsv1.2` / `tlsv1.3`. Older versions are not offered by rustls.
+fn protocols(
+    key: &str,
+    value: &str,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, ConfigError> {
+    let mut out = Vec::new();
+    for word in value.split([',', ' ', ':']).filter(|w| !w.is_empty()) {
+        match word.to_ascii_lowercase().as_str() {
+            "secure" | "all" | "normal" => {
+                out.extend([&rustls::version::TLS13, &rustls::version::TLS12])
+            }
+            "tlsv1.3" => out.push(&rustls::version::TLS13),
+            "tlsv1.2" => out.push(&rustls::version::TLS12),
+            "tlsv1.0" | "tlsv1.1" | "legacy" => {
+                return Err(ConfigError::new(format!(
+                    "{key}: {word} is not supported (TLS 1.2 and 1.3 only)"
+                )))
+            }
+            _ => {
+                return Err(ConfigError::new(format!(
+                    "{key}: expected secure, all, tlsv1.2 or tlsv1.3, got {word:?}"
+                )))
+            }
+        }
+    }
+    if out.is_empty() {
+        out.extend([&rustls::version::TLS13, &rustls::version::TLS12]);
+    }
+    out.dedup_by_key(|v| v.version);
+    Ok(out)
+}
+
+fn read(key: &str, file: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(file).map_err(|e| ConfigError::new(format!("{key}: cannot read {file}: {e}")))
+}
+
+fn certificates(key: &str, file: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let pem = read(key, file)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::new(format!("{key}: {file}: not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(format!(
+            "{key}: {file} holds no PEM certificate"
+        )));
+    }
+    Ok(certs)
+}
+
+fn private_key(key: &str, file: &str) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let pem = read(key, file)?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| ConfigError::new(format!("{key}: {file}: no PEM private key: {e}")))
+}
+
+fn roots(key: &str, file: &str) -> Result<RootCertStore, ConfigError> {
+    let mut store = RootCertStore::empty();
+    for cert in certificates(key, file)? {
+        store
+            .add(cert)
+            .map_err(|e| ConfigError::new(format!("{key}: {file}: {e}")))?;
+    }
+    Ok(store)
+}
+
+/// The operating system's trusted roots, loaded only when a mode needs
+/// them (an empty or missing store is then an error).
+fn system_roots(needed: bool) -> Result<Option<RootCertStore>, ConfigError> {
+    if !needed {
+        return Ok(None);
+    }
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(ConfigError::new(
+            "server_tls_ca_file: server_tls_sslmode verifies certificates, no file is given and the system has no trusted roots".into(),
+        ));
+    }
+    Ok(Some(store))
+}
+
+/// Why a TLS handshake failed: a label of bounded cardinality, never the
+/// peer's own text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    Certificate,
+    Protocol,
+    Closed,
+    Timeout,
+    Other,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 5] = [
+        HandshakeFailure::Certificate,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::Certificate => "certificate",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// Classify a handshake's I/O error (rustls' errors arrive inside one).
+    pub fn of(error: &std::io::Error) -> HandshakeFailure {
+        use std::io::ErrorKind;
+        if let Some(tls) = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            return match tls {
+                rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::InvalidCertRevocationList(_) => HandshakeFailure::Certificate,
+                rustls::Error::AlertReceived(
+                    rustls::AlertDescription::BadCertificate
+                    | rustls::AlertDescription::UnsupportedCertificate
+                    | rustls::AlertDescription::CertificateRevoked
+                    | rustls::AlertDescription::CertificateExpired
+                    | rustls::AlertDescription::CertificateUnknown
+                    | rustls::AlertDescription::CertificateRequired
+                    | rustls::AlertDescription::UnknownCA,
+                ) => HandshakeFailure::Certificate,
+                _ => HandshakeFailure::Protocol,
+            };
+        }
+        match error.kind() {
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => {
+                HandshakeFailure::Closed
+            }
+            ErrorKind::TimedOut => HandshakeFailure::Timeout,
+            ErrorKind::InvalidData => HandshakeFailure::Protocol,
+            _ => HandshakeFailure::Other,
+        }
+    }
+}
+
+/// Which end of a TLS session pgmux is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// pgmux serves TLS to a client.
+    Client,
+    /// pgmux is the TLS client of a server.
+    Server,
+}
+
+impl Side {
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+}
