@@ -9,6 +9,8 @@ need_apt=()
 command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ] || need_apt+=(postgresql postgresql-contrib)
 command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-contrib)
 command -v runuser >/dev/null 2>&1 || need_apt+=(util-linux)
+# The TLS tests make their certificates with openssl.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The observability tests run the real tools: promtool and Prometheus, and
 # the PgBouncer exporter against pgmux's admin console.
 [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ] || need_apt+=(prometheus)

@@ -25,6 +25,10 @@ fn postgres() -> SocketAddr {
 fn route(c: &mut Config, db: &str, proxy: &FaultProxy) {
     let through = DatabaseConfig {
         port: Some(proxy.addr.port()),
+        // Faults are placed by byte counts of the plaintext protocol (a
+        // cut inside a DataRow); under TLS a cut record yields no bytes at
+        // all, which tls.rs covers.
+        server_tls_sslmode: Some(pgmux::config::SslMode::Disable),
         ..Default::default()
     };
     c.databases.insert(db.to_string(), through);
