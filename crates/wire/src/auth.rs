@@ -1,6 +1,7 @@
-//! Checking a client's password, server side: SCRAM-SHA-256 (RFC 5802/7677
-//! without channel binding), MD5 and cleartext, against a stored [`Secret`].
-//! Every comparison of secret material is constant-time.
+//! Checking a client's password, server side: SCRAM-SHA-256 (RFC 5802/7677)
+//! and SCRAM-SHA-256-PLUS (channel binding `tls-server-end-point`, RFC
+//! 5929), MD5 and cleartext, against a stored [`Secret`]. Every comparison
+//! of secret material is constant-time.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -17,6 +18,8 @@ pub enum AuthError {
     Malformed,
     #[error("channel binding is not supported")]
     ChannelBinding,
+    #[error("channel binding negotiation failed: {0}")]
+    BindingMismatch(&'static str),
     #[error("password does not match")]
     WrongPassword,
 }
@@ -168,32 +171,74 @@ impl ScramVerifier {
     }
 }
 
+/// The SASL mechanism names.
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// The only channel binding type PostgreSQL defines.
+const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
+
 /// One SCRAM-SHA-256 exchange, after the client-first message.
 pub struct ScramExchange {
     verifier: ScramVerifier,
-    gs2_header: String,
+    /// What the client-final message's `c=` must carry: the GS2 header,
+    /// then the channel binding data if the client bound to the channel.
+    cbind_input: Vec<u8>,
     client_first_bare: String,
     server_first: String,
     nonce: String,
 }
 
 impl ScramExchange {
-    /// Read the client-first message; return the exchange and the
-    /// server-first message to send.
+    /// Read the client-first message sent under `mechanism`; return the
+    /// exchange and the server-first message to send. `binding` is the
+    /// `tls-server-end-point` data of the TLS session the exchange runs in,
+    /// when the server offered SCRAM-SHA-256-PLUS (`None`: it offered only
+    /// SCRAM-SHA-256).
     pub fn start(
         verifier: ScramVerifier,
+        mechanism: &str,
         client_first: &[u8],
+        binding: Option<&[u8]>,
     ) -> Result<(ScramExchange, String), AuthError> {
         let text = std::str::from_utf8(client_first).map_err(|_| AuthError::Malformed)?;
         let mut parts = text.splitn(3, ',');
         let cbind = parts.next().ok_or(AuthError::Malformed)?;
         let authzid = parts.next().ok_or(AuthError::Malformed)?;
         let bare = parts.next().ok_or(AuthError::Malformed)?;
-        match cbind {
-            "n" | "y" => {}
-            c if c.starts_with("p=") => return Err(AuthError::ChannelBinding),
+        let plus = match mechanism {
+            SCRAM_SHA_256 => false,
+            SCRAM_SHA_256_PLUS if binding.is_some() => true,
+            _ => return Err(AuthError::ChannelBinding),
+        };
+        let bound = match (cbind, plus) {
+            ("n", false) => None,
+            // The client could bind but believes the server cannot: a
+            // downgrade, if the server did offer binding (RFC 5802 6).
+            ("y", false) if binding.is_some() => {
+                return Err(AuthError::BindingMismatch(
+                    "the client was offered SCRAM-SHA-256-PLUS but says the server does not support channel binding",
+                ))
+            }
+            ("y", false) => None,
+            (c, true) if c.strip_prefix("p=") == Some(TLS_SERVER_END_POINT) => binding,
+            (c, true) if c.starts_with("p=") => {
+                return Err(AuthError::BindingMismatch(
+                    "only tls-server-end-point is supported",
+                ))
+            }
+            (_, true) => {
+                return Err(AuthError::BindingMismatch(
+                    "SCRAM-SHA-256-PLUS chosen without binding to the channel",
+                ))
+            }
+            (c, false) if c.starts_with("p=") => {
+                return Err(AuthError::BindingMismatch(
+                    "channel binding asked for under SCRAM-SHA-256 (it needs SCRAM-SHA-256-PLUS)",
+                ))
+            }
             _ => return Err(AuthError::Malformed),
-        }
+        };
         let client_nonce = bare
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
@@ -206,8 +251,10 @@ impl ScramExchange {
             B64.encode(&verifier.salt),
             verifier.iterations
         );
+        let mut cbind_input = format!("{cbind},{authzid},").into_bytes();
+        cbind_input.extend_from_slice(bound.unwrap_or_default());
         let exchange = ScramExchange {
-            gs2_header: format!("{cbind},{authzid},"),
+            cbind_input,
             client_first_bare: bare.to_string(),
             server_first: server_first.clone(),
             nonce,
@@ -232,8 +279,13 @@ impl ScramExchange {
         let cbind = B64
             .decode(cbind.ok_or(AuthError::Malformed)?)
             .map_err(|_| AuthError::Malformed)?;
-        if cbind != self.gs2_header.as_bytes() || nonce != Some(self.nonce.as_str()) {
+        if nonce != Some(self.nonce.as_str()) {
             return Err(AuthError::Malformed);
+        }
+        if !ct_eq(&cbind, &self.cbind_input) {
+            return Err(AuthError::BindingMismatch(
+                "the channel binding data does not match this TLS session",
+            ));
         }
         let proof: [u8; 32] = B64
             .decode(proof)
@@ -269,7 +321,8 @@ mod tests {
             .scram_verifier()
             .unwrap();
         let mut client = ScramSha256::new(typed_password.as_bytes(), ChannelBinding::unsupported());
-        let (exchange, server_first) = ScramExchange::start(verifier, client.message())?;
+        let (exchange, server_first) =
+            ScramExchange::start(verifier, SCRAM_SHA_256, client.message(), None)?;
         client.update(server_first.as_bytes()).unwrap();
         let server_final = exchange.finish(client.message())?;
         client
@@ -294,18 +347,61 @@ mod tests {
     fn scram_rejects_channel_binding_and_garbage() {
         let v = Secret::Plain("x".into()).scram_verifier().unwrap();
         assert!(matches!(
-            ScramExchange::start(v.clone(), b"p=tls-server-end-point,,n=,r=abc"),
+            ScramExchange::start(
+                v.clone(),
+                SCRAM_SHA_256,
+                b"p=tls-server-end-point,,n=,r=abc",
+                None
+            ),
+            Err(AuthError::BindingMismatch(_))
+        ));
+        assert!(matches!(
+            ScramExchange::start(
+                v.clone(),
+                SCRAM_SHA_256_PLUS,
+                b"p=tls-server-end-point,,n=,r=abc",
+                None
+            ),
             Err(AuthError::ChannelBinding)
         ));
         assert!(matches!(
-            ScramExchange::start(v.clone(), b"garbage"),
+            ScramExchange::start(v.clone(), SCRAM_SHA_256, b"garbage", None),
             Err(AuthError::Malformed)
         ));
-        let (ex, _) = ScramExchange::start(v, b"n,,n=,r=abc").unwrap();
+        let (ex, _) = ScramExchange::start(v, SCRAM_SHA_256, b"n,,n=,r=abc", None).unwrap();
         assert_eq!(
             ex.finish(b"c=biws,r=wrong,p=AAAA").err(),
             Some(AuthError::Malformed)
         );
+    }
+
+    /// SCRAM-SHA-256-PLUS against postgres-protocol's client: the same
+    /// binding data logs in, other data (another TLS session) does not, and
+    /// a client that could bind but was told it cannot is a downgrade.
+    #[test]
+    fn scram_plus_binds_to_the_tls_session() {
+        let verifier = Secret::Plain("pw".into()).scram_verifier().unwrap();
+        let login = |client_sees: &[u8], server_has: &[u8]| {
+            let binding = ChannelBinding::tls_server_end_point(client_sees.to_vec());
+            let mut client = ScramSha256::new(b"pw", binding);
+            let (exchange, first) = ScramExchange::start(
+                verifier.clone(),
+                SCRAM_SHA_256_PLUS,
+                client.message(),
+                Some(server_has),
+            )?;
+            client.update(first.as_bytes()).unwrap();
+            exchange.finish(client.message()).map(|_| ())
+        };
+        assert_eq!(login(b"certificate hash", b"certificate hash"), Ok(()));
+        assert!(matches!(
+            login(b"another session", b"certificate hash"),
+            Err(AuthError::BindingMismatch(_))
+        ));
+        let client = ScramSha256::new(b"pw", ChannelBinding::unrequested());
+        let downgrade =
+            ScramExchange::start(verifier, SCRAM_SHA_256, client.message(), Some(b"hash"));
+        assert!(matches!(downgrade, Err(AuthError::BindingMismatch(_))));
     }
 
     #[test]

@@ -525,3 +525,47 @@ async fn stalled_and_broken_tls_handshakes_leave_others_served() {
     }
     assert_eq!(scalar_i32(&bystander, "select 4").await, 4);
 }
+
+/// SCRAM channel binding through pgmux (PgBouncer refuses a client that
+/// requires it): over TLS pgmux offers SCRAM-SHA-256-PLUS with
+/// `tls-server-end-point`, so libpq's `channel_binding=require` logs in;
+/// without TLS there is nothing to bind to, and libpq will not go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_require_works_over_tls() {
+    let db = fresh_database("tls_channel_binding").await;
+    let app = start_pgmux(|c| serve_tls(c, SslMode::Prefer)).await;
+    let port = app.addr.port();
+    let bound = psql(
+        &conninfo(
+            "127.0.0.1",
+            port,
+            &db,
+            "sslmode=require channel_binding=require",
+        ),
+        "select current_user",
+    )
+    .await;
+    assert_eq!(bound.unwrap(), APP_USER);
+    // The wrong password still fails, bound or not.
+    let wrong = psql(
+        &format!(
+            "host=127.0.0.1 port={port} user={APP_USER} dbname={db} password=wrong sslmode=require channel_binding=require"
+        ),
+        "select 1",
+    )
+    .await
+    .unwrap_err();
+    assert!(wrong.contains("password authentication failed"), "{wrong}");
+    let plaintext = psql(
+        &conninfo(
+            "127.0.0.1",
+            port,
+            &db,
+            "sslmode=disable channel_binding=require",
+        ),
+        "select 1",
+    )
+    .await
+    .unwrap_err();
+    assert!(plaintext.contains("channel binding"), "{plaintext}");
+}

@@ -6,7 +6,9 @@
 use std::sync::OnceLock;
 
 use bytes::BytesMut;
-use pgmux_wire::auth::{md5_secret, AuthError, ScramExchange, ScramVerifier, Secret};
+use pgmux_wire::auth::{
+    md5_secret, AuthError, ScramExchange, ScramVerifier, Secret, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use pgmux_wire::frame::take_frame;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
@@ -58,7 +60,16 @@ pub fn scram_server(data: &[u8]) {
         // one derived once.
         _ => verifier().clone(),
     };
-    let Ok((exchange, server_first)) = ScramExchange::start(verifier, client_first) else {
+    // A client-first message that binds to the channel is taken as sent
+    // under SCRAM-SHA-256-PLUS over a TLS session with this binding data.
+    let (mechanism, binding) = if client_first.starts_with(b"p=") {
+        (SCRAM_SHA_256_PLUS, Some(&b"fuzz-binding"[..]))
+    } else {
+        (SCRAM_SHA_256, None)
+    };
+    let Ok((exchange, server_first)) =
+        ScramExchange::start(verifier, mechanism, client_first, binding)
+    else {
         return;
     };
     let client_nonce = std::str::from_utf8(client_first)
@@ -169,7 +180,10 @@ pub fn auth_client(data: &[u8]) {
             continue; // ParameterStatus and the like: not this target's
         }
         let Some((code, rest)) = frame.body.split_first_chunk::<4>() else {
-            assert!(answer_request(&frame.body, &login, &mut scram, &mut BytesMut::new()).is_err());
+            assert!(
+                answer_request(&frame.body, &login, None, &mut scram, &mut BytesMut::new())
+                    .is_err()
+            );
             return;
         };
         let code = i32::from_be_bytes(*code);
@@ -177,7 +191,7 @@ pub fn auth_client(data: &[u8]) {
             return;
         }
         let mut out = BytesMut::new();
-        let answered = answer_request(&frame.body, &login, &mut scram, &mut out);
+        let answered = answer_request(&frame.body, &login, None, &mut scram, &mut out);
         match (code, answered) {
             (_, Err(_)) => return, // the login ends with that error
             (0, Ok(())) => return,
@@ -231,7 +245,8 @@ fn round_trip(input: &mut Input<'_>) {
     };
     let mut client = ScramSha256::new(PASSWORD.as_bytes(), ChannelBinding::unsupported());
     let (client_first, c0) = corrupt(client.message(), 0);
-    let Ok((exchange, server_first)) = ScramExchange::start(verifier().clone(), &client_first)
+    let Ok((exchange, server_first)) =
+        ScramExchange::start(verifier().clone(), SCRAM_SHA_256, &client_first, None)
     else {
         assert!(c0, "the client-first message was refused");
         return;

@@ -7,6 +7,7 @@
 //! or reloaded, never per connection, and a reload that cannot read them
 //! keeps the running setup.
 
+mod end_point;
 mod stream;
 mod verify;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
 
+pub use end_point::server_end_point;
 pub use stream::TlsStream;
 
 /// libpq's `sslmode` values, as PgBouncer takes them for both sides.
@@ -62,6 +64,8 @@ pub struct TlsSetup {
     /// How clients are served TLS; `None` when `client_tls_sslmode` is
     /// `disable`.
     acceptor: Option<Arc<ServerConfig>>,
+    /// The channel binding data of the certificate clients are served.
+    acceptor_end_point: Option<EndPoint>,
     pub server_mode: SslMode,
     /// Toward servers: no certificate check (`allow`, `prefer`, `require`),
     /// the chain only (`verify-ca`), chain and host name (`verify-full`).
@@ -86,9 +90,12 @@ impl TlsSetup {
     /// Read the certificate files the configuration names and build both
     /// sides; an error names the key and the file.
     pub fn load(config: &Config) -> Result<TlsSetup, ConfigError> {
-        let acceptor = match config.client_tls_sslmode {
-            SslMode::Disable => None,
-            mode => Some(Arc::new(acceptor(config, mode)?)),
+        let (acceptor, acceptor_end_point) = match config.client_tls_sslmode {
+            SslMode::Disable => (None, None),
+            mode => {
+                let (built, end_point) = acceptor(config, mode)?;
+                (Some(Arc::new(built)), end_point)
+            }
         };
         let versions = protocols("server_tls_protocols", &config.server_tls_protocols)?;
         let client_auth = match (
@@ -144,6 +151,7 @@ impl TlsSetup {
         Ok(TlsSetup {
             client_mode: config.client_tls_sslmode,
             acceptor,
+            acceptor_end_point,
             server_mode: config.server_tls_sslmode,
             connector_unverified,
             connector_verified,
@@ -162,6 +170,7 @@ impl TlsSetup {
         TlsSetup {
             client_mode: SslMode::Disable,
             acceptor: None,
+            acceptor_end_point: None,
             server_mode: SslMode::Disable,
             connector_unverified: Arc::new(connector),
             connector_verified: None,
@@ -169,10 +178,27 @@ impl TlsSetup {
         }
     }
 
-    /// The server side of a TLS session with a client, if TLS is offered.
-    pub fn accept(&self) -> Option<rustls::ServerConnection> {
-        let config = self.acceptor.as_ref()?;
-        rustls::ServerConnection::new(config.clone()).ok()
+    /// The server side of a TLS session with a client over `plain`, if
+    /// TLS is offered (`received`: bytes of the ClientHello already read).
+    pub fn accept(
+        &self,
+        plain: crate::io::Stream,
+        received: &[u8],
+    ) -> Result<TlsStream, crate::io::Stream> {
+        let Some(conn) = self
+            .acceptor
+            .as_ref()
+            .and_then(|config| rustls::ServerConnection::new(config.clone()).ok())
+        else {
+            return Err(plain);
+        };
+        Ok(TlsStream::new(plain, conn, received)
+            .with_own_end_point(self.acceptor_end_point.clone()))
+    }
+
+    /// TLS is offered to clients.
+    pub fn serves_clients(&self) -> bool {
+        self.acceptor.is_some()
     }
 
     /// The client side of a TLS session with the server at `host`, as
@@ -217,7 +243,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn acceptor(config: &Config, mode: SslMode) -> Result<ServerConfig, ConfigError> {
+/// Channel binding data of a certificate (see [`server_end_point`]).
+type EndPoint = Arc<[u8]>;
+
+fn acceptor(
+    config: &Config,
+    mode: SslMode,
+) -> Result<(ServerConfig, Option<EndPoint>), ConfigError> {
     let versions = protocols("client_tls_protocols", &config.client_tls_protocols)?;
     let need = |key: &str, value: &str| {
         if value.is_empty() {
@@ -233,6 +265,10 @@ fn acceptor(config: &Config, mode: SslMode) -> Result<ServerConfig, ConfigError>
     need("client_tls_key_file", &config.client_tls_key_file)?;
     let certs = certificates("client_tls_cert_file", &config.client_tls_cert_file)?;
     let key = private_key("client_tls_key_file", &config.client_tls_key_file)?;
+    let end_point = certs
+        .first()
+        .and_then(|c| server_end_point(c))
+        .map(Arc::from);
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&versions)
         .map_err(|e| ConfigError::new(format!("client_tls_protocols: {e}")))?;
@@ -264,7 +300,7 @@ fn acceptor(config: &Config, mode: SslMode) -> Result<ServerConfig, ConfigError>
     // and memory per connection.
     built.send_tls13_tickets = 0;
     built.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Ok(built)
+    Ok((built, end_point))
 }
 
 /// `client_tls_protocols` / `server_tls_protocols`, PgBouncer's syntax:

@@ -17,7 +17,7 @@
 
 use std::io::{self, BufRead, Write};
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
@@ -32,6 +32,9 @@ const UNSENT_LIMIT: usize = 64 * 1024;
 
 pub struct TlsStream {
     inner: Stream,
+    /// Where pgmux is the TLS server: the channel binding data of the
+    /// certificate it presented (see [`TlsStream::server_end_point`]).
+    own_end_point: Option<Arc<[u8]>>,
     /// The session's state. A mutex because the relay asks for read and
     /// write readiness from two branches of one `select!` (both `&self`);
     /// it is only ever taken by the connection's own task, so never waits.
@@ -207,10 +210,28 @@ impl TlsStream {
         conn.set_buffer_limit(Some(UNSENT_LIMIT));
         TlsStream {
             inner,
+            own_end_point: None,
             state: Mutex::new(State {
                 conn,
                 incoming: BytesMut::from(received),
             }),
+        }
+    }
+
+    /// Say which channel binding data the certificate pgmux presents has.
+    pub fn with_own_end_point(mut self, end_point: Option<Arc<[u8]>>) -> TlsStream {
+        self.own_end_point = end_point;
+        self
+    }
+
+    /// SCRAM's `tls-server-end-point` data for this session: of the
+    /// certificate pgmux presented (toward a client), or of the one the
+    /// server presented (toward PostgreSQL). `None` when the certificate's
+    /// signature names no hash.
+    pub fn server_end_point(&self) -> Option<Vec<u8>> {
+        match &self.state().conn {
+            Connection::Server(_) => self.own_end_point.as_deref().map(<[u8]>::to_vec),
+            Connection::Client(c) => super::server_end_point(c.peer_certificates()?.first()?),
         }
     }
 
@@ -274,6 +295,7 @@ impl TlsStream {
     pub fn rehome(self) -> io::Result<TlsStream> {
         Ok(TlsStream {
             inner: self.inner.rehome()?,
+            own_end_point: self.own_end_point,
             state: self.state,
         })
     }

@@ -3,7 +3,9 @@
 
 use crate::io::Stream as TcpStream;
 use bytes::{Buf, BytesMut};
-use pgmux_wire::auth::{AuthError, ScramExchange, ScramVerifier, Secret};
+use pgmux_wire::auth::{
+    AuthError, ScramExchange, ScramVerifier, Secret, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use pgmux_wire::frame::{read_cstr, take_frame};
 use pgmux_wire::reply::{self, Severity};
 use pgmux_wire::startup::{parse_startup, startup_body_len, StartupError, StartupRequest};
@@ -15,7 +17,7 @@ use crate::config::AuthType;
 use crate::pool::Pools;
 use crate::session::ClientError;
 use crate::stats;
-use crate::tls::{HandshakeFailure, Side, TlsSetup, TlsStream};
+use crate::tls::{HandshakeFailure, Side, TlsSetup};
 
 /// Password messages are small; anything bigger during login is hostile.
 const MAX_LOGIN_MESSAGE: usize = 10_000;
@@ -46,14 +48,14 @@ pub async fn read_opening(
             .map_err(ClientError::io)?;
         if head[0] == TLS_HANDSHAKE_RECORD && !encrypted {
             // No startup packet is that long: a TLS ClientHello.
-            let Some(conn) = tls.accept() else {
+            if !tls.serves_clients() {
                 tracing::info!(
                     ?peer,
                     "direct TLS from a client, and client_tls_sslmode is \"disable\""
                 );
                 return Err(ClientError::Gone);
-            };
-            start_tls(slot, conn, &head, peer).await?;
+            }
+            start_tls(slot, tls, &head, peer).await?;
             let direct_alpn = slot.as_ref().and_then(|s| s.tls()).and_then(|t| t.alpn());
             if direct_alpn.as_deref() != Some(crate::tls::ALPN_POSTGRESQL) {
                 return Err(ClientError::fatal(
@@ -77,14 +79,12 @@ pub async fn read_opening(
                     "SSLRequest on a connection that is already encrypted".into(),
                 ))
             }
-            StartupRequest::Ssl => match tls.accept() {
-                Some(conn) => {
-                    stream.write_all(b"S").await.map_err(ClientError::io)?;
-                    start_tls(slot, conn, &[], peer).await?;
-                    encrypted = true;
-                }
-                None => stream.write_all(b"N").await.map_err(ClientError::io)?,
-            },
+            StartupRequest::Ssl if tls.serves_clients() => {
+                stream.write_all(b"S").await.map_err(ClientError::io)?;
+                start_tls(slot, tls, &[], peer).await?;
+                encrypted = true;
+            }
+            StartupRequest::Ssl => stream.write_all(b"N").await.map_err(ClientError::io)?,
             StartupRequest::GssEnc => stream.write_all(b"N").await.map_err(ClientError::io)?,
             // A cancel is taken however it comes: libpq before 17 sends
             // it in plaintext whatever its sslmode.
@@ -128,15 +128,19 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// TLS stream (`received`: bytes of the ClientHello already read).
 async fn start_tls(
     slot: &mut Option<TcpStream>,
-    conn: rustls::ServerConnection,
+    setup: &TlsSetup,
     received: &[u8],
     peer: Option<SocketAddr>,
 ) -> Result<(), ClientError> {
     let plain = slot.take().ok_or(ClientError::Gone)?;
-    let tls = slot.insert(TcpStream::Tls(Box::new(TlsStream::new(
-        plain, conn, received,
-    ))));
-    let Some(session) = tls.tls() else {
+    let stream = match setup.accept(plain, received) {
+        Ok(tls) => TcpStream::Tls(Box::new(tls)),
+        Err(plain) => {
+            slot.replace(plain);
+            return Err(ClientError::Gone);
+        }
+    };
+    let Some(session) = slot.insert(stream).tls() else {
         return Err(ClientError::Gone);
     };
     let done = session.handshake().await;
@@ -225,12 +229,21 @@ pub async fn authenticate(
                 Some(v) => v,
                 None => decoy.clone(),
             };
-            reply::auth_sasl(&mut out, &["SCRAM-SHA-256"]);
+            // Over TLS, SCRAM-SHA-256-PLUS binds the exchange to this
+            // session, so libpq's channel_binding=require works through
+            // pgmux.
+            let binding = stream.tls().and_then(|t| t.server_end_point());
+            let mechanisms: &[&str] = match binding {
+                Some(_) => &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256],
+                None => &[SCRAM_SHA_256],
+            };
+            reply::auth_sasl(&mut out, mechanisms);
             stream.write_all(&out).await.map_err(ClientError::io)?;
             let body = read_password_message(stream, &mut buf).await?;
-            let client_first = sasl_initial_response(&body)?;
+            let (mechanism, client_first) = sasl_initial_response(&body)?;
             let (exchange, server_first) =
-                ScramExchange::start(verifier, client_first).map_err(|e| sasl_error(e, user))?;
+                ScramExchange::start(verifier, mechanism, client_first, binding.as_deref())
+                    .map_err(|e| sasl_error(e, user))?;
             out.clear();
             reply::auth_sasl_continue(&mut out, server_first.as_bytes());
             stream.write_all(&out).await.map_err(ClientError::io)?;
@@ -256,23 +269,30 @@ fn sasl_error(e: AuthError, user: &str) -> ClientError {
             "28P01",
             format!("password authentication failed for user \"{user}\""),
         ),
-        AuthError::ChannelBinding => {
-            ClientError::fatal("28000", "channel binding is not supported by pgmux".into())
+        AuthError::ChannelBinding => ClientError::fatal(
+            "28000",
+            "channel binding (SCRAM-SHA-256-PLUS) needs a TLS connection to pgmux".into(),
+        ),
+        AuthError::BindingMismatch(why) => {
+            ClientError::fatal("28000", format!("SCRAM channel binding failed: {why}"))
         }
         AuthError::Malformed => ClientError::fatal("08P01", "malformed SCRAM message".into()),
     }
 }
 
 /// SASLInitialResponse: mechanism name, then a length-prefixed payload.
-fn sasl_initial_response(body: &[u8]) -> Result<&[u8], ClientError> {
+fn sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), ClientError> {
     let mut s = body;
-    let mechanism = read_cstr(&mut s).ok_or_else(malformed)?;
-    if mechanism != b"SCRAM-SHA-256" {
-        return Err(ClientError::fatal(
-            "28000",
-            "pgmux offers only SCRAM-SHA-256".into(),
-        ));
-    }
+    let mechanism = match read_cstr(&mut s).ok_or_else(malformed)? {
+        b"SCRAM-SHA-256" => SCRAM_SHA_256,
+        b"SCRAM-SHA-256-PLUS" => SCRAM_SHA_256_PLUS,
+        _ => {
+            return Err(ClientError::fatal(
+                "28000",
+                "pgmux offers only SCRAM-SHA-256 and, over TLS, SCRAM-SHA-256-PLUS".into(),
+            ))
+        }
+    };
     if s.len() < 4 {
         return Err(malformed());
     }
@@ -280,7 +300,7 @@ fn sasl_initial_response(body: &[u8]) -> Result<&[u8], ClientError> {
     if len < 0 || len as usize != s.len() {
         return Err(malformed());
     }
-    Ok(s)
+    Ok((mechanism, s))
 }
 
 async fn read_password_message(
