@@ -47,6 +47,11 @@
 #   BENCH_IDLE_AUTH=md5     client auth for the idle test (md5 | plain)
 #   BENCH_IDLE_BATCH=100    idle connections opened per batch (kept under
 #                           PgBouncer's default listen backlog of 128)
+#   BENCH_TLS=0             1: TLS everywhere, with a certificate made here by
+#                           openssl (PostgreSQL ssl = on; pgbench, psql and
+#                           the idle clients use sslmode=require; both proxies
+#                           serve clients TLS and reach PostgreSQL over TLS,
+#                           `require` on both sides, no certificate checks)
 #   BENCH_NO_BUILD=1        skip `cargo build --release -p pgmux`
 #   PGMUX_BIN=path          use this pgmux binary (implies no build)
 #   BENCH_PGMUX_NOTE=text   describes PGMUX_BIN's source in the report
@@ -64,6 +69,7 @@ BENCH_WARMUP=${BENCH_WARMUP:-3}
 BENCH_SCALE=${BENCH_SCALE:-10}
 BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20}
 BENCH_AUTH=${BENCH_AUTH:-scram-sha-256}
+BENCH_TLS=${BENCH_TLS:-0}
 BENCH_SCENARIOS=${BENCH_SCENARIOS:-select-c16 select-c200 extended-c50 prepared-c50 tpcb-c50 connect-c16}
 BENCH_IDLE_COUNTS=${BENCH_IDLE_COUNTS-2000 10000}
 BENCH_IDLE_AUTH=${BENCH_IDLE_AUTH:-md5}
@@ -263,7 +269,8 @@ PY
 PORT[direct]=$PG_PORT
 log "ports: postgres $PG_PORT, pgbouncer ${PORT[pgbouncer]}, pgmux-uring ${PORT[pgmux-uring]}, pgmux-epoll ${PORT[pgmux-epoll]}, pgmux-2w ${PORT[pgmux-2w]}; temp $TMP"
 
-export PGPASSWORD=$DB_PASS PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10
+case "$BENCH_TLS" in 0) SSLMODE=disable ;; 1) SSLMODE=require ;; *) die "BENCH_TLS must be 0 or 1" ;; esac
+export PGPASSWORD=$DB_PASS PGSSLMODE=$SSLMODE PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10
 unset PGHOST PGPORT PGUSER PGDATABASE PGSERVICE PGOPTIONS
 
 port_of() { echo "${PORT[$1]}"; }
@@ -315,6 +322,18 @@ full_page_writes = off
 autovacuum = off
 log_min_messages = warning
 EOF
+# BENCH_TLS: one certificate for PostgreSQL and both proxies.
+TLS_CERT=$TMP/tls/server.crt TLS_KEY=$TMP/tls/server.key
+if [ "$BENCH_TLS" = 1 ]; then
+    mkdir -p "$TMP/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$TLS_KEY" -out "$TLS_CERT" -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$TMP/openssl.log" 2>&1 \
+        || { cat "$TMP/openssl.log" >&2; die "openssl could not make the benchmark's certificate"; }
+    chown -R postgres:postgres "$TMP/tls"
+    chmod 600 "$TLS_KEY"
+    printf "ssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\n" "$TLS_CERT" "$TLS_KEY" >> "$PGDATA/postgresql.conf"
+fi
 PG_STARTED=1
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$TMP/postgres.log" -t 60 -w start >/dev/null \
     || { PG_STARTED=0; tail -n 20 "$TMP/postgres.log" >&2; die "PostgreSQL did not start"; }
@@ -380,6 +399,10 @@ log_disconnections = 0
 log_pooler_errors = 1
 stats_period = 60
 EOF
+    if [ "$BENCH_TLS" = 1 ]; then
+        printf 'client_tls_sslmode = require\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\nserver_tls_sslmode = require\n' \
+            "$TLS_CERT" "$TLS_KEY" >> "$TMP/pgbouncer.ini"
+    fi
     chmod 644 "$TMP/pgbouncer.ini"
     echo "=== pgbouncer start $(date +%T) auth $1" >> "$TMP/pgbouncer.log"
     ( cd "$TMP" && exec setpriv --reuid=postgres --regid=postgres --init-groups -- \
@@ -393,6 +416,9 @@ start_pgmux() { # target auth_type [worker_threads]
     [ "$t" = pgmux-2w ] && workers=2
     case "$t" in pgmux-epoll) backend=epoll ;; *) backend=io_uring ;; esac
     mkdir -p "$TMP/pgmux-run"   # no proxy.toml here: configuration is env only
+    local tls=(PGMUX_SERVER_TLS_SSLMODE=disable)
+    [ "$BENCH_TLS" = 1 ] && tls=(PGMUX_SERVER_TLS_SSLMODE=require PGMUX_CLIENT_TLS_SSLMODE=require
+        PGMUX_CLIENT_TLS_CERT_FILE="$TLS_CERT" PGMUX_CLIENT_TLS_KEY_FILE="$TLS_KEY")
     echo "=== $t start $(date +%T) auth $2, io_backend $backend, worker_threads $workers" >> "$TMP/$t.log"
     ( cd "$TMP/pgmux-run" && exec env -i PATH="$PATH" HOME="$TMP/pgmux-run" \
         PGMUX_LOG=warn \
@@ -405,6 +431,7 @@ start_pgmux() { # target auth_type [worker_threads]
         PGMUX_POOL_SIZE="$BENCH_POOL_SIZE" \
         PGMUX_MAX_CLIENT_CONN="$MAX_CLIENT" \
         PGMUX_AUTH_TYPE="$2" \
+        "${tls[@]}" \
         DB_HOST=127.0.0.1 DB_PORT="$PG_PORT" DB_NAME="$DB_NAME" \
         DB_USER="$DB_USER" DB_PASSWORD="$DB_PASS" \
         "$PGMUX_BIN" ) >>"$TMP/$t.log" 2>&1 &
@@ -565,7 +592,7 @@ Opens connections in batches, runs the startup + md5/cleartext password
 exchange on each until ReadyForQuery, writes a JSON status file, then holds
 every connection until the stop file appears (or --hold seconds pass).
 """
-import argparse, hashlib, json, os, selectors, socket, struct, sys, time
+import argparse, hashlib, json, os, selectors, socket, ssl, struct, sys, time
 
 ap = argparse.ArgumentParser()
 for name in ("host", "user", "password", "database", "status", "stop"):
@@ -574,7 +601,11 @@ ap.add_argument("--port", type=int, required=True)
 ap.add_argument("--n", type=int, required=True)
 ap.add_argument("--batch", type=int, default=200)
 ap.add_argument("--hold", type=float, default=300.0)
+ap.add_argument("--tls", action="store_true", help="SSLRequest, then TLS (no certificate check)")
 a = ap.parse_args()
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+tls.check_hostname = False
+tls.verify_mode = ssl.CERT_NONE
 
 def packet(kind, payload):
     return kind + struct.pack("!I", len(payload) + 4) + payload
@@ -613,6 +644,11 @@ while opened < a.n:
         s.settimeout(10)
         try:
             s.connect((a.host, a.port))
+            if a.tls:
+                s.sendall(struct.pack("!II", 8, 80877103))
+                if s.recv(1) != b"S":
+                    raise OSError("TLS refused")
+                s = tls.wrap_socket(s)
             s.sendall(startup)
         except OSError as e:
             errors["connect: " + (e.strerror or str(e))] = errors.get("connect: " + (e.strerror or str(e)), 0) + 1
@@ -628,7 +664,10 @@ while opened < a.n:
             c = key.data
             try:
                 data = c.sock.recv(65536)
-            except BlockingIOError:
+                # TLS: records already decrypted wait in the SSL object.
+                while isinstance(c.sock, ssl.SSLSocket) and c.sock.pending():
+                    data += c.sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError):
                 continue
             except OSError as e:
                 pending.discard(c); fail(sel, c, "recv: " + (e.strerror or str(e))); continue
@@ -691,7 +730,7 @@ idle_run() { # N target
     rm -f "$TMP/idle.status" "$TMP/idle.stop"
     python3 "$TMP/idle_clients.py" --host 127.0.0.1 --port "$(port_of "$t")" --user "$DB_USER" \
         --password "$DB_PASS" --database "$DB_NAME" --n "$n" --batch "$BENCH_IDLE_BATCH" \
-        --status "$TMP/idle.status" --stop "$TMP/idle.stop" --hold 600 \
+        --status "$TMP/idle.status" --stop "$TMP/idle.stop" --hold 600 $( [ "$BENCH_TLS" = 1 ] && echo --tls ) \
         >"$OUT/raw/idle-$n-$t.txt" 2>&1 &
     IDLE_PID=$!
     for ((i = 0; i < 1800; i++)); do   # at most 6 minutes
@@ -788,7 +827,7 @@ export R_PGMUX="$("$PGMUX_BIN" --version 2>&1 | head -n1) ($PGMUX_SRC), $commit"
 export R_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
 export R_ELAPSED=$(( $(date +%s) - STARTED_AT ))
 export R_SECONDS=$BENCH_SECONDS R_ROUNDS=$BENCH_ROUNDS R_SCALE=$BENCH_SCALE R_POOL=$BENCH_POOL_SIZE
-export R_AUTH=$BENCH_AUTH R_IDLE_AUTH=$BENCH_IDLE_AUTH R_CLK_TCK=$CLK_TCK R_SCENARIOS=$BENCH_SCENARIOS
+export R_TLS=$BENCH_TLS R_AUTH=$BENCH_AUTH R_IDLE_AUTH=$BENCH_IDLE_AUTH R_CLK_TCK=$CLK_TCK R_SCENARIOS=$BENCH_SCENARIOS
 export R_FAILURES=$FAILURES R_TARGETS="${TARGETS[*]}" R_WORKERS=$BENCH_PGMUX_WORKERS R_THREADS=$THREADS
 if [ "$BENCH_AUTH" = scram-sha-256 ] && [ "$BENCH_PGB_SECRET" = verifier ]; then
     export R_PGB_SECRET="PgBouncer's userlist holds the SCRAM verifier from pg_authid (it logs in to PostgreSQL by reusing the client's SCRAM proof)"
@@ -891,6 +930,11 @@ p(f"Client authentication to both proxies during pgbench: **{E['R_AUTH']}** "
   f"{E['R_PGB_SECRET']}; pgmux gets the plaintext password (DB_PASSWORD). "
   f"Idle-client test: **{E['R_IDLE_AUTH']}** on both proxies. Listen backlogs at their defaults: PgBouncer 128, pgmux 1024 (listen_backlog).")
 p("")
+if E["R_TLS"] == "1":
+    p("**TLS everywhere (BENCH_TLS=1):** pgbench, psql and the idle clients with `sslmode=require`; "
+      "PostgreSQL `ssl = on`; both proxies serve clients TLS (`client_tls_sslmode = require`) and reach "
+      "PostgreSQL over TLS (`server_tls_sslmode = require`), with one self-signed P-256 certificate.")
+    p("")
 p("### Throughput, latency and what each transaction costs the proxy (medians across rounds)")
 p("")
 p("CPU = the proxy's utime+stime over the run (/proc/<pid>/stat) ÷ transactions; context switches = voluntary + "
