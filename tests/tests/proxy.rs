@@ -3,6 +3,7 @@
 
 mod proxy {
     pub mod auth;
+    pub mod auth_query;
     pub mod basics;
     pub mod cancel;
     pub mod console;

@@ -122,11 +122,18 @@ pub fn md5_secret(user: &str, password: &str) -> String {
     format!("md5{}", md5_hex(&[password.as_bytes(), user.as_bytes()]))
 }
 
+/// The answer to PostgreSQL's MD5 challenge from a stored `md5…` hash
+/// (what pg_shadow keeps): no password needed.
+pub fn md5_response_from_hash(stored: &str, salt: [u8; 4]) -> Option<String> {
+    let inner = stored.strip_prefix("md5").filter(|h| h.len() == 32)?;
+    Some(md5_salted(inner.as_bytes(), salt))
+}
+
 fn md5_salted(inner_hex: &[u8], salt: [u8; 4]) -> String {
     format!("md5{}", md5_hex(&[inner_hex, &salt]))
 }
 
-fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(msg);
     mac.finalize().into_bytes().into()
@@ -157,6 +164,32 @@ pub struct ScramVerifier {
 }
 
 impl ScramVerifier {
+    /// A verifier for a user who does not exist, the same for the same
+    /// `user` and `key` every time (salt and iteration count as a real
+    /// one's), so that asking twice cannot tell a stranger which users are
+    /// real: the salt a client is shown is a function of its name alone.
+    pub fn decoy(key: &[u8], user: &str) -> ScramVerifier {
+        let derive = |label: &[u8]| {
+            let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key");
+            mac.update(label);
+            mac.update(user.as_bytes());
+            <[u8; 32]>::from(mac.finalize().into_bytes())
+        };
+        ScramVerifier {
+            iterations: 4096,
+            salt: derive(b"salt\0")[..16].to_vec(),
+            stored_key: derive(b"stored\0"),
+            server_key: derive(b"server\0"),
+        }
+    }
+
+    /// The key PostgreSQL checks a server signature with, which pgmux
+    /// needs to log in as the user it belongs to (with a recovered
+    /// ClientKey; see [`ScramExchange::finish_with_client_key`]).
+    pub fn server_key(&self) -> [u8; 32] {
+        self.server_key
+    }
+
     pub fn parse(text: &str) -> Option<ScramVerifier> {
         let rest = text.strip_prefix("SCRAM-SHA-256$")?;
         let (params, keys) = rest.split_once('$')?;
@@ -265,6 +298,18 @@ impl ScramExchange {
 
     /// Check the client-final message; return the server-final message.
     pub fn finish(self, client_final: &[u8]) -> Result<String, AuthError> {
+        self.finish_with_client_key(client_final)
+            .map(|(server_final, _)| server_final)
+    }
+
+    /// As [`ScramExchange::finish`], and also the client's ClientKey,
+    /// recovered from its proof (ClientProof XOR ClientSignature). With the
+    /// verifier's ServerKey it logs in to PostgreSQL as that user: no
+    /// plaintext password is ever needed (SCRAM pass-through).
+    pub fn finish_with_client_key(
+        self,
+        client_final: &[u8],
+    ) -> Result<(String, [u8; 32]), AuthError> {
         let text = std::str::from_utf8(client_final).map_err(|_| AuthError::Malformed)?;
         let (without_proof, proof) = text.rsplit_once(",p=").ok_or(AuthError::Malformed)?;
         let mut cbind = None;
@@ -306,7 +351,7 @@ impl ScramExchange {
             return Err(AuthError::WrongPassword);
         }
         let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        Ok((format!("v={}", B64.encode(server_signature)), client_key))
     }
 }
 
@@ -404,10 +449,34 @@ mod tests {
         assert!(matches!(downgrade, Err(AuthError::BindingMismatch(_))));
     }
 
+    /// The ClientKey recovered from a proof is the one the password
+    /// derives, and a decoy is stable per name and differs between names.
+    #[test]
+    fn client_key_is_recovered_and_decoys_are_stable() {
+        let verifier = Secret::Plain("pw".into()).scram_verifier().unwrap();
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
+        let (exchange, first) =
+            ScramExchange::start(verifier.clone(), SCRAM_SHA_256, client.message(), None).unwrap();
+        client.update(first.as_bytes()).unwrap();
+        let (_, client_key) = exchange.finish_with_client_key(client.message()).unwrap();
+        let salted = salted_password(b"pw", &verifier.salt, verifier.iterations);
+        assert_eq!(client_key, hmac(&salted, b"Client Key"));
+        let (a, b) = (
+            ScramVerifier::decoy(b"k", "ghost"),
+            ScramVerifier::decoy(b"k", "ghost"),
+        );
+        assert!(a == b);
+        assert!(a.salt != ScramVerifier::decoy(b"k", "other").salt);
+    }
+
     #[test]
     fn md5_challenge_matches_libpq() {
         let salt = [1, 2, 3, 4];
         let response = postgres_protocol::authentication::md5_hash(b"bob", b"pw", salt);
+        assert_eq!(
+            md5_response_from_hash(&md5_secret("bob", "pw"), salt).as_deref(),
+            Some(response.as_str())
+        );
         assert!(Secret::Plain("pw".into()).check_md5("bob", salt, &response));
         assert!(Secret::Md5(md5_secret("bob", "pw")).check_md5("bob", salt, &response));
         assert!(!Secret::Plain("other".into()).check_md5("bob", salt, &response));

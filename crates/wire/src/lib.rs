@@ -7,11 +7,13 @@
 //! - [`reply`]: the messages pgmux writes itself.
 //! - [`backend`]: typed views of the few server messages pgmux reads.
 //! - [`auth`]: checking a client's password (SCRAM-SHA-256, MD5, cleartext).
+//! - [`scram_client`]: logging in to PostgreSQL from SCRAM keys, not a password.
 
 pub mod auth;
 pub mod backend;
 pub mod frame;
 pub mod reply;
+pub mod scram_client;
 pub mod startup;
 
 pub use frame::{Frame, FrameError};

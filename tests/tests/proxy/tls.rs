@@ -569,3 +569,37 @@ async fn channel_binding_require_works_over_tls() {
     .unwrap_err();
     assert!(plaintext.contains("channel binding"), "{plaintext}");
 }
+
+/// `auth_type = cert`: the client certificate's CommonName is the user it
+/// logs in as, with no password; another user's name is refused (28000),
+/// and so is a certificate from another CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_type_cert_logs_the_common_name_in() {
+    let db = fresh_database("tls_auth_cert").await;
+    let certs = &cluster().certs;
+    let app = start_pgmux(|c| {
+        serve_tls(c, SslMode::VerifyFull);
+        c.client_tls_ca_file = path(&certs.ca).into();
+        c.auth_type = pgmux::config::AuthType::Cert;
+    })
+    .await;
+    let port = app.addr.port();
+    let with = |pair: &pgmux_tests::tls::Pair, user: &str| {
+        format!(
+            "host=127.0.0.1 port={port} dbname={db} user={user} password=unused sslmode=require sslcert={} sslkey={}",
+            path(&pair.cert),
+            path(&pair.key)
+        )
+    };
+    let me = psql(&with(&certs.client, APP_USER), "select current_user").await;
+    assert_eq!(me.unwrap(), APP_USER);
+    let other = psql(&with(&certs.client, "md5user"), "select 1")
+        .await
+        .unwrap_err();
+    assert!(
+        other.contains("certificate authentication failed for user \"md5user\""),
+        "{other}"
+    );
+    let stranger = psql(&with(&certs.other_client, APP_USER), "select 1").await;
+    assert!(stranger.is_err(), "a certificate from another CA");
+}

@@ -124,6 +124,12 @@ fn defaults(
         .set_default("max_client_prepared_bytes", 4u64 << 20)?
         .set_default("auth_type", "scram-sha-256")?
         .set_default("auth_file", "")?
+        .set_default("auth_user", "")?
+        .set_default(
+            "auth_query",
+            "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
+        )?
+        .set_default("auth_dbname", "")?
         .set_default("admin_users", empty.clone())?
         .set_default("stats_users", empty)?
         .set_default("so_reuseport", false)?

@@ -59,6 +59,9 @@ pub enum AuthType {
     Md5,
     Plain,
     Trust,
+    /// A client certificate logs its CommonName in (needs
+    /// `client_tls_sslmode` `verify-ca` or `verify-full`).
+    Cert,
 }
 
 /// The workers' I/O backend (see [`crate::io`]).
@@ -138,6 +141,14 @@ pub struct Config {
     pub max_client_prepared_bytes: u64,
     pub auth_type: AuthType,
     pub auth_file: String,
+    /// A user absent from `auth_file` and `[users]` is looked up in
+    /// PostgreSQL with `auth_query`, run as `auth_user` (who needs a
+    /// password pgmux knows) in `auth_dbname` (default: the database the
+    /// client asked for). `""` turns lookups off.
+    pub auth_user: String,
+    /// Gets (name, secret) for `$1`, sent as a parameter, never spliced.
+    pub auth_query: String,
+    pub auth_dbname: String,
     /// Users allowed into the admin console with every command.
     pub admin_users: Vec<String>,
     /// Users allowed into the admin console for SHOW commands only.
@@ -493,6 +504,12 @@ impl Config {
             return Err(ConfigError::new(format!(
                 "min_pool_size: {} is larger than pool_size {}",
                 self.min_pool_size, self.pool_size
+            )));
+        }
+        if self.auth_type == AuthType::Cert && self.client_tls_sslmode < SslMode::VerifyCa {
+            return Err(ConfigError::new(format!(
+                "auth_type: \"cert\" logs clients in by their certificate, which client_tls_sslmode = \"{}\" does not ask for (use verify-ca or verify-full)",
+                self.client_tls_sslmode.name()
             )));
         }
         if self.max_message_size < 1024 {

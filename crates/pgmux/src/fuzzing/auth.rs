@@ -172,9 +172,9 @@ pub fn auth_client(data: &[u8]) {
     let mut buf = BytesMut::from(input.rest());
     let login = Login {
         user: USER.into(),
-        password: Some(PASSWORD.into()),
+        credential: crate::server::Credential::Password(PASSWORD.into()),
     };
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<crate::server::auth::ScramClient> = None;
     while let Ok(Some(frame)) = take_frame(&mut buf, max) {
         if frame.tag != b'R' {
             continue; // ParameterStatus and the like: not this target's

@@ -10,7 +10,7 @@ use super::{lock, Pool, PoolSettings, USED_AFTER};
 use crate::config::Target;
 use crate::conninfo::ConnInfo;
 use crate::lifecycle::Stop;
-use crate::server::Login;
+use crate::server::{Credential, Login};
 use crate::stats::{CloseReason, PoolLevels};
 
 impl Pool {
@@ -49,7 +49,14 @@ impl Pool {
         self.client_write_timeout.set(settings.client_write_timeout);
         self.check_after.set(&settings);
         *lock(&self.settings) = settings;
-        *lock(&self.login) = login;
+        {
+            let mut current = lock(&self.login);
+            // A credential learned from a client's login (auth_query) is
+            // not in the configuration: keep it.
+            if login.credential != Credential::None || current.user != login.user {
+                *current = login;
+            }
+        }
         let moved = {
             let mut current = lock(&self.target);
             let moved = *current != target;
@@ -58,6 +65,15 @@ impl Pool {
         };
         if moved {
             self.reconnect();
+        }
+    }
+
+    /// Log in to servers with what a client's login proved (auth_query's
+    /// pass-through). Servers already open stay: they logged in alike.
+    pub fn adopt_credential(&self, credential: Credential) {
+        let mut login = lock(&self.login);
+        if login.credential != credential {
+            login.credential = credential;
         }
     }
 

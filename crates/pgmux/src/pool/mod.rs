@@ -3,6 +3,7 @@
 //! across an await. A [`Checkout`] lends a server; it goes back with
 //! [`Checkout::checkin`], and is closed if the checkout is dropped instead.
 
+mod auth_query;
 mod checkout;
 mod control;
 mod db_limit;

@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError, Target};
 use crate::conninfo::ConnInfo;
 use crate::lifecycle::{Lifecycle, Stop};
 use crate::reload::ConfigSource;
-use crate::server::Login;
+use crate::server::{Credential, Login};
 use crate::tls::TlsSetup;
 
 /// What a reload replaces in one step.
@@ -25,6 +25,9 @@ struct Current {
     verifiers: BTreeMap<String, ScramVerifier>,
     /// Certificates and keys, read once per load.
     tls: Arc<TlsSetup>,
+    /// Keys the decoy verifiers of unknown users derive from (see
+    /// [`Pools::decoy`]).
+    decoy_key: [u8; 32],
 }
 
 impl Current {
@@ -33,11 +36,13 @@ impl Current {
             .iter()
             .filter_map(|(user, s)| Some((user.clone(), s.scram_verifier()?)))
             .collect();
+        let decoy_key = decoy_key(&secrets);
         Current {
             config,
             secrets,
             verifiers,
             tls,
+            decoy_key,
         }
     }
 
@@ -70,6 +75,8 @@ pub struct Pools {
     /// Since when each pool of a wildcard database has had no client
     /// (see [`Pools::drop_unused_autodb`]).
     unused_since: Mutex<HashMap<(String, String), Instant>>,
+    /// Users looked up with auth_query.
+    pub(super) auth_cache: super::auth_query::AuthCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +117,7 @@ impl Pools {
             source: Mutex::new(None),
             control: Mutex::new(tokio::runtime::Handle::try_current().ok()),
             unused_since: Mutex::new(HashMap::new()),
+            auth_cache: Default::default(),
         }
     }
 
@@ -141,6 +149,27 @@ impl Pools {
 
     pub fn config(&self) -> Arc<Config> {
         self.current().config.clone()
+    }
+
+    /// The verifier an unknown user's SCRAM exchange runs against: the same
+    /// salt for the same name every time, and a different one for another
+    /// name, as for real users, so that the exchange tells a stranger
+    /// nothing. Its keys come from the configured secrets (stable across
+    /// restarts while they are), or from a random key when there are none.
+    pub fn decoy(&self, user: &str) -> ScramVerifier {
+        ScramVerifier::decoy(&self.current().decoy_key, user)
+    }
+
+    /// Where `database`'s servers are (with the TLS setup), if it may be
+    /// asked for.
+    pub fn target_of(&self, database: &str) -> Option<Target> {
+        self.current().target(database)
+    }
+
+    /// What pgmux logs in to servers with as `user`, from its
+    /// configuration alone.
+    pub fn credential_of(&self, user: &str) -> Credential {
+        Credential::from_secret(self.current().secrets.get(user))
     }
 
     /// The TLS setup in force (new connections use it).
@@ -447,13 +476,30 @@ impl Pools {
     }
 }
 
+/// A key only someone who knows every configured secret could derive.
+fn decoy_key(secrets: &BTreeMap<String, Secret>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    if secrets.is_empty() {
+        return rand::random();
+    }
+    let mut h = Sha256::new();
+    h.update(b"pgmux decoy verifiers\0");
+    for (user, secret) in secrets {
+        h.update(user.as_bytes());
+        h.update([0]);
+        match secret {
+            Secret::Plain(p) | Secret::Md5(p) => h.update(p.as_bytes()),
+            Secret::Scram(v) => h.update(v.server_key()),
+        }
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
 fn login_for(secrets: &BTreeMap<String, Secret>, user: &str) -> Login {
     Login {
         user: user.to_string(),
-        password: secrets
-            .get(user)
-            .and_then(|s| s.plaintext())
-            .map(String::from),
+        credential: Credential::from_secret(secrets.get(user)),
     }
 }
 

@@ -16,7 +16,6 @@ use pgmux_wire::backend::{self, ErrorFields};
 use pgmux_wire::frame::{take_frame, write_message, Frame};
 use pgmux_wire::reply;
 use pgmux_wire::startup::startup_packet;
-use postgres_protocol::authentication::sasl::ScramSha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cancel::CancelTarget;
@@ -87,11 +86,40 @@ impl ServerError {
     }
 }
 
-/// Who pgmux logs in as.
+/// Who pgmux logs in as, and with what.
 #[derive(Clone)]
 pub struct Login {
     pub user: String,
-    pub password: Option<String>,
+    pub credential: Credential,
+}
+
+/// What pgmux proves a user's identity to PostgreSQL with. Never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// Nothing: only a server that trusts pgmux (or a client
+    /// certificate) lets it in.
+    None,
+    /// A plaintext password (proxy.toml, auth_file, DB_PASSWORD).
+    Password(String),
+    /// An `md5…` hash as pg_shadow keeps it: answers MD5, not SCRAM.
+    Md5Hash(String),
+    /// SCRAM-SHA-256 keys: the ClientKey recovered from a client's own
+    /// login and the ServerKey of the user's verifier (auth_query).
+    ScramKeys {
+        client_key: [u8; 32],
+        server_key: [u8; 32],
+    },
+}
+
+impl Credential {
+    /// The credential an `auth_file`/`[users]` secret gives: only a
+    /// plaintext password logs in to a server by itself.
+    pub fn from_secret(secret: Option<&pgmux_wire::auth::Secret>) -> Credential {
+        match secret.and_then(|s| s.plaintext()) {
+            Some(password) => Credential::Password(password.to_string()),
+            None => Credential::None,
+        }
+    }
 }
 
 pub struct Server {
@@ -206,7 +234,7 @@ impl Server {
             .write_all(&packet)
             .await
             .map_err(ServerError::io)?;
-        let mut scram: Option<ScramSha256> = None;
+        let mut scram: Option<auth::ScramClient> = None;
         loop {
             let frame = self.read_frame().await?;
             match frame.tag {
@@ -286,6 +314,43 @@ impl Server {
         self.stream.write_all(&out).await.map_err(ServerError::io)?;
         let mut rows = Vec::new();
         self.read_replies(1, Some((&mut rows, passed))).await?;
+        Ok(rows)
+    }
+
+    /// Run one query of pgmux's own with text parameters, by the extended
+    /// protocol (the values never become part of the SQL), and return its
+    /// DataRow bodies.
+    pub async fn query_params(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Vec<bytes::Bytes>, ServerError> {
+        use postgres_protocol::message::frontend;
+        use postgres_protocol::IsNull;
+        let mut out = BytesMut::new();
+        let bad = |e: &dyn std::fmt::Display| ServerError::Protocol(e.to_string());
+        frontend::parse("", sql, std::iter::empty(), &mut out).map_err(|e| bad(&e))?;
+        frontend::bind(
+            "",
+            "",
+            std::iter::once(0i16),
+            params.iter(),
+            |value, buf| {
+                buf.put_slice(value.as_bytes());
+                Ok(IsNull::No)
+            },
+            std::iter::once(0i16),
+            &mut out,
+        )
+        .map_err(|e| match e {
+            frontend::BindError::Conversion(e) => bad(&e),
+            frontend::BindError::Serialization(e) => bad(&e),
+        })?;
+        frontend::execute("", 0, &mut out).map_err(|e| bad(&e))?;
+        frontend::sync(&mut out);
+        self.stream.write_all(&out).await.map_err(ServerError::io)?;
+        let (mut rows, mut passed) = (Vec::new(), BytesMut::new());
+        self.read_replies(1, Some((&mut rows, &mut passed))).await?;
         Ok(rows)
     }
 

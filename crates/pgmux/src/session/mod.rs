@@ -21,8 +21,6 @@ pub use task::ClientTask;
 
 use std::sync::Arc;
 
-use pgmux_wire::auth::{ScramVerifier, Secret};
-
 use crate::cancel::Cancels;
 use crate::conninfo::ConnInfo;
 use crate::params::ParamMap;
@@ -32,8 +30,6 @@ use crate::pool::{CheckoutError, Pools};
 pub struct Shared {
     pub pools: Arc<Pools>,
     pub cancels: Arc<Cancels>,
-    /// Stands in for an unknown user's verifier so the exchange looks alike.
-    pub decoy: ScramVerifier,
     /// The address every client reaches pgmux at, when the listener names
     /// one: SHOW CLIENTS then needs no `getsockname` per login. (Behind a
     /// wildcard listener a client may arrive at any of the host's
@@ -43,13 +39,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(pools: Arc<Pools>) -> Shared {
-        let decoy = Secret::Plain(format!("{:x}", rand::random::<u128>()))
-            .scram_verifier()
-            .expect("plaintext secrets always yield a verifier");
         Shared {
             pools,
             cancels: Arc::new(Cancels::default()),
-            decoy,
             local_addr: None,
         }
     }

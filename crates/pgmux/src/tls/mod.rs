@@ -7,7 +7,7 @@
 //! or reloaded, never per connection, and a reload that cannot read them
 //! keeps the running setup.
 
-mod end_point;
+mod certificate;
 mod stream;
 mod verify;
 
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
 
-pub use end_point::server_end_point;
+pub use certificate::{common_name, server_end_point};
 pub use stream::TlsStream;
 
 /// libpq's `sslmode` values, as PgBouncer takes them for both sides.

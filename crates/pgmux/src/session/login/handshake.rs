@@ -3,9 +3,7 @@
 
 use crate::io::Stream as TcpStream;
 use bytes::{Buf, BytesMut};
-use pgmux_wire::auth::{
-    AuthError, ScramExchange, ScramVerifier, Secret, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
-};
+use pgmux_wire::auth::{AuthError, ScramExchange, Secret, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
 use pgmux_wire::frame::{read_cstr, take_frame};
 use pgmux_wire::reply::{self, Severity};
 use pgmux_wire::startup::{parse_startup, startup_body_len, StartupError, StartupRequest};
@@ -15,6 +13,7 @@ use std::net::SocketAddr;
 
 use crate::config::AuthType;
 use crate::pool::Pools;
+use crate::server::Credential;
 use crate::session::ClientError;
 use crate::stats;
 use crate::tls::{HandshakeFailure, Side, TlsSetup};
@@ -164,25 +163,66 @@ fn startup_error(e: StartupError) -> ClientError {
     ClientError::fatal(code, e.to_string())
 }
 
-/// Run the password exchange `auth_type` calls for. On success, returns
-/// what is still owed to the client before AuthenticationOk (SCRAM's final
-/// message), for the caller to send in one write with the greeting.
+/// A client's password checked: what is still owed to it before
+/// AuthenticationOk (SCRAM's final message, sent by the caller in one
+/// write with the greeting), and what its login proved that lets pgmux log
+/// in to servers as that user where the configuration holds no password
+/// (a user looked up with auth_query, or kept as a verifier or MD5 hash).
+pub struct Authenticated {
+    pub out: BytesMut,
+    pub learned: Option<Credential>,
+}
+
+/// Run the password exchange `auth_type` calls for, against the user's
+/// configured secret or, failing that, the one auth_query finds in
+/// `database`. Unknown users get the same exchange against a decoy, and
+/// the same 28P01 as a wrong password.
 pub async fn authenticate(
     stream: &mut TcpStream,
     pools: &Pools,
-    decoy: &ScramVerifier,
     user: &str,
-) -> Result<BytesMut, ClientError> {
+    database: &str,
+) -> Result<Authenticated, ClientError> {
     let auth_type = pools.config().auth_type;
-    if auth_type == AuthType::Trust {
-        return Ok(BytesMut::new());
+    let nothing_owed = || Authenticated {
+        out: BytesMut::new(),
+        learned: None,
+    };
+    match auth_type {
+        AuthType::Trust => return Ok(nothing_owed()),
+        AuthType::Cert => return certificate_login(stream, user).map(|()| nothing_owed()),
+        _ => {}
     }
-    let secret = pools.secret(user);
+    let (secret, looked_up) = match pools.secret(user) {
+        Some(secret) => (Some(secret), false),
+        // Console users are always configured ones.
+        None if crate::admin::is_console(database) => (None, false),
+        None => (pools.look_up_secret(user, database).await, true),
+    };
+    let checked = check_password(stream, pools, user, auth_type, secret.as_ref()).await;
+    if looked_up && secret.is_some() && checked.is_err() {
+        // Perhaps the password changed since the lookup.
+        pools.forget_looked_up(user);
+    }
+    checked
+}
+
+async fn check_password(
+    stream: &mut TcpStream,
+    pools: &Pools,
+    user: &str,
+    auth_type: AuthType,
+    secret: Option<&Secret>,
+) -> Result<Authenticated, ClientError> {
     let wrong = || {
         ClientError::fatal(
             "28P01",
             format!("password authentication failed for user \"{user}\""),
         )
+    };
+    let done = |learned| Authenticated {
+        out: BytesMut::new(),
+        learned,
     };
     // Room for a whole SCRAM message in one read (an empty buffer would
     // be read into 64 bytes at a time).
@@ -190,7 +230,7 @@ pub async fn authenticate(
     let mut out = BytesMut::new();
     // Like PostgreSQL, a stored MD5 hash forces MD5 and a SCRAM verifier
     // forces SCRAM, whatever the configured method.
-    let method = match (auth_type, secret.as_ref()) {
+    let method = match (auth_type, secret) {
         (AuthType::Plain, _) => AuthType::Plain,
         (_, Some(Secret::Md5(_))) => AuthType::Md5,
         (_, Some(Secret::Scram(_))) => AuthType::ScramSha256,
@@ -204,8 +244,14 @@ pub async fn authenticate(
             let mut s = &body[..];
             let password = read_cstr(&mut s).ok_or_else(malformed)?;
             let password = std::str::from_utf8(password).map_err(|_| malformed())?;
-            match &secret {
-                Some(secret) if secret.check_plain(user, password) => Ok(BytesMut::new()),
+            match secret {
+                Some(secret) if secret.check_plain(user, password) => {
+                    let learned = secret
+                        .plaintext()
+                        .is_none()
+                        .then(|| Credential::Password(password.to_string()));
+                    Ok(done(learned))
+                }
                 _ => Err(wrong()),
             }
         }
@@ -217,18 +263,30 @@ pub async fn authenticate(
             let mut s = &body[..];
             let response = read_cstr(&mut s).ok_or_else(malformed)?;
             let response = std::str::from_utf8(response).map_err(|_| malformed())?;
-            match &secret {
-                Some(secret) if secret.check_md5(user, salt, response) => Ok(BytesMut::new()),
+            match secret {
+                Some(secret) if secret.check_md5(user, salt, response) => {
+                    let learned = match secret {
+                        Secret::Md5(hash) => Some(Credential::Md5Hash(hash.clone())),
+                        _ => None,
+                    };
+                    Ok(done(learned))
+                }
                 _ => Err(wrong()),
             }
         }
-        AuthType::ScramSha256 | AuthType::Trust => {
+        AuthType::ScramSha256 | AuthType::Trust | AuthType::Cert => {
             // An unknown user still gets a full exchange against a decoy
-            // verifier, so the reply does not reveal which users exist.
-            let verifier = match pools.scram_verifier(user) {
-                Some(v) => v,
-                None => decoy.clone(),
+            // verifier (its salt a function of the name, as a real one's
+            // is fixed), so the reply does not reveal which users exist.
+            let (verifier, real, kept_as_verifier) = match secret {
+                Some(Secret::Scram(v)) => (v.clone(), true, true),
+                Some(_) => match pools.scram_verifier(user) {
+                    Some(v) => (v, true, false),
+                    None => (pools.decoy(user), false, false),
+                },
+                None => (pools.decoy(user), false, false),
             };
+            let server_key = verifier.server_key();
             // Over TLS, SCRAM-SHA-256-PLUS binds the exchange to this
             // session, so libpq's channel_binding=require works through
             // pgmux.
@@ -248,14 +306,43 @@ pub async fn authenticate(
             reply::auth_sasl_continue(&mut out, server_first.as_bytes());
             stream.write_all(&out).await.map_err(ClientError::io)?;
             let body = read_password_message(stream, &mut buf).await?;
-            let server_final = exchange.finish(&body).map_err(|e| sasl_error(e, user))?;
-            if pools.scram_verifier(user).is_none() {
+            let (server_final, client_key) = exchange
+                .finish_with_client_key(&body)
+                .map_err(|e| sasl_error(e, user))?;
+            if !real {
                 return Err(wrong());
             }
             out.clear();
             reply::auth_sasl_final(&mut out, server_final.as_bytes());
-            Ok(out)
+            // A verifier is all pgmux has: the client's proof yields the
+            // ClientKey, which with the ServerKey logs in to PostgreSQL.
+            let learned = kept_as_verifier.then_some(Credential::ScramKeys {
+                client_key,
+                server_key,
+            });
+            Ok(Authenticated { out, learned })
         }
+    }
+}
+
+/// `auth_type = cert`: the client's certificate, already checked against
+/// `client_tls_ca_file` in the handshake, logs it in as its CommonName
+/// (PostgreSQL's `cert` method without a user map).
+fn certificate_login(stream: &TcpStream, user: &str) -> Result<(), ClientError> {
+    let refused = |why: &str| {
+        ClientError::fatal(
+            "28000",
+            format!("certificate authentication failed for user \"{user}\": {why}"),
+        )
+    };
+    let cert = stream
+        .tls()
+        .and_then(|t| t.peer_certificate())
+        .ok_or_else(|| refused("no client certificate (auth_type = cert needs TLS with one)"))?;
+    match crate::tls::common_name(&cert) {
+        Some(name) if name == user => Ok(()),
+        Some(_) => Err(refused("the certificate's CommonName is another user's")),
+        None => Err(refused("the certificate has no CommonName")),
     }
 }
 

@@ -112,7 +112,9 @@ async fn log_in(
     // A connection accepted before a drain began still logs in (it was
     // not refused); it is then closed like any idle client, with 57P01.
     if admin::is_console(&database) {
-        let mut out = handshake::authenticate(stream, pools, &shared.decoy, &user).await?;
+        let mut out = handshake::authenticate(stream, pools, &user, &database)
+            .await?
+            .out;
         let role = Role::of(&pools.config(), &user).ok_or_else(|| {
             ClientError::fatal(
                 "28000",
@@ -136,10 +138,14 @@ async fn log_in(
     }
     // Authenticate before any pool exists for this (database, user): a
     // stranger trying random names must not make pgmux allocate for them.
-    let mut out = handshake::authenticate(stream, pools, &shared.decoy, &user).await?;
+    let authenticated = handshake::authenticate(stream, pools, &user, &database).await?;
+    let mut out = authenticated.out;
     let pool = pools
         .get(&database, &user)
         .map_err(|e| ClientError::fatal(e.sqlstate(), e.to_string()))?;
+    if let Some(credential) = authenticated.learned {
+        pool.adopt_credential(credential);
+    }
     let joined = match pool.mode {
         PoolMode::Session => Box::pin(join_session_pool(&pool, &params, &shared.cancels)).await,
         PoolMode::Transaction => join_transaction_pool(&pool, &params, &shared.cancels).await,
