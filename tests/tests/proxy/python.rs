@@ -72,6 +72,16 @@ fn venv_python(root: &Path) -> PathBuf {
 /// a fresh database `db` behind a fresh pgmux in transaction mode (adjusted
 /// by `tweak`); fail with pytest's output.
 async fn pytest(target: &str, db: &str, tweak: impl FnOnce(&mut Config)) {
+    pytest_with(target, db, &[], tweak).await
+}
+
+/// [`pytest`], with more variables for the tests.
+async fn pytest_with(
+    target: &str,
+    db: &str,
+    env: &[(&str, &str)],
+    tweak: impl FnOnce(&mut Config),
+) {
     let root = repo_root();
     let python = venv_python(&root);
     let db = fresh_database(db).await;
@@ -105,6 +115,7 @@ async fn pytest(target: &str, db: &str, tweak: impl FnOnce(&mut Config)) {
         .env("PGMUX_TEST_PASSWORD", APP_PASSWORD)
         .env("PGMUX_TEST_POOL_SIZE", POOL_SIZE.to_string())
         .env("PGMUX_TEST_POOL_MODE", mode)
+        .envs(env.iter().copied())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1");
     // Its own process group, so a hung run is killed with everything it
@@ -177,6 +188,26 @@ fn wait_or_kill(child: &mut std::process::Child) -> (ExitStatus, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_through_pgmux() {
     pytest("tests/python/test_psycopg.py", "python_psycopg", |_| {}).await;
+}
+
+/// psycopg over TLS (issue 11). `prefer`, so the plaintext check after
+/// the run still gets in (refusing plaintext is tls.rs's to show).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_over_tls() {
+    let certs = &cluster().certs;
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let (ca, other_ca) = (path(&certs.ca), path(&certs.other_ca));
+    let (cert, key) = (path(&certs.server.cert), path(&certs.server.key));
+    let env = [
+        ("PGMUX_TEST_TLS_CA", ca.as_str()),
+        ("PGMUX_TEST_TLS_OTHER_CA", other_ca.as_str()),
+    ];
+    pytest_with("tests/python/test_tls.py", "python_tls", &env, |c| {
+        c.client_tls_sslmode = pgmux::config::SslMode::Prefer;
+        c.client_tls_cert_file = cert;
+        c.client_tls_key_file = key;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

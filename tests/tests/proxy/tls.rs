@@ -300,6 +300,23 @@ async fn servers_are_reached_with_tls_as_server_tls_sslmode_says() {
     )
     .await;
     assert!(failed >= 1.0, "{failed}");
+    // A database that names its own CA is checked against it, not the
+    // general one.
+    let db4 = fresh_database("tls_servers_own_ca").await;
+    let own_ca = path(&certs.ca).to_string();
+    let app = start_pgmux(move |c| {
+        verify(SslMode::VerifyFull, "localhost", &cluster().certs.other_ca)(c);
+        c.databases.insert(
+            db4.clone(),
+            pgmux::config::DatabaseConfig {
+                server_tls_ca_file: Some(own_ca),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let c = connect(app.addr, "tls_servers_own_ca").await;
+    assert_eq!(scalar_i32(&c, "select 4").await, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,4 +619,49 @@ async fn auth_type_cert_logs_the_common_name_in() {
     );
     let stranger = psql(&with(&certs.other_client, APP_USER), "select 1").await;
     assert!(stranger.is_err(), "a certificate from another CA");
+}
+
+/// A reload that changes how servers are reached replaces the servers
+/// opened the old way as they come back (a client mid-transaction keeps
+/// its server until the transaction ends), without dropping any client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_are_replaced_when_their_tls_settings_change() {
+    let db = fresh_database("tls_reload_servers").await;
+    let settings = |mode: &str| format!("server_tls_sslmode = \"{mode}\"\npool_size = 1\n");
+    let mut pgmux = Proc::start(
+        "tls-reload-servers",
+        &config_text("127.0.0.1:0", &settings("require")),
+        &[],
+    )
+    .await;
+    let admin = cluster().admin().await;
+    let encrypted = |pid: i32| {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one("select ssl from pg_stat_ssl where pid = $1", &[&pid])
+                .await
+                .unwrap();
+            row.get::<_, bool>(0)
+        }
+    };
+    let client = connect(pgmux.addr, &db).await;
+    client.batch_execute("begin").await.unwrap();
+    let before = backend_pid(&client).await;
+    assert!(encrypted(before).await);
+
+    std::fs::write(
+        &pgmux.config,
+        config_text("127.0.0.1:0", &settings("disable")),
+    )
+    .unwrap();
+    pgmux.signal(libc::SIGHUP);
+    pgmux.wait_for_line("configuration reloaded").await;
+    // Mid-transaction: the same server, still encrypted.
+    assert_eq!(backend_pid(&client).await, before);
+    client.batch_execute("commit").await.unwrap();
+    // Back in the pool, it was closed; the next one is plaintext.
+    let after = backend_pid(&client).await;
+    assert_ne!(after, before);
+    assert!(!encrypted(after).await);
 }

@@ -235,6 +235,8 @@ pub struct DatabaseConfig {
     /// Overrides the general `server_tls_sslmode` for this database (one
     /// that lives on another server).
     pub server_tls_sslmode: Option<SslMode>,
+    /// Overrides the general `server_tls_ca_file` for this database.
+    pub server_tls_ca_file: Option<String>,
 }
 
 /// `[users.NAME]`: a user allowed in. `password` may be plaintext, an
@@ -279,6 +281,9 @@ pub struct Target {
     pub port: u16,
     pub dbname: String,
     pub tls_mode: SslMode,
+    /// The CA file that checks this server, when the database names its
+    /// own (`None`: the general one).
+    pub tls_ca_file: Option<String>,
     /// The loaded TLS setup servers are reached with (set by the pools;
     /// `None`: plaintext).
     pub tls: Option<Arc<TlsSetup>>,
@@ -290,9 +295,19 @@ pub struct Target {
 impl PartialEq for Target {
     fn eq(&self, other: &Target) -> bool {
         let fingerprint = |t: &Target| t.tls.as_ref().map(|s| s.server_fingerprint);
-        (&self.host, self.port, &self.dbname, self.tls_mode)
-            == (&other.host, other.port, &other.dbname, other.tls_mode)
-            && fingerprint(self) == fingerprint(other)
+        (
+            &self.host,
+            self.port,
+            &self.dbname,
+            self.tls_mode,
+            &self.tls_ca_file,
+        ) == (
+            &other.host,
+            other.port,
+            &other.dbname,
+            other.tls_mode,
+            &other.tls_ca_file,
+        ) && fingerprint(self) == fingerprint(other)
     }
 }
 
@@ -387,6 +402,7 @@ impl Config {
             port: db.port.unwrap_or(self.server_port),
             dbname: db.dbname.unwrap_or_else(|| database.to_string()),
             tls_mode: db.server_tls_sslmode.unwrap_or(self.server_tls_sslmode),
+            tls_ca_file: db.server_tls_ca_file,
             tls: None,
         })
     }

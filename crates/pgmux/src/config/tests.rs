@@ -44,6 +44,18 @@ fn server_check_query_spellings() {
     assert_eq!(sql.server_check_query(), Some("select 1"));
 }
 
+/// deploy/pgmux-tls.toml, the production example with TLS to the
+/// database, loads and says what its comments say.
+#[test]
+fn the_deploy_tls_example_loads() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pgmux-tls.toml");
+    let cfg = load(Some(&file), &env(&[("DJANGO_ENV", "production")])).unwrap();
+    assert_eq!(cfg.server_tls_sslmode, SslMode::VerifyFull);
+    assert_eq!(cfg.client_tls_sslmode, SslMode::Require);
+    assert_eq!(cfg.auth_user, "pgmux_auth");
+    assert_eq!(cfg.server_lifetime, 600.0);
+}
+
 #[test]
 fn production_profile_holds_even_with_the_repo_proxy_toml() {
     let file = repo_proxy_toml();
@@ -183,6 +195,7 @@ fn wildcard_and_mapped_targets() {
             query_timeout: None,
             transaction_timeout: None,
             server_tls_sslmode: Some(SslMode::VerifyFull),
+            server_tls_ca_file: None,
         },
     );
     assert_eq!(
@@ -192,6 +205,7 @@ fn wildcard_and_mapped_targets() {
             port: 1,
             dbname: "real".into(),
             tls_mode: SslMode::VerifyFull,
+            tls_ca_file: None,
             tls: None,
         }
     );

@@ -494,7 +494,9 @@ async fn secure(
             )))
         }
     }
-    let conn = setup.connect(mode, &target.host).map_err(refused)?;
+    let conn = setup
+        .connect(mode, &target.host, target.tls_ca_file.as_deref())
+        .map_err(refused)?;
     let tls = crate::tls::TlsStream::new(stream, conn, &[]);
     let done = tls.handshake().await;
     crate::stats::tls_handshake(

@@ -11,6 +11,7 @@ mod certificate;
 mod stream;
 mod verify;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -71,7 +72,9 @@ pub struct TlsSetup {
     /// the chain only (`verify-ca`), chain and host name (`verify-full`).
     /// `None` when the CA file is not needed and not given.
     connector_unverified: Arc<ClientConfig>,
-    connector_verified: Option<(Arc<ClientConfig>, Arc<ClientConfig>)>,
+    connector_verified: Option<Verified>,
+    /// The same, for `[databases.NAME] server_tls_ca_file`, by file.
+    verified_by_file: HashMap<String, Verified>,
     /// Changes when what shapes server connections changes (the files'
     /// contents, the protocols): servers opened under another are replaced.
     pub server_fingerprint: u64,
@@ -131,23 +134,44 @@ impl TlsSetup {
             Ok::<_, ConfigError>(Arc::new(built))
         };
         let connector_unverified = build(Arc::new(verify::SignatureOnly::new(provider())))?;
-        let roots = match config.server_tls_ca_file.as_str() {
-            "" => system_roots(config.server_tls_sslmode >= SslMode::VerifyCa)?,
+        let verified = |key: &str, roots: RootCertStore| {
+            let full = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| ConfigError::new(format!("{key}: {e}")))?;
+            let chain_only = Arc::new(verify::ChainOnly(full.clone()));
+            Ok::<_, ConfigError>((build(chain_only)?, build(full)?))
+        };
+        // The system's roots are read only if some server is verified
+        // without a CA file of its own.
+        let verifies_by_system = config.server_tls_ca_file.is_empty()
+            && (config.server_tls_sslmode >= SslMode::VerifyCa
+                || config.databases.values().any(|db| {
+                    db.server_tls_ca_file.is_none()
+                        && db
+                            .server_tls_sslmode
+                            .is_some_and(|m| m >= SslMode::VerifyCa)
+                }));
+        let general_roots = match config.server_tls_ca_file.as_str() {
+            "" => system_roots(verifies_by_system)?,
             file => Some(roots("server_tls_ca_file", file)?),
         };
-        let connector_verified = match roots {
+        let connector_verified = match general_roots {
             None => None,
-            Some(roots) => {
-                let full = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider(),
-                )
-                .build()
-                .map_err(|e| ConfigError::new(format!("server_tls_ca_file: {e}")))?;
-                let chain_only = Arc::new(verify::ChainOnly(full.clone()));
-                Some((build(chain_only)?, build(full)?))
-            }
+            Some(roots) => Some(verified("server_tls_ca_file", roots)?),
         };
+        let mut verified_by_file = HashMap::new();
+        for (name, db) in &config.databases {
+            if let Some(file) = db.server_tls_ca_file.as_deref() {
+                if !verified_by_file.contains_key(file) {
+                    let key = format!("databases.{name}.server_tls_ca_file");
+                    let pair = verified(&key, roots(&key, file)?)?;
+                    verified_by_file.insert(file.to_string(), pair);
+                }
+            }
+        }
         Ok(TlsSetup {
             client_mode: config.client_tls_sslmode,
             acceptor,
@@ -155,6 +179,7 @@ impl TlsSetup {
             server_mode: config.server_tls_sslmode,
             connector_unverified,
             connector_verified,
+            verified_by_file,
             server_fingerprint: server_fingerprint(config),
         })
     }
@@ -174,6 +199,7 @@ impl TlsSetup {
             server_mode: SslMode::Disable,
             connector_unverified: Arc::new(connector),
             connector_verified: None,
+            verified_by_file: HashMap::new(),
             server_fingerprint: 0,
         }
     }
@@ -202,9 +228,18 @@ impl TlsSetup {
     }
 
     /// The client side of a TLS session with the server at `host`, as
-    /// `mode` asks.
-    pub fn connect(&self, mode: SslMode, host: &str) -> Result<rustls::ClientConnection, String> {
-        let config = match (mode, &self.connector_verified) {
+    /// `mode` asks, checked against `ca_file` if the database names one.
+    pub fn connect(
+        &self,
+        mode: SslMode,
+        host: &str,
+        ca_file: Option<&str>,
+    ) -> Result<rustls::ClientConnection, String> {
+        let verified = match ca_file {
+            Some(file) => self.verified_by_file.get(file),
+            None => self.connector_verified.as_ref(),
+        };
+        let config = match (mode, verified) {
             (SslMode::VerifyCa, Some((chain_only, _))) => chain_only,
             (SslMode::VerifyFull, Some((_, full))) => full,
             (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
@@ -224,11 +259,18 @@ fn server_fingerprint(config: &Config) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     config.server_tls_protocols.hash(&mut h);
+    let per_database = config
+        .databases
+        .values()
+        .filter_map(|db| db.server_tls_ca_file.as_ref());
     for file in [
         &config.server_tls_ca_file,
         &config.server_tls_cert_file,
         &config.server_tls_key_file,
-    ] {
+    ]
+    .into_iter()
+    .chain(per_database)
+    {
         file.hash(&mut h);
         std::fs::read(file).unwrap_or_default().hash(&mut h);
     }
@@ -242,6 +284,10 @@ fn server_fingerprint(config: &Config) -> u64 {
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
+
+/// Toward servers, checked by a set of CAs: the chain only (`verify-ca`),
+/// and chain and host name (`verify-full`).
+type Verified = (Arc<ClientConfig>, Arc<ClientConfig>);
 
 /// Channel binding data of a certificate (see [`server_end_point`]).
 type EndPoint = Arc<[u8]>;
