@@ -89,6 +89,8 @@ pub struct Cancels {
     /// Raised whenever a forwarded cancel was delivered (rare: one for
     /// all clients, each waiter checks its own count).
     delivered: tokio::sync::Notify,
+    /// This instance's peer id, written into every key (0: no peering).
+    peer_id: u16,
 }
 
 /// Counts a cancel in flight for a slot; done when dropped, whether the
@@ -118,27 +120,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Cancels {
+    /// The cancel keys of an instance with `peer_id` (0: no peering; see
+    /// [`crate::peering`]).
+    pub fn new(peer_id: u16) -> Cancels {
+        Cancels {
+            peer_id,
+            ..Cancels::default()
+        }
+    }
+
     /// Register a client under a random pid no other client has.
     pub fn register(self: &Arc<Self>) -> CancelKey {
         let mut slots = lock(&self.slots);
-        let pid = loop {
-            // Stay in the positive i32 range, as PostgreSQL's pids do.
-            let pid = rand::random::<u32>() & 0x7fff_ffff;
-            if pid != 0 && !slots.first.contains_key(&pid) {
-                break pid;
+        let (pid, key) = loop {
+            let (pid, key) = crate::peering::new_cancel_key(self.peer_id);
+            if !slots.first.contains_key(&pid) {
+                break (pid, key);
             }
         };
-        self.insert(&mut slots, pid)
+        self.insert(&mut slots, pid, key)
     }
 
-    /// Register a client under `pid` (its server's own, in session mode).
+    /// Register a session-mode client, under its server's own pid when
+    /// the pid need not carry a peer id.
     pub fn register_as(self: &Arc<Self>, pid: u32) -> CancelKey {
+        if self.peer_id != 0 {
+            return self.register();
+        }
         let mut slots = lock(&self.slots);
-        self.insert(&mut slots, pid)
+        self.insert(&mut slots, pid, rand::random())
     }
 
-    fn insert(self: &Arc<Self>, slots: &mut Registry, pid: u32) -> CancelKey {
-        let key: u32 = rand::random();
+    fn insert(self: &Arc<Self>, slots: &mut Registry, pid: u32, key: u32) -> CancelKey {
         let slot = Arc::new(Slot {
             key,
             in_flight: AtomicU32::new(0),
@@ -161,9 +174,12 @@ impl Cancels {
             // of which (if any) matched.
             let mut found = None;
             let mut candidates = 0;
+            let peering = self.peer_id != 0;
+            let key = crate::peering::comparable(key, peering);
             for slot in slots.with_pid(pid) {
                 candidates += 1;
-                if ct_eq(&slot.key.to_be_bytes(), &key.to_be_bytes()) {
+                let mine = crate::peering::comparable(slot.key, peering);
+                if ct_eq(&mine.to_be_bytes(), &key.to_be_bytes()) {
                     found = Some(slot.clone());
                 }
             }

@@ -14,6 +14,7 @@ pub mod io;
 pub mod lifecycle;
 pub mod listener;
 pub mod params;
+pub mod peering;
 pub mod pool;
 pub mod prepared;
 pub mod reload;

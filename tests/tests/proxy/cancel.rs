@@ -57,3 +57,98 @@ async fn a_cancel_with_the_wrong_key_does_nothing() {
     );
     assert_eq!(scalar_i32(&c, "select 4").await, 4);
 }
+
+/// Two peered instances (issue 13, `peer_id` and `[peers]`): a cancel
+/// that reaches the instance not holding the query (as behind a load
+/// balancer) is forwarded to the one that is, and the query ends with
+/// 57014.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_the_wrong_peer_is_forwarded() {
+    use pgmux::config::{AuthType, PeerConfig, PoolMode};
+    use pgmux_tests::raw::{self, Raw};
+    let db = fresh_database("cancel_peers").await;
+    let ports = [
+        pgmux_tests::process::free_port(),
+        pgmux_tests::process::free_port(),
+    ];
+    let peered = |id: u16, mode: PoolMode| {
+        move |c: &mut pgmux::config::Config| {
+            c.listen_addr = format!("127.0.0.1:{}", ports[usize::from(id) - 1]);
+            c.auth_type = AuthType::Trust;
+            c.pool_mode = mode;
+            c.peer_id = id;
+            for (i, port) in ports.iter().enumerate() {
+                let peer = PeerConfig {
+                    host: "localhost".into(),
+                    port: *port,
+                };
+                c.peers.insert((i + 1).to_string(), peer);
+            }
+        }
+    };
+    let a = start_pgmux(peered(1, PoolMode::Transaction)).await;
+    let b = start_pgmux(peered(2, PoolMode::Transaction)).await;
+
+    let (mut client, greeting) =
+        Raw::login_with(a.addr, &[("user", APP_USER), ("database", &db)], None).await;
+    let key_data = greeting
+        .iter()
+        .find(|m| m.tag == b'K')
+        .expect("BackendKeyData");
+    let pid = u32::from_be_bytes(key_data.body[..4].try_into().unwrap());
+    let key = u32::from_be_bytes(key_data.body[4..8].try_into().unwrap());
+    assert_eq!(pgmux::peering::owner(pid), 1, "the pid names the instance");
+    client.send(&raw::query("select pg_sleep(30)")).await;
+    let admin = cluster().admin().await;
+    let running = eventually(Duration::from_secs(10), || async {
+        let n: i64 = admin
+            .query_one(
+                "select count(*) from pg_stat_activity where datname = $1 and query like '%pg_sleep(30)%' and state = 'active'",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 1
+    })
+    .await;
+    assert!(running);
+
+    // To B, which gave out no such key.
+    let mut cancel = Raw::connect(b.addr).await;
+    let mut packet = vec![0, 0, 0, 16];
+    packet.extend_from_slice(&80_877_102u32.to_be_bytes());
+    packet.extend_from_slice(&pid.to_be_bytes());
+    packet.extend_from_slice(&key.to_be_bytes());
+    cancel.send(&packet).await;
+    assert!(cancel.until_closed().await.is_empty());
+    let answer = tokio::time::timeout(Duration::from_secs(10), client.until_ready())
+        .await
+        .expect("cancelled well before 30 s");
+    assert_eq!(raw::error_in(&answer).sqlstate().as_deref(), Some("57014"));
+    assert_eq!(
+        metric(b.metrics_addr.unwrap(), "pgmux_cancel_forwarded_total", &[]).await,
+        1.0
+    );
+    assert_eq!(client.scalar("select 5").await, "5");
+
+    // Session mode under peering: the pid is the instance's, not the
+    // server's, so it can carry the peer id.
+    let (_, greeting) = Raw::login_with(
+        start_pgmux(|c| {
+            peered(2, PoolMode::Session)(c);
+            c.listen_addr = "127.0.0.1:0".into();
+        })
+        .await
+        .addr,
+        &[("user", APP_USER), ("database", &db)],
+        None,
+    )
+    .await;
+    let key_data = greeting
+        .iter()
+        .find(|m| m.tag == b'K')
+        .expect("BackendKeyData");
+    let pid = u32::from_be_bytes(key_data.body[..4].try_into().unwrap());
+    assert_eq!(pgmux::peering::owner(pid), 2);
+}

@@ -153,6 +153,7 @@ fn defaults(
         .set_default("server_tls_cert_file", "")?
         .set_default("server_tls_key_file", "")?
         .set_default("server_tls_protocols", "secure")?
+        .set_default("peer_id", 0)?
         .set_default("log_format", "text")?
         .set_default("wildcard_databases", true)?
         .set_default("autodb_idle_timeout", 3600)?

@@ -205,6 +205,13 @@ pub struct Config {
     pub server_tls_cert_file: String,
     pub server_tls_key_file: String,
     pub server_tls_protocols: String,
+    /// This instance's id among peered pgmux instances (1 to 16383, the
+    /// same in no two; 0: no peering). Written into every cancel key, so a
+    /// CancelRequest that reaches another peer is forwarded here.
+    pub peer_id: u16,
+    /// `[peers.N]`: where peer N listens, the same list in every instance.
+    #[serde(default)]
+    pub peers: BTreeMap<String, PeerConfig>,
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
     #[serde(default)]
@@ -216,6 +223,14 @@ pub struct Config {
 
 fn default_profile() -> Profile {
     Profile::Development
+}
+
+/// `[peers.N]`: a peered pgmux instance, by its `peer_id`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub host: String,
+    pub port: u16,
 }
 
 /// `[databases.NAME]`: where a client-facing database name really lives.
@@ -407,6 +422,11 @@ impl Config {
         })
     }
 
+    /// Where peer `id` listens, if it is listed.
+    pub fn peer(&self, id: u16) -> Option<&PeerConfig> {
+        self.peers.get(&id.to_string())
+    }
+
     pub fn pool_size_for(&self, database: &str) -> u32 {
         self.databases
             .get(database)
@@ -447,6 +467,7 @@ impl Config {
         "worker_threads",
         "io_backend",
         "so_reuseport",
+        "peer_id",
         "pool_mode",
         "max_client_conn",
         "max_message_size",
@@ -527,6 +548,24 @@ impl Config {
                 "auth_type: \"cert\" logs clients in by their certificate, which client_tls_sslmode = \"{}\" does not ask for (use verify-ca or verify-full)",
                 self.client_tls_sslmode.name()
             )));
+        }
+        if self.peer_id > crate::peering::MAX_PEER_ID {
+            return Err(ConfigError::new(format!(
+                "peer_id: expected 0 (no peering) to {}, got {}",
+                crate::peering::MAX_PEER_ID,
+                self.peer_id
+            )));
+        }
+        for name in self.peers.keys() {
+            match name.parse::<u16>() {
+                Ok(id) if (1..=crate::peering::MAX_PEER_ID).contains(&id) => {}
+                _ => {
+                    return Err(ConfigError::new(format!(
+                        "peers.{name}: a peer is named by its peer_id, 1 to {}",
+                        crate::peering::MAX_PEER_ID
+                    )))
+                }
+            }
         }
         if self.max_message_size < 1024 {
             return Err(ConfigError::new(

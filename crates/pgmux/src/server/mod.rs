@@ -507,7 +507,7 @@ async fn secure(
     Ok(TcpStream::Tls(Box::new(tls)))
 }
 
-async fn connect_any(host: &str, port: u16) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect_any(host: &str, port: u16) -> std::io::Result<TcpStream> {
     let addrs: Vec<std::net::SocketAddr> = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => vec![(ip, port).into()],
         Err(_) => {

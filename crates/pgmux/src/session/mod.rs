@@ -39,9 +39,10 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(pools: Arc<Pools>) -> Shared {
+        let peer_id = pools.config().peer_id;
         Shared {
             pools,
-            cancels: Arc::new(Cancels::default()),
+            cancels: Arc::new(Cancels::new(peer_id)),
             local_addr: None,
         }
     }

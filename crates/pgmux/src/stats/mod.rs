@@ -116,6 +116,14 @@ pub fn touch_process_series() {
     gauge!("pgmux_client_connections").set(client_connections_open() as f64);
     PROCESS_EVENTS.publish(&[]);
     publish_tls();
+    counter!("pgmux_cancel_forwarded_total").absolute(CANCELS_FORWARDED.load(Ordering::Relaxed));
+}
+
+/// CancelRequests passed on to the peer that gave out their key.
+static CANCELS_FORWARDED: AtomicU64 = AtomicU64::new(0);
+
+pub fn cancel_forwarded() {
+    CANCELS_FORWARDED.fetch_add(1, Ordering::Relaxed);
 }
 
 /// TLS handshakes ended, by side; and failed ones by side and reason.

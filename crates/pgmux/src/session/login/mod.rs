@@ -56,6 +56,38 @@ pub(super) async fn open_session(
     None
 }
 
+/// A CancelRequest: acted on here if the key is one of this instance's,
+/// or passed once to the peer that gave it out.
+async fn cancel(shared: &Shared, pid: u32, key: u32) {
+    let config = shared.pools.config();
+    let owner = crate::peering::owner(pid);
+    if config.peer_id == 0 || owner == config.peer_id {
+        return shared.cancels.cancel(pid, key).await;
+    }
+    if !crate::peering::may_forward(key) {
+        tracing::warn!(
+            pid,
+            owner,
+            "cancel request forwarded to the wrong peer ignored"
+        );
+        return;
+    }
+    let Some(peer) = config.peer(owner) else {
+        tracing::warn!(
+            pid,
+            owner,
+            "cancel request for a peer not in [peers] ignored"
+        );
+        return;
+    };
+    match crate::peering::forward(&peer.host, peer.port, pid, key).await {
+        Ok(()) => stats::cancel_forwarded(),
+        Err(e) => {
+            tracing::warn!(owner, host = %peer.host, port = peer.port, error = %e, "could not forward a cancel request to its peer")
+        }
+    }
+}
+
 /// The metric label for a refused login, from the SQLSTATE it was given.
 fn failure_reason(code: &str) -> LoginFailure {
     match code {
@@ -79,7 +111,7 @@ async fn log_in(
     let stream = slot.as_mut().ok_or(ClientError::Gone)?;
     let params = match opening {
         handshake::Opening::Cancel { pid, key } => {
-            shared.cancels.cancel(pid, key).await;
+            cancel(shared, pid, key).await;
             return Ok(None);
         }
         handshake::Opening::Startup(params) => params,
