@@ -106,11 +106,15 @@ config_ok() {
   fi
 }
 run "deploy/pgmux.toml (the image's config)" config_ok "$here/pgmux.toml"
+run "deploy/pgmux-tls.toml (TLS to a managed database)" config_ok "$here/pgmux-tls.toml"
 k8s_toml="$(mktemp)"
 trap 'rm -f "$k8s_toml"' EXIT
 "$python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["pgmux.toml"])' \
   "$here/k8s/common/pgmux-config.yaml" >"$k8s_toml"
 run "deploy/k8s/common/pgmux-config.yaml (the ConfigMap's pgmux.toml)" config_ok "$k8s_toml"
+"$python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["pgmux.toml"])' \
+  "$here/k8s/peered/pgmux-peered-config.yaml" >"$k8s_toml"
+run "deploy/k8s/peered/pgmux-peered-config.yaml (peers listed)" config_ok "$k8s_toml"
 
 section "Kubernetes manifests"
 mapfile -t manifests < <(find "$here/k8s" -name '*.yaml' | sort)

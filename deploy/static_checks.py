@@ -70,7 +70,9 @@ def check_k8s(files: list[str]) -> int:
     secrets = {d["metadata"]["name"] for d in by_kind.get("Secret", [])}
 
     pgmux_pods = 0
-    for dep in by_kind.get("Deployment", []):
+    # An autoscaled workload is budgeted at its HPA's maxReplicas.
+    max_replicas = {h["spec"]["scaleTargetRef"]["name"]: h["spec"]["maxReplicas"] for h in by_kind.get("HorizontalPodAutoscaler", [])}
+    for dep in by_kind.get("Deployment", []) + by_kind.get("StatefulSet", []):
         name = dep["metadata"]["name"]
         pod = dep["spec"]["template"]
         spec = pod["spec"]
@@ -108,7 +110,7 @@ def check_k8s(files: list[str]) -> int:
         expect("booktrader-db" in secrets, "the booktrader-db Secret is missing")
         env = env_of(c)
         pool = int(env.get("PGMUX_POOL_SIZE") or pgmux_toml.get("pool_size", 20))
-        replicas = dep["spec"].get("replicas", 1)
+        replicas = max_replicas.get(name, dep["spec"].get("replicas", 1))
         surge = dep["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 0)
         budget = MAX_CONNECTIONS - RESERVED
         expect((replicas + int(surge)) * pool <= budget,
