@@ -9,6 +9,7 @@ pub mod faults;
 pub mod process;
 pub mod raw;
 pub mod relay;
+pub mod replication;
 pub mod tls;
 
 use std::collections::BTreeMap;

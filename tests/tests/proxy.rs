@@ -8,6 +8,7 @@ mod proxy {
     pub mod cancel;
     pub mod console;
     pub mod edges;
+    pub mod failover;
     pub mod faults;
     pub mod hostile;
     pub mod isolation;

@@ -119,35 +119,42 @@ async fn readiness(pools: &Pools) -> Result<(), String> {
         return Err("shutting down".into());
     }
     let config = pools.config();
-    let mut targets: Vec<(String, u16)> = vec![(config.server_host.clone(), config.server_port)];
-    for name in config.databases.keys() {
-        if let Some(t) = config.target(name) {
-            targets.push((t.host, t.port));
-        }
-    }
-    targets.sort();
-    targets.dedup();
+    // Each server list (the general one and every database's) must have
+    // a server that answers: with several, any one (the others may be a
+    // failed primary that pgmux has moved away from).
+    let lists = std::iter::once(config.server_hosts())
+        .chain(
+            config
+                .databases
+                .keys()
+                .filter_map(|name| config.target(name))
+                .map(|t| t.hosts),
+        )
+        .collect::<std::collections::BTreeSet<_>>();
     let (now, delay) = (std::time::Instant::now(), config.server_check_delay());
     let all = pools.all();
-    let answered_lately = |host: &str, port: u16| {
-        all.iter().any(|p| {
-            let t = p.target();
-            t.host == host && t.port == port && p.answered.within(delay, now)
-        })
+    let answered_lately = |hosts: &Vec<crate::config::Endpoint>| {
+        all.iter()
+            .any(|p| &p.target().hosts == hosts && p.answered.within(delay, now))
     };
-    for (host, port) in targets {
-        if !delay.is_zero() && answered_lately(&host, port) {
+    for hosts in lists {
+        if !delay.is_zero() && answered_lately(&hosts) {
             continue;
         }
-        let probe = tokio::net::TcpStream::connect((host.as_str(), port));
-        match tokio::time::timeout(BACKEND_PROBE, probe).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("PostgreSQL at {host}:{port}: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "PostgreSQL at {host}:{port}: no answer within {BACKEND_PROBE:?}"
-                ))
+        let mut why = String::new();
+        for e in &hosts {
+            let probe = tokio::net::TcpStream::connect((e.host.as_str(), e.port));
+            match tokio::time::timeout(BACKEND_PROBE, probe).await {
+                Ok(Ok(_)) => {
+                    why.clear();
+                    break;
+                }
+                Ok(Err(err)) => why = format!("PostgreSQL at {e}: {err}"),
+                Err(_) => why = format!("PostgreSQL at {e}: no answer within {BACKEND_PROBE:?}"),
             }
+        }
+        if !why.is_empty() {
+            return Err(why);
         }
     }
     Ok(())

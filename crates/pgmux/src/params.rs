@@ -9,8 +9,17 @@ use pgmux_wire::reply::{quote_ident, quote_literal};
 /// Startup keys that are not server settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
+/// Reported by the server for reasons of its own: an administrator's
+/// `ALTER SYSTEM`, a cloud provider making a full instance read-only, a
+/// standby. Carrying the value to the client's next server would keep a
+/// client read-only after the server recovered, or after a failover, so it
+/// is never synced; a client that sets it itself is pinned instead
+/// (`session::state::watch`).
+pub const SERVER_SIDE: &[&str] = &["default_transaction_read_only"];
+
 /// Reported by the server but not settable by a client: never synced.
 const READ_ONLY: &[&str] = &[
+    "default_transaction_read_only",
     "server_version",
     "server_version_num",
     "server_encoding",

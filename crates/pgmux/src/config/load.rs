@@ -95,6 +95,8 @@ fn defaults(
         .set_default("metrics_addr", "127.0.0.1:9930")?
         .set_default("server_host", "127.0.0.1")?
         .set_default("server_port", 5432)?
+        .set_default("target_session_attrs", "any")?
+        .set_default("load_balance_hosts", "disable")?
         .set_default("pool_mode", "transaction")?
         .set_default("pool_size", 20)?
         .set_default("min_pool_size", 0)?

@@ -1,6 +1,7 @@
 //! Configuration: the serde model, profile defaults and validation.
 //! Layering (least to most specific) lives in [`load`].
 
+mod hosts;
 mod load;
 mod overrides;
 #[cfg(test)]
@@ -14,6 +15,7 @@ use std::time::Duration;
 use pgmux_wire::auth::Secret;
 use serde::{Deserialize, Serialize};
 
+pub use hosts::{Endpoint, LoadBalance, Role, SessionAttrs};
 pub use load::{load, ConfigError, Env};
 pub use overrides::PoolTimeout;
 
@@ -90,8 +92,15 @@ pub struct Config {
     pub listen_addr: String,
     pub listen_backlog: u32,
     pub metrics_addr: String,
+    /// One server, or a comma-separated list (`host:port` each, the port
+    /// defaulting to `server_port`) that `target_session_attrs` picks from.
     pub server_host: String,
     pub server_port: u16,
+    /// Which server of the list will do: `any`, `read-write`, `read-only`,
+    /// `primary`, `standby`, `prefer-standby` (libpq's).
+    pub target_session_attrs: SessionAttrs,
+    /// `disable` (in the order listed) or `random` (libpq's).
+    pub load_balance_hosts: LoadBalance,
     pub pool_mode: PoolMode,
     pub pool_size: u32,
     pub min_pool_size: u32,
@@ -252,6 +261,10 @@ pub struct DatabaseConfig {
     pub server_tls_sslmode: Option<SslMode>,
     /// Overrides the general `server_tls_ca_file` for this database.
     pub server_tls_ca_file: Option<String>,
+    /// Overrides the general `target_session_attrs` for this database.
+    pub target_session_attrs: Option<SessionAttrs>,
+    /// Overrides the general `load_balance_hosts` for this database.
+    pub load_balance_hosts: Option<LoadBalance>,
 }
 
 /// `[users.NAME]`: a user allowed in. `password` may be plaintext, an
@@ -292,8 +305,10 @@ fn mask<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Erro
 /// Where a pool's server connections go, and how they are secured.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub host: String,
-    pub port: u16,
+    /// The servers that may serve it, in the order listed.
+    pub hosts: Vec<Endpoint>,
+    pub session_attrs: SessionAttrs,
+    pub load_balance: LoadBalance,
     pub dbname: String,
     pub tls_mode: SslMode,
     /// The CA file that checks this server, when the database names its
@@ -311,14 +326,14 @@ impl PartialEq for Target {
     fn eq(&self, other: &Target) -> bool {
         let fingerprint = |t: &Target| t.tls.as_ref().map(|s| s.server_fingerprint);
         (
-            &self.host,
-            self.port,
+            &self.hosts,
+            self.session_attrs,
             &self.dbname,
             self.tls_mode,
             &self.tls_ca_file,
         ) == (
-            &other.host,
-            other.port,
+            &other.hosts,
+            other.session_attrs,
             &other.dbname,
             other.tls_mode,
             &other.tls_ca_file,
@@ -327,6 +342,17 @@ impl PartialEq for Target {
 }
 
 impl Eq for Target {}
+
+impl Target {
+    /// The server list as written: `a:5432,b:5432`.
+    pub fn hosts_text(&self) -> String {
+        self.hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
@@ -412,14 +438,39 @@ impl Config {
             return None;
         }
         let db = db.cloned().unwrap_or_default();
+        let (key, list) = match &db.host {
+            Some(host) => (format!("databases.{database}.host"), host.as_str()),
+            None => ("server_host".to_string(), self.server_host.as_str()),
+        };
+        let port = db.port.unwrap_or(self.server_port);
+        // Checked by `validate`; an entry it let through is taken whole.
+        let hosts = hosts::parse_hosts(&key, list, port).unwrap_or_else(|_| {
+            vec![Endpoint {
+                host: list.to_string(),
+                port,
+            }]
+        });
         Some(Target {
-            host: db.host.unwrap_or_else(|| self.server_host.clone()),
-            port: db.port.unwrap_or(self.server_port),
+            hosts,
+            session_attrs: db.target_session_attrs.unwrap_or(self.target_session_attrs),
+            load_balance: db.load_balance_hosts.unwrap_or(self.load_balance_hosts),
             dbname: db.dbname.unwrap_or_else(|| database.to_string()),
             tls_mode: db.server_tls_sslmode.unwrap_or(self.server_tls_sslmode),
             tls_ca_file: db.server_tls_ca_file,
             tls: None,
         })
+    }
+
+    /// `server_host` as a list of servers.
+    pub fn server_hosts(&self) -> Vec<Endpoint> {
+        hosts::parse_hosts("server_host", &self.server_host, self.server_port).unwrap_or_else(
+            |_| {
+                vec![Endpoint {
+                    host: self.server_host.clone(),
+                    port: self.server_port,
+                }]
+            },
+        )
     }
 
     /// Where peer `id` listens, if it is listed.
@@ -548,6 +599,13 @@ impl Config {
                 "auth_type: \"cert\" logs clients in by their certificate, which client_tls_sslmode = \"{}\" does not ask for (use verify-ca or verify-full)",
                 self.client_tls_sslmode.name()
             )));
+        }
+        hosts::parse_hosts("server_host", &self.server_host, self.server_port)?;
+        for (name, db) in &self.databases {
+            if let Some(host) = &db.host {
+                let port = db.port.unwrap_or(self.server_port);
+                hosts::parse_hosts(&format!("databases.{name}.host"), host, port)?;
+            }
         }
         if self.peer_id > crate::peering::MAX_PEER_ID {
             return Err(ConfigError::new(format!(

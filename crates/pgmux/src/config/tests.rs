@@ -196,17 +196,40 @@ fn wildcard_and_mapped_targets() {
             transaction_timeout: None,
             server_tls_sslmode: Some(SslMode::VerifyFull),
             server_tls_ca_file: None,
+            target_session_attrs: None,
+            load_balance_hosts: None,
         },
     );
     assert_eq!(
         cfg.target("app").unwrap(),
         Target {
-            host: "h".into(),
-            port: 1,
+            hosts: vec![Endpoint {
+                host: "h".into(),
+                port: 1
+            }],
+            session_attrs: SessionAttrs::Any,
+            load_balance: LoadBalance::Disable,
             dbname: "real".into(),
             tls_mode: SslMode::VerifyFull,
             tls_ca_file: None,
             tls: None,
+        }
+    );
+    // A list, each port defaulting to the database's own.
+    cfg.databases.get_mut("app").unwrap().host = Some("h1,h2:7".into());
+    let hosts = cfg.target("app").unwrap().hosts;
+    assert_eq!(
+        hosts[0],
+        Endpoint {
+            host: "h1".into(),
+            port: 1
+        }
+    );
+    assert_eq!(
+        hosts[1],
+        Endpoint {
+            host: "h2".into(),
+            port: 7
         }
     );
     // Other databases follow the general setting (libpq's default).

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{lock, Pool, PoolSettings, USED_AFTER};
+use crate::config::SessionAttrs;
 use crate::config::Target;
 use crate::conninfo::ConnInfo;
 use crate::lifecycle::Stop;
-use crate::server::{Credential, Login};
+use crate::server::{Credential, Login, Server};
 use crate::stats::{CloseReason, PoolLevels};
 
 impl Pool {
@@ -75,6 +76,28 @@ impl Pool {
         if login.credential != credential {
             login.credential = credential;
         }
+    }
+
+    /// A server refused a write as read-only (25006). Where the pool wants
+    /// a writable server, the primary has moved (a failover): every server
+    /// of the pool opened before now is replaced as it comes back, and new
+    /// ones look for the writable server among the listed hosts. Once per
+    /// move: servers opened after it do not start another.
+    pub fn refused_write(&self, server: &Server) {
+        let attrs = lock(&self.target).session_attrs;
+        if !matches!(attrs, SessionAttrs::ReadWrite | SessionAttrs::Primary)
+            || server.info.generation != self.generation()
+        {
+            return;
+        }
+        tracing::warn!(
+            database = %self.database,
+            user = %self.user,
+            server = %server.addr,
+            "a server refused a write (25006): the primary has moved; replacing this pool's servers"
+        );
+        crate::stats::failover();
+        self.reconnect();
     }
 
     /// Close the longest-idle server, if any (to free a database slot).

@@ -365,7 +365,7 @@ impl Pool {
             Err(err) => {
                 drop(reserved);
                 self.stats.connect_failures.add(1);
-                tracing::warn!(database = %self.database, user = %self.user, server = %format!("{}:{}", target.host, target.port), error = %err, "could not open a server connection");
+                tracing::warn!(database = %self.database, user = %self.user, server = %target.hosts_text(), error = %err, "could not open a server connection");
                 let mut b = lock(&self.backoff);
                 b.delay = (b.delay * 2).clamp(FIRST_RETRY, settings.login_retry.max(FIRST_RETRY));
                 b.until = Some(Instant::now() + b.delay);

@@ -4,6 +4,7 @@
 //! and transaction start times, in [`timing`].
 
 pub(crate) mod auth;
+mod connect;
 mod timing;
 
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use pgmux_wire::startup::startup_packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cancel::CancelTarget;
-use crate::config::{SslMode, Target};
+use crate::config::{Endpoint, Role, SslMode, Target};
 use crate::conninfo::{next_id, ConnInfo, State};
 use crate::params::ParamMap;
 use crate::prepared::{forgets_statements, ServerStatements};
@@ -54,6 +55,12 @@ pub enum ServerError {
     Closed,
     #[error("server connection failed: {0}")]
     Lost(String),
+    #[error("no server of {hosts} fits target_session_attrs = \"{attrs}\" ({found})")]
+    NoFit {
+        hosts: String,
+        attrs: &'static str,
+        found: String,
+    },
     #[error("max_db_connections: all {0} server connections to this database are busy")]
     DatabaseFull(u32),
     #[error("query_timeout: the request ran longer than {0:?}, and its cancel did not end it within cancel_wait_timeout ({1:?}); the server connection was closed")]
@@ -65,9 +72,10 @@ impl ServerError {
     pub fn sqlstate(&self) -> &str {
         match self {
             ServerError::Backend(e) if !e.code.is_empty() => &e.code,
-            ServerError::Connect { .. } | ServerError::Tls { .. } | ServerError::Timeout(_) => {
-                "08001"
-            }
+            ServerError::Connect { .. }
+            | ServerError::Tls { .. }
+            | ServerError::Timeout(_)
+            | ServerError::NoFit { .. } => "08001",
             ServerError::NoPassword(_) => "28000",
             ServerError::UnsupportedAuth(_) => "28000",
             ServerError::Protocol(_) => "08P01",
@@ -151,57 +159,33 @@ pub struct Server {
     pub db_slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// When the request in flight and the open transaction began.
     pub timing: Timing,
+    /// Primary or standby, when `target_session_attrs` asked.
+    pub role: Option<Role>,
     max_message: usize,
 }
 
 impl Server {
-    /// Connect and log in within `timeout`.
-    pub async fn connect(
-        target: &Target,
-        login: &Login,
-        (timeout, tcp): (Duration, crate::io::TcpOptions),
-        max_message: usize,
-        generation: u64,
-    ) -> Result<Server, ServerError> {
-        let connected = crate::io::timeout(
-            timeout,
-            Self::connect_inner(target, login, tcp, max_message),
-        )
-        .await;
-        let mut server = match connected {
-            Ok(result) => result?,
-            Err(_) => return Err(ServerError::Timeout(timeout)),
-        };
-        let mut info = ConnInfo::new(server.id, State::Idle);
-        info.addr = Some(server.addr).into();
-        info.local = server.stream.local_addr().ok().into();
-        info.remote_pid = server.backend_pid;
-        info.generation = generation;
-        if let Some(tls) = server.stream.tls() {
-            info.tls = crate::conninfo::tls_code(&tls.describe());
-        }
-        server.info = Arc::new(info);
-        Ok(server)
-    }
-
-    async fn connect_inner(
+    /// Open a connection to `endpoint` and log in (no timeout: the caller
+    /// times each attempt; see [`connect`]).
+    async fn connect_to(
+        endpoint: &Endpoint,
         target: &Target,
         login: &Login,
         tcp: crate::io::TcpOptions,
         max_message: usize,
     ) -> Result<Server, ServerError> {
-        let where_ = format!("{}:{}", target.host, target.port);
+        let where_ = endpoint.to_string();
         let connect_err = |e: std::io::Error| ServerError::Connect {
             addr: where_.clone(),
             reason: e.to_string(),
         };
-        let stream = connect_any(&target.host, target.port)
+        let stream = connect_any(&endpoint.host, endpoint.port)
             .await
             .map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
         tcp.apply(stream.socket()).map_err(connect_err)?;
         let addr = stream.peer_addr().map_err(connect_err)?;
-        let stream = secure(stream, target, &where_).await?;
+        let stream = secure(stream, target, &endpoint.host, &where_).await?;
         let now = Instant::now();
         let id = next_id();
         let mut server = Server {
@@ -222,6 +206,7 @@ impl Server {
             prepared: ServerStatements::default(),
             db_slot: None,
             timing: Timing::default(),
+            role: None,
             max_message,
         };
         server.login(&target.dbname, login).await?;
@@ -455,6 +440,7 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 async fn secure(
     mut stream: TcpStream,
     target: &Target,
+    host: &str,
     where_: &str,
 ) -> Result<TcpStream, ServerError> {
     let mode = target.tls_mode;
@@ -495,7 +481,7 @@ async fn secure(
         }
     }
     let conn = setup
-        .connect(mode, &target.host, target.tls_ca_file.as_deref())
+        .connect(mode, host, target.tls_ca_file.as_deref())
         .map_err(refused)?;
     let tls = crate::tls::TlsStream::new(stream, conn, &[]);
     let done = tls.handshake().await;

@@ -116,7 +116,15 @@ pub fn touch_process_series() {
     gauge!("pgmux_client_connections").set(client_connections_open() as f64);
     PROCESS_EVENTS.publish(&[]);
     publish_tls();
+    counter!("pgmux_failovers_total").absolute(FAILOVERS.load(Ordering::Relaxed));
     counter!("pgmux_cancel_forwarded_total").absolute(CANCELS_FORWARDED.load(Ordering::Relaxed));
+}
+
+/// Times a pool found its primary moved (a write refused as read-only).
+static FAILOVERS: AtomicU64 = AtomicU64::new(0);
+
+pub fn failover() {
+    FAILOVERS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// CancelRequests passed on to the peer that gave out their key.

@@ -45,8 +45,9 @@ impl Command for ShowDatabases {
                 .map(|p| p.size())
                 .unwrap_or_else(|| config.pool_size_for(&name));
             let current: u32 = of_db.iter().map(|p| p.open_servers()).sum();
+            let hosts = target.hosts_text();
             let cells = [
-                num(target.port),
+                num(target.hosts.first().map_or(0, |e| e.port)),
                 target.dbname.clone(),
                 num(size),
                 num(config.min_pool_size.min(size)),
@@ -58,7 +59,7 @@ impl Command for ShowDatabases {
             ];
             rows.row(&[
                 Some(&name),
-                Some(&target.host),
+                Some(&hosts),
                 Some(&cells[0]),
                 Some(&cells[1]),
                 None,

@@ -54,6 +54,9 @@ pub struct ServerBatch {
     pub ready_idle: u32,
     /// SQLSTATE classes of the ErrorResponses passed on to the client.
     pub errors: Vec<[u8; 2]>,
+    /// The server refused a write as read-only (25006): under
+    /// `target_session_attrs = read-write` the primary has moved.
+    pub read_only_refused: bool,
     /// Managed statements a schema change made stale on this server, whose
     /// error passed to the client / was held back for a retry.
     pub stale_passed: u32,
@@ -153,6 +156,7 @@ impl ServerFlow {
             ready: 0,
             ready_idle: 0,
             errors: Vec::new(),
+            read_only_refused: false,
             stale_passed: 0,
             stale_retried: 0,
             missing_passed: 0,
@@ -344,6 +348,8 @@ impl ServerFlow {
                     let body = &input[body_start..whole_end];
                     if let Some(class) = backend::sqlstate_class(body) {
                         batch.errors.push(class);
+                        batch.read_only_refused |= class == *b"25"
+                            && backend::error_field(body, b'C') == Some(b"25006".as_slice());
                     }
                     self.fatal_passed |= matches!(
                         backend::error_field(body, b'V')

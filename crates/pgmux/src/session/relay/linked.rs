@@ -309,6 +309,9 @@ pub(super) async fn forward_server_bytes(
     for class in &batch.errors {
         stats::error_sent(stats, *class);
     }
+    if batch.read_only_refused {
+        s.pool.refused_write(server);
+    }
     let limit = s.pool.client_write_timeout.get();
     let written = match (&batch.edited, passed_held) {
         (Some(edited), Some(held)) => {

@@ -152,6 +152,10 @@ impl CustomSettings {
     fn add(&mut self, name: String) {
         if name.contains('.') && !self.names.contains(&name) {
             self.names.push(name);
+        } else if crate::params::SERVER_SIDE.contains(&name.as_str()) {
+            // Its reports are the server's (see `params::SERVER_SIDE`):
+            // a client's own value cannot be carried, so it pins.
+            self.unresolved = true;
         }
     }
 }
@@ -420,6 +424,16 @@ mod tests {
         );
         let watch = Watch::of_text(b"select pg_advisory_lock(1); set \"a.b\0\" = 'x'");
         assert!(!format!("{watch:?}").contains("\\0"), "{watch:?}");
+    }
+
+    #[test]
+    fn setting_default_transaction_read_only_pins() {
+        assert!(Watch::of_text(b"SET default_transaction_read_only = on").untracked_setting());
+        assert!(
+            Watch::of_text(b"select set_config('default_transaction_read_only', 'on', false)")
+                .untracked_setting()
+        );
+        assert!(!Watch::of_text(b"SET work_mem = '8MB'").untracked_setting());
     }
 
     #[test]

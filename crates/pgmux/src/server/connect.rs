@@ -1,0 +1,138 @@
+//! Opening a server connection for a target that may list several servers:
+//! each is tried in turn (or in a random order, `load_balance_hosts =
+//! random`), each attempt within `server_connect_timeout`, and a server
+//! that logs in is kept only if its role fits `target_session_attrs`, as
+//! libpq does. A server that answered with an error (a wrong password, no
+//! such database) ends the search: another host would say the same.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgmux_wire::backend::data_row;
+
+use super::{Login, Server, ServerError};
+use crate::config::{LoadBalance, Role, SessionAttrs, Target};
+use crate::conninfo::{ConnInfo, State};
+
+impl Server {
+    /// Connect and log in to a server of `target` that fits its
+    /// `target_session_attrs`.
+    pub async fn connect(
+        target: &Target,
+        login: &Login,
+        (timeout, tcp): (Duration, crate::io::TcpOptions),
+        max_message: usize,
+        generation: u64,
+    ) -> Result<Server, ServerError> {
+        let mut order: Vec<_> = target.hosts.iter().collect();
+        if target.load_balance == LoadBalance::Random {
+            shuffle(&mut order);
+        }
+        let mut last_error = None;
+        let mut unfit = Vec::new();
+        for &wanted in target.session_attrs.passes() {
+            for endpoint in &order {
+                let attempt = crate::io::timeout(
+                    timeout,
+                    Server::connect_to(endpoint, target, login, tcp, max_message),
+                )
+                .await;
+                let mut server = match attempt {
+                    Ok(Ok(server)) => server,
+                    Ok(Err(e @ ServerError::Backend(_))) => return Err(e),
+                    Ok(Err(e)) => {
+                        last_error = Some(e);
+                        continue;
+                    }
+                    Err(_) => {
+                        last_error = Some(ServerError::Timeout(timeout));
+                        continue;
+                    }
+                };
+                if wanted == SessionAttrs::Any && target.session_attrs == SessionAttrs::Any {
+                    return Ok(server.opened(generation));
+                }
+                let role = server.role_now().await?;
+                if wanted.accepts(role) {
+                    server.role = Some(role);
+                    return Ok(server.opened(generation));
+                }
+                unfit.push(format!("{endpoint} is a {}", role.name()));
+                server.close().await;
+            }
+        }
+        Err(match last_error {
+            Some(e) if unfit.is_empty() => e,
+            last => ServerError::NoFit {
+                hosts: target
+                    .hosts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                attrs: target.session_attrs.name(),
+                found: unfit
+                    .into_iter()
+                    .chain(last.map(|e| e.to_string()))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+        })
+    }
+
+    /// The facts SHOW SERVERS tells, once logged in.
+    fn opened(mut self, generation: u64) -> Server {
+        let mut info = ConnInfo::new(self.id, State::Idle);
+        info.addr = Some(self.addr).into();
+        info.local = self.stream.local_addr().ok().into();
+        info.remote_pid = self.backend_pid;
+        info.generation = generation;
+        if let Some(tls) = self.stream.tls() {
+            info.tls = crate::conninfo::tls_code(&tls.describe());
+        }
+        self.info = Arc::new(info);
+        self
+    }
+
+    /// Primary or standby, writable or not: from what PostgreSQL 14 and
+    /// later report at login (`in_hot_standby`,
+    /// `default_transaction_read_only`), else asked, as libpq does.
+    async fn role_now(&mut self) -> Result<Role, ServerError> {
+        let on = |v: Option<&str>| v.map(|v| v == "on");
+        let reported = (
+            on(self.params.get("in_hot_standby")),
+            on(self.params.get("default_transaction_read_only")),
+        );
+        if let (Some(in_recovery), Some(read_only)) = reported {
+            return Ok(Role {
+                in_recovery,
+                read_only: in_recovery || read_only,
+            });
+        }
+        let mut notices = bytes::BytesMut::new();
+        let rows = self
+            .query_rows(
+                "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.current_setting('transaction_read_only')",
+                &mut notices,
+            )
+            .await?;
+        let row = rows
+            .first()
+            .and_then(|r| data_row(r))
+            .ok_or_else(|| ServerError::Protocol("no answer to the role query".into()))?;
+        let in_recovery = row.first().copied().flatten() == Some(b"t".as_slice());
+        let read_only = row.get(1).copied().flatten() == Some(b"on".as_slice());
+        Ok(Role {
+            in_recovery,
+            read_only: in_recovery || read_only,
+        })
+    }
+}
+
+/// Fisher-Yates, per connection.
+fn shuffle<T>(items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        let j = rand::random_range(0..=i);
+        items.swap(i, j);
+    }
+}

@@ -1,0 +1,181 @@
+//! Several servers for one database (issue 13, items 1 and 2): a primary
+//! and a streaming standby made by the harness (`pg_basebackup -R`), a
+//! host list with libpq's `target_session_attrs`, and a failover by
+//! `pg_ctl promote` that pgmux follows without a restart.
+
+use std::sync::Arc;
+
+use pgmux::config::{Config, SessionAttrs};
+use pgmux_tests::replication::Pair;
+use pgmux_tests::*;
+
+async fn pair(name: &'static str) -> Arc<Pair> {
+    Arc::new(
+        tokio::task::spawn_blocking(move || Pair::start(name))
+            .await
+            .unwrap(),
+    )
+}
+
+/// Run a blocking step of the pair off the runtime.
+async fn on_pair(pair: &Arc<Pair>, step: impl FnOnce(&Pair) + Send + 'static) {
+    let pair = pair.clone();
+    tokio::task::spawn_blocking(move || step(&pair))
+        .await
+        .unwrap();
+}
+
+fn listing(c: &mut Config, hosts: &[u16], attrs: SessionAttrs) {
+    c.server_host = hosts
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    c.target_session_attrs = attrs;
+    c.server_connect_timeout = 3.0;
+    c.server_tls_sslmode = pgmux::config::SslMode::Disable;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_session_attrs_picks_the_server_from_the_list() {
+    let pair = pair("attrs").await;
+    let (p, s) = (pair.primary.port, pair.standby.port);
+    // The standby is listed first: read-write passes it over.
+    let writer = start_pgmux(|c| listing(c, &[s, p], SessionAttrs::ReadWrite)).await;
+    let c = connect(writer.addr, "app").await;
+    assert_eq!(
+        scalar_text(&c, "select pg_is_in_recovery()::text").await,
+        "false"
+    );
+    c.batch_execute("create table t (x int); insert into t values (1)")
+        .await
+        .unwrap();
+    let reader = start_pgmux(|c| listing(c, &[p, s], SessionAttrs::Standby)).await;
+    let r = connect(reader.addr, "app").await;
+    assert_eq!(
+        scalar_text(&r, "select pg_is_in_recovery()::text").await,
+        "true"
+    );
+    let preferring = start_pgmux(|c| listing(c, &[p, s], SessionAttrs::PreferStandby)).await;
+    let r = connect(preferring.addr, "app").await;
+    assert_eq!(
+        scalar_text(&r, "select pg_is_in_recovery()::text").await,
+        "true"
+    );
+    // Only the standby listed, and a writable server asked for: refused,
+    // naming the setting and what each server was.
+    let nowhere = start_pgmux(|c| listing(c, &[s], SessionAttrs::ReadWrite)).await;
+    let err = try_connect(&dsn(nowhere.addr, "app"))
+        .await
+        .expect_err("no writable server");
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("target_session_attrs") && message.contains("standby"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_the_promoted_standby_without_a_restart() {
+    let pair = pair("promote").await;
+    let (p, s) = (pair.primary.port, pair.standby.port);
+    let app = start_pgmux(|c| {
+        listing(c, &[p, s], SessionAttrs::ReadWrite);
+        c.pool_size = 2;
+    })
+    .await;
+    let idle = connect(app.addr, "app").await;
+    idle.batch_execute("create table t (x int); insert into t values (1)")
+        .await
+        .unwrap();
+    let busy = connect(app.addr, "app").await;
+    busy.batch_execute("begin; insert into t values (2)")
+        .await
+        .unwrap();
+
+    on_pair(&pair, |pair| {
+        pair.sync();
+        pair.stop_primary()
+    })
+    .await;
+    // The transaction in flight is lost with its server, and said so.
+    assert!(busy.batch_execute("commit").await.is_err());
+    on_pair(&pair, |pair| pair.promote_standby()).await;
+
+    // The idle client's next write goes to the new primary at once.
+    idle.batch_execute("insert into t values (3)")
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar_text(&idle, "select pg_is_in_recovery()::text").await,
+        "false"
+    );
+    assert_eq!(
+        scalar_i32(&idle, "select inet_server_port()").await,
+        i32::from(s),
+        "served by the promoted standby"
+    );
+    let on_new_primary = {
+        let pair = pair.clone();
+        tokio::task::spawn_blocking(move || {
+            pair.query_in(
+                pair.standby.port,
+                "app",
+                "select string_agg(x::text, ',' order by x) from t",
+            )
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        on_new_primary, "1,3",
+        "the committed rows, and not the lost one"
+    );
+    let fresh = connect(app.addr, "app").await;
+    assert_eq!(scalar_i32(&fresh, "select 1").await, 1);
+}
+
+/// A server that refuses a write as read-only (25006) where a writable
+/// one is wanted means the primary moved: the pool's servers are replaced
+/// (once), and the next write goes through a server that takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_as_read_only_replaces_the_pools_servers() {
+    let pair = pair("readonly").await;
+    let (p, s) = (pair.primary.port, pair.standby.port);
+    let app = start_pgmux(|c| listing(c, &[p, s], SessionAttrs::ReadWrite)).await;
+    let c = connect(app.addr, "app").await;
+    c.batch_execute("create table t (x int)").await.unwrap();
+    let before = backend_pid(&c).await;
+
+    on_pair(&pair, |pair| {
+        pair.psql(
+            pair.primary.port,
+            "ALTER SYSTEM SET default_transaction_read_only = on",
+        );
+        pair.psql(pair.primary.port, "SELECT pg_reload_conf()");
+    })
+    .await;
+    let refused = eventually(std::time::Duration::from_secs(10), || async {
+        let r = c.batch_execute("insert into t values (1)").await;
+        matches!(r, Err(e) if e.code().map(|c| c.code()) == Some("25006"))
+    })
+    .await;
+    assert!(refused, "a write refused as read-only");
+    on_pair(&pair, |pair| {
+        pair.psql(
+            pair.primary.port,
+            "ALTER SYSTEM RESET default_transaction_read_only",
+        );
+        pair.psql(pair.primary.port, "SELECT pg_reload_conf()");
+    })
+    .await;
+    c.batch_execute("insert into t values (2)").await.unwrap();
+    assert_ne!(backend_pid(&c).await, before, "a new server");
+    assert_eq!(
+        metric(app.metrics_addr.unwrap(), "pgmux_failovers_total", &[]).await,
+        1.0
+    );
+}
