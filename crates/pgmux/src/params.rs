@@ -11,15 +11,15 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
 /// Reported by the server for reasons of its own: an administrator's
 /// `ALTER SYSTEM`, a cloud provider making a full instance read-only, a
-/// standby. Carrying the value to the client's next server would keep a
-/// client read-only after the server recovered, or after a failover, so it
-/// is never synced; a client that sets it itself is pinned instead
-/// (`session::state::watch`).
+/// standby. Taking a report of it as the client's own setting would carry
+/// it to the client's next server and keep the client read-only after the
+/// server recovered, or after a failover. So its reports are not taken
+/// (the value a client gave at login still is), and a client that sets
+/// it in SQL is pinned instead (`session::state::watch`).
 pub const SERVER_SIDE: &[&str] = &["default_transaction_read_only"];
 
 /// Reported by the server but not settable by a client: never synced.
 const READ_ONLY: &[&str] = &[
-    "default_transaction_read_only",
     "server_version",
     "server_version_num",
     "server_encoding",

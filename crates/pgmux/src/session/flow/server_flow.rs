@@ -328,7 +328,10 @@ impl ServerFlow {
                         backend::parameter_status(&input[body_start..whole_end])
                     {
                         obs.server_params.set(&name, &value);
-                        if let Some(client) = obs.client_params.as_deref_mut() {
+                        let servers_own = crate::params::SERVER_SIDE.contains(&name.as_str());
+                        if let Some(client) =
+                            obs.client_params.as_deref_mut().filter(|_| !servers_own)
+                        {
                             client.set(&name, &value);
                         }
                     }
