@@ -179,3 +179,35 @@ async fn a_write_refused_as_read_only_replaces_the_pools_servers() {
         1.0
     );
 }
+
+/// A listed server that refuses connections is tried last for
+/// `replica_ban_time`, and /metrics says so; the one that answers shows
+/// its role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_server_in_the_list_is_held_back_and_shown() {
+    let db = fresh_database("hosts_ban").await;
+    let dead = pgmux_tests::process::free_port();
+    let live = cluster().port;
+    let app = start_pgmux(|c| listing(c, &[dead, live], SessionAttrs::ReadWrite)).await;
+    let c = connect(app.addr, &db).await;
+    assert_eq!(scalar_i32(&c, "select 1").await, 1);
+    let metrics = app.metrics_addr.unwrap();
+    let (dead, live) = (format!("127.0.0.1:{dead}"), format!("127.0.0.1:{live}"));
+    assert_eq!(
+        metric(metrics, "pgmux_replica_banned", &[("host", &dead)]).await,
+        1.0
+    );
+    assert_eq!(
+        metric(metrics, "pgmux_replica_banned", &[("host", &live)]).await,
+        0.0
+    );
+    assert_eq!(
+        metric(
+            metrics,
+            "pgmux_server_role",
+            &[("host", &live), ("role", "primary")]
+        )
+        .await,
+        1.0
+    );
+}

@@ -101,6 +101,9 @@ pub struct Config {
     pub target_session_attrs: SessionAttrs,
     /// `disable` (in the order listed) or `random` (libpq's).
     pub load_balance_hosts: LoadBalance,
+    /// A listed server that failed a connection attempt is tried last for
+    /// this many seconds (0: never held back).
+    pub replica_ban_time: f64,
     pub pool_mode: PoolMode,
     pub pool_size: u32,
     pub min_pool_size: u32,
@@ -391,6 +394,9 @@ impl Config {
     pub fn server_idle_timeout(&self) -> Option<Duration> {
         optional_secs(self.server_idle_timeout)
     }
+    pub fn replica_ban_time(&self) -> Duration {
+        secs(self.replica_ban_time)
+    }
     pub fn server_connect_timeout(&self) -> Duration {
         secs(self.server_connect_timeout)
     }
@@ -568,6 +574,7 @@ impl Config {
             ("client_idle_timeout", self.client_idle_timeout),
             ("autodb_idle_timeout", self.autodb_idle_timeout),
             ("server_check_delay", self.server_check_delay),
+            ("replica_ban_time", self.replica_ban_time),
             ("client_write_timeout", self.client_write_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
         ];

@@ -103,7 +103,11 @@ impl Pools {
         let mut server = Server::connect(
             &target,
             &login,
-            (config.server_connect_timeout(), config.tcp_options()),
+            (
+                config.server_connect_timeout(),
+                config.tcp_options(),
+                config.replica_ban_time(),
+            ),
             config.max_message_size as usize,
             0,
         )

@@ -340,7 +340,7 @@ impl Pool {
         let result = Box::pin(Server::connect(
             &target,
             &login,
-            (settings.connect_timeout, settings.tcp),
+            (settings.connect_timeout, settings.tcp, settings.ban_time),
             self.max_message,
             self.generation.load(Ordering::Acquire),
         ))

@@ -17,6 +17,8 @@ pub struct PoolSettings {
     pub lifetime_jitter: f64,
     pub idle_timeout: Option<Duration>,
     pub connect_timeout: Duration,
+    /// How long a listed server that failed a connection is tried last.
+    pub ban_time: Duration,
     /// Keepalive and user timeout of new server connections.
     pub tcp: crate::io::TcpOptions,
     pub login_retry: Duration,
@@ -48,6 +50,7 @@ impl PoolSettings {
             lifetime_jitter: cfg.server_lifetime_jitter,
             idle_timeout: cfg.server_idle_timeout(),
             connect_timeout: cfg.server_connect_timeout(),
+            ban_time: cfg.replica_ban_time(),
             tcp: cfg.tcp_options(),
             login_retry: cfg.server_login_retry(),
             query_wait_timeout: cfg.query_wait_timeout(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pgmux_wire::backend::data_row;
 
-use super::{Login, Server, ServerError};
+use super::{hosts, Login, Server, ServerError};
 use crate::config::{LoadBalance, Role, SessionAttrs, Target};
 use crate::conninfo::{ConnInfo, State};
 
@@ -20,7 +20,7 @@ impl Server {
     pub async fn connect(
         target: &Target,
         login: &Login,
-        (timeout, tcp): (Duration, crate::io::TcpOptions),
+        (timeout, tcp, ban): (Duration, crate::io::TcpOptions, Duration),
         max_message: usize,
         generation: u64,
     ) -> Result<Server, ServerError> {
@@ -28,6 +28,7 @@ impl Server {
         if target.load_balance == LoadBalance::Random {
             shuffle(&mut order);
         }
+        let order = hosts::unbanned_first(order);
         let mut last_error = None;
         let mut unfit = Vec::new();
         for &wanted in target.session_attrs.passes() {
@@ -41,18 +42,22 @@ impl Server {
                     Ok(Ok(server)) => server,
                     Ok(Err(e @ ServerError::Backend(_))) => return Err(e),
                     Ok(Err(e)) => {
+                        hosts::failed(endpoint, ban);
                         last_error = Some(e);
                         continue;
                     }
                     Err(_) => {
+                        hosts::failed(endpoint, ban);
                         last_error = Some(ServerError::Timeout(timeout));
                         continue;
                     }
                 };
                 if wanted == SessionAttrs::Any && target.session_attrs == SessionAttrs::Any {
+                    hosts::answered(endpoint, None);
                     return Ok(server.opened(generation));
                 }
                 let role = server.role_now().await?;
+                hosts::answered(endpoint, Some(role));
                 if wanted.accepts(role) {
                     server.role = Some(role);
                     return Ok(server.opened(generation));

@@ -5,6 +5,7 @@
 
 pub(crate) mod auth;
 mod connect;
+pub mod hosts;
 mod timing;
 
 use std::net::SocketAddr;

@@ -58,6 +58,8 @@ pub const METRICS: &[Metric] = &[
     m("pgmux_client_login_failures_total", Counter, "Client logins refused, by `reason` (no database or user labels, so strangers cannot grow the series)."),
     m("pgmux_client_connections", Gauge, "Client connections open, logged in or not (no labels)."),
     m("pgmux_reloads_total", Counter, "Configuration reloads (SIGHUP or RELOAD), by `result`: ok or error."),
+    m("pgmux_replica_banned", Gauge, "1 while a listed server that failed a connection attempt is tried last (replica_ban_time), by `host`."),
+    m("pgmux_server_role", Gauge, "1 for the role a listed server had at its last login (primary, standby, read-only), by `host` and `role`; known where target_session_attrs asks."),
     m("pgmux_failovers_total", Counter, "Times a pool that wants a writable server (target_session_attrs read-write or primary) had a write refused as read-only (25006) and replaced its servers (no labels)."),
     m("pgmux_cancel_forwarded_total", Counter, "CancelRequests passed on to the peered pgmux that gave out their key (peer_id, [peers]; no labels)."),
     m("pgmux_tls_handshakes_total", Counter, "TLS handshakes completed, by `side`: client (pgmux serving TLS) or server (pgmux connecting to PostgreSQL)."),
