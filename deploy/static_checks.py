@@ -26,16 +26,8 @@ ROOT = HERE.parent
 # manifests' budgets are written for (the comments in the manifests say so).
 MAX_CONNECTIONS, RESERVED = 100, 3
 # pgmux's metric names (deploy/README.md, Metrics).
-METRICS = {
-    "pgmux_clients_active", "pgmux_clients_waiting", "pgmux_clients_idle", "pgmux_servers_active",
-    "pgmux_servers_idle", "pgmux_servers_used", "pgmux_servers_login", "pgmux_servers_tested",
-    "pgmux_max_wait_seconds", "pgmux_pool_size", "pgmux_paused", "pgmux_transactions_total",
-    "pgmux_queries_total", "pgmux_received_bytes_total", "pgmux_sent_bytes_total",
-    "pgmux_server_assignments_total", "pgmux_client_logins_total", "pgmux_server_connects_total",
-    "pgmux_server_connect_failures_total", "pgmux_server_closed_total", "pgmux_errors_total",
-    "pgmux_client_login_failures_total", "pgmux_reloads_total", "pgmux_client_wait_seconds",
-    "pgmux_transaction_duration_seconds", "pgmux_query_duration_seconds", "pgmux_server_connect_seconds",
-}
+# Every series pgmux exports, from the one list of them (stats/catalog.rs).
+METRICS = set(re.findall(r'm\("(pgmux_[a-z_]+)"', (HERE.parent / "crates/pgmux/src/stats/catalog.rs").read_text()))
 
 problems: list[str] = []
 
