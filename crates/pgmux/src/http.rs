@@ -169,6 +169,7 @@ pub fn render_metrics(pools: &Pools) -> String {
         pool.stats.publish(&pool.levels());
     }
     stats::touch_process_series();
+    pools.host_book().publish();
     stats::recorder().run_upkeep();
     let mut out = stats::recorder().render();
     stats::catalog::render_histograms(&all, &mut out);

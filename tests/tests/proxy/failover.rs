@@ -186,13 +186,19 @@ async fn a_write_refused_as_read_only_replaces_the_pools_servers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_server_in_the_list_is_held_back_and_shown() {
     let db = fresh_database("hosts_ban").await;
-    let dead = pgmux_tests::process::free_port();
-    let live = cluster().port;
-    let app = start_pgmux(|c| listing(c, &[dead, live], SessionAttrs::ReadWrite)).await;
+    // Nothing listens on 127.0.0.2 (everything of the tests is on
+    // 127.0.0.1): refused, every time.
+    let dead = format!("127.0.0.2:{}", cluster().port);
+    let live = format!("127.0.0.1:{}", cluster().port);
+    let (d, l) = (dead.clone(), live.clone());
+    let app = start_pgmux(move |c| {
+        listing(c, &[], SessionAttrs::ReadWrite);
+        c.server_host = format!("{d},{l}");
+    })
+    .await;
     let c = connect(app.addr, &db).await;
     assert_eq!(scalar_i32(&c, "select 1").await, 1);
     let metrics = app.metrics_addr.unwrap();
-    let (dead, live) = (format!("127.0.0.1:{dead}"), format!("127.0.0.1:{live}"));
     assert_eq!(
         metric(metrics, "pgmux_replica_banned", &[("host", &dead)]).await,
         1.0

@@ -320,6 +320,9 @@ pub struct Target {
     /// The loaded TLS setup servers are reached with (set by the pools;
     /// `None`: plaintext).
     pub tls: Option<Arc<TlsSetup>>,
+    /// Where the pools note which listed servers failed or what role they
+    /// had (set by the pools; `None`: not noted).
+    pub book: Option<Arc<crate::server::hosts::HostBook>>,
 }
 
 /// Two targets are the same place reached the same way: servers opened
@@ -464,6 +467,7 @@ impl Config {
             tls_mode: db.server_tls_sslmode.unwrap_or(self.server_tls_sslmode),
             tls_ca_file: db.server_tls_ca_file,
             tls: None,
+            book: None,
         })
     }
 

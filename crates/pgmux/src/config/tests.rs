@@ -213,6 +213,7 @@ fn wildcard_and_mapped_targets() {
             tls_mode: SslMode::VerifyFull,
             tls_ca_file: None,
             tls: None,
+            book: None,
         }
     );
     // A list, each port defaulting to the database's own.

@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigError, Target};
 use crate::conninfo::ConnInfo;
 use crate::lifecycle::{Lifecycle, Stop};
 use crate::reload::ConfigSource;
+use crate::server::hosts::HostBook;
 use crate::server::{Credential, Login};
 use crate::tls::TlsSetup;
 
@@ -28,10 +29,17 @@ struct Current {
     /// Keys the decoy verifiers of unknown users derive from (see
     /// [`Pools::decoy`]).
     decoy_key: [u8; 32],
+    /// The listed servers' failures and roles, kept across reloads.
+    book: Arc<HostBook>,
 }
 
 impl Current {
-    fn new(config: Arc<Config>, secrets: BTreeMap<String, Secret>, tls: Arc<TlsSetup>) -> Current {
+    fn new(
+        config: Arc<Config>,
+        secrets: BTreeMap<String, Secret>,
+        tls: Arc<TlsSetup>,
+        book: Arc<HostBook>,
+    ) -> Current {
         let verifiers = secrets
             .iter()
             .filter_map(|(user, s)| Some((user.clone(), s.scram_verifier()?)))
@@ -43,6 +51,7 @@ impl Current {
             verifiers,
             tls,
             decoy_key,
+            book,
         }
     }
 
@@ -50,6 +59,7 @@ impl Current {
     fn target(&self, database: &str) -> Option<Target> {
         let mut target = self.config.target(database)?;
         target.tls = Some(self.tls.clone());
+        target.book = Some(self.book.clone());
         Some(target)
     }
 }
@@ -109,7 +119,12 @@ impl Pools {
         tls: Arc<TlsSetup>,
     ) -> Pools {
         Pools {
-            current: RwLock::new(Current::new(config, (*secrets).clone(), tls)),
+            current: RwLock::new(Current::new(
+                config,
+                (*secrets).clone(),
+                tls,
+                Arc::default(),
+            )),
             map: Mutex::new(HashMap::new()),
             db_limits: Mutex::new(HashMap::new()),
             switches: Mutex::new(Switches::default()),
@@ -170,6 +185,11 @@ impl Pools {
     /// configuration alone.
     pub fn credential_of(&self, user: &str) -> Credential {
         Credential::from_secret(self.current().secrets.get(user))
+    }
+
+    /// The listed servers' failures and roles (for /metrics).
+    pub fn host_book(&self) -> Arc<HostBook> {
+        self.current().book.clone()
     }
 
     /// The TLS setup in force (new connections use it).
@@ -458,7 +478,8 @@ impl Pools {
             let old = self.config();
             old.restart_only_differences(&config)
         };
-        let current = Current::new(config.clone(), secrets, tls);
+        let book = self.current().book.clone();
+        let current = Current::new(config.clone(), secrets, tls, book);
         let pools = self.all();
         for pool in &pools {
             // A database gone from the config keeps its pool for the clients

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pgmux_wire::backend::data_row;
 
-use super::{hosts, Login, Server, ServerError};
+use super::{Login, Server, ServerError};
 use crate::config::{LoadBalance, Role, SessionAttrs, Target};
 use crate::conninfo::{ConnInfo, State};
 
@@ -28,7 +28,15 @@ impl Server {
         if target.load_balance == LoadBalance::Random {
             shuffle(&mut order);
         }
-        let order = hosts::unbanned_first(order);
+        // Only lists are kept in the book: a lone server is always tried.
+        let book = target
+            .book
+            .as_deref()
+            .filter(|_| target.hosts.len() > 1 || target.session_attrs != SessionAttrs::Any);
+        let order = match book {
+            Some(book) => book.unbanned_first(order),
+            None => order,
+        };
         let mut last_error = None;
         let mut unfit = Vec::new();
         for &wanted in target.session_attrs.passes() {
@@ -42,22 +50,30 @@ impl Server {
                     Ok(Ok(server)) => server,
                     Ok(Err(e @ ServerError::Backend(_))) => return Err(e),
                     Ok(Err(e)) => {
-                        hosts::failed(endpoint, ban);
+                        if let Some(book) = book {
+                            book.failed(endpoint, ban);
+                        }
                         last_error = Some(e);
                         continue;
                     }
                     Err(_) => {
-                        hosts::failed(endpoint, ban);
+                        if let Some(book) = book {
+                            book.failed(endpoint, ban);
+                        }
                         last_error = Some(ServerError::Timeout(timeout));
                         continue;
                     }
                 };
                 if wanted == SessionAttrs::Any && target.session_attrs == SessionAttrs::Any {
-                    hosts::answered(endpoint, None);
+                    if let Some(book) = book {
+                        book.answered(endpoint, None);
+                    }
                     return Ok(server.opened(generation));
                 }
                 let role = server.role_now().await?;
-                hosts::answered(endpoint, Some(role));
+                if let Some(book) = book {
+                    book.answered(endpoint, Some(role));
+                }
                 if wanted.accepts(role) {
                     server.role = Some(role);
                     return Ok(server.opened(generation));

@@ -1,78 +1,85 @@
-//! What pgmux knows of each listed server, across pools: when it last
-//! failed a connection attempt (it is then tried last for
+//! What pgmux knows of each server of a host list, across pools: when it
+//! last failed a connection attempt (it is then tried last for
 //! `replica_ban_time`, so a dead primary or standby does not cost every
 //! new connection a timeout), and the role it had at its last login. Only
-//! configured hosts are ever entered, so the map stays small; its entries
-//! are /metrics' `pgmux_replica_banned{host}` and `pgmux_server_role{host,role}`.
+//! servers of configured lists (of two or more, or with
+//! `target_session_attrs`) are entered, so the book stays small; its
+//! entries are /metrics' `pgmux_replica_banned{host}` and
+//! `pgmux_server_role{host,role}`.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::{Endpoint, Role};
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct HostState {
     banned_until: Option<Instant>,
     role: Option<Role>,
 }
 
-static HOSTS: LazyLock<Mutex<HashMap<Endpoint, HostState>>> = LazyLock::new(Default::default);
+/// One pgmux's book of listed servers.
+#[derive(Default, Debug)]
+pub struct HostBook(Mutex<HashMap<Endpoint, HostState>>);
 
-fn hosts() -> std::sync::MutexGuard<'static, HashMap<Endpoint, HostState>> {
-    HOSTS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// `order` with the banned hosts moved to the end (in their order): they
-/// are tried only when every other one failed.
-pub fn unbanned_first(order: Vec<&Endpoint>) -> Vec<&Endpoint> {
-    if order.len() < 2 {
-        return order;
+impl HostBook {
+    fn hosts(&self) -> std::sync::MutexGuard<'_, HashMap<Endpoint, HostState>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
-    let now = Instant::now();
-    let map = hosts();
-    let banned = |e: &Endpoint| {
-        map.get(e)
-            .and_then(|s| s.banned_until)
-            .is_some_and(|until| until > now)
-    };
-    let (mut free, held): (Vec<_>, Vec<_>) = order.into_iter().partition(|e| !banned(e));
-    free.extend(held);
-    free
-}
 
-/// A connection attempt to `host` failed (refused, timed out, TLS).
-pub fn failed(host: &Endpoint, ban: Duration) {
-    if ban.is_zero() {
-        return;
+    /// `order` with the banned hosts moved to the end (in their order): they
+    /// are tried only when every other one failed.
+    pub fn unbanned_first<'a>(&self, order: Vec<&'a Endpoint>) -> Vec<&'a Endpoint> {
+        if order.len() < 2 {
+            return order;
+        }
+        let now = Instant::now();
+        let map = self.hosts();
+        let banned = |e: &Endpoint| {
+            map.get(e)
+                .and_then(|s| s.banned_until)
+                .is_some_and(|until| until > now)
+        };
+        let (mut free, held): (Vec<_>, Vec<_>) = order.into_iter().partition(|e| !banned(e));
+        free.extend(held);
+        free
     }
-    let mut map = hosts();
-    let state = map.entry(host.clone()).or_default();
-    state.banned_until = Some(Instant::now() + ban);
-}
 
-/// `host` logged a server in; `role` when it was asked.
-pub fn answered(host: &Endpoint, role: Option<Role>) {
-    let mut map = hosts();
-    let state = map.entry(host.clone()).or_default();
-    state.banned_until = None;
-    if role.is_some() {
-        state.role = role;
+    /// A connection attempt to `host` failed (refused, timed out, TLS).
+    pub fn failed(&self, host: &Endpoint, ban: Duration) {
+        if ban.is_zero() {
+            return;
+        }
+        let mut map = self.hosts();
+        let state = map.entry(host.clone()).or_default();
+        state.banned_until = Some(Instant::now() + ban);
     }
-}
 
-/// Set the hosts' series (before each render of /metrics).
-pub fn publish() {
-    let now = Instant::now();
-    for (host, state) in hosts().iter() {
-        let name = host.to_string();
-        let banned = state.banned_until.is_some_and(|until| until > now);
-        metrics::gauge!("pgmux_replica_banned", "host" => name.clone())
-            .set(f64::from(u8::from(banned)));
-        if let Some(role) = state.role {
-            for r in ["primary", "standby", "read-only"] {
-                let is = f64::from(u8::from(role.name() == r));
-                metrics::gauge!("pgmux_server_role", "host" => name.clone(), "role" => r).set(is);
+    /// `host` logged a server in; `role` when it was asked.
+    pub fn answered(&self, host: &Endpoint, role: Option<Role>) {
+        let mut map = self.hosts();
+        let state = map.entry(host.clone()).or_default();
+        state.banned_until = None;
+        if role.is_some() {
+            state.role = role;
+        }
+    }
+
+    /// Set the hosts' series (before each render of /metrics).
+    pub fn publish(&self) {
+        let now = Instant::now();
+        for (host, state) in self.hosts().iter() {
+            let name = host.to_string();
+            let banned = state.banned_until.is_some_and(|until| until > now);
+            metrics::gauge!("pgmux_replica_banned", "host" => name.clone())
+                .set(f64::from(u8::from(banned)));
+            if let Some(role) = state.role {
+                for r in ["primary", "standby", "read-only"] {
+                    let is = f64::from(u8::from(role.name() == r));
+                    metrics::gauge!("pgmux_server_role", "host" => name.clone(), "role" => r)
+                        .set(is);
+                }
             }
         }
     }
@@ -96,14 +103,15 @@ mod tests {
             host: "hosts-test-c".into(),
             port: 3,
         };
-        failed(&a, Duration::from_secs(60));
-        let order = unbanned_first(vec![&a, &b, &c]);
+        let book = HostBook::default();
+        book.failed(&a, Duration::from_secs(60));
+        let order = book.unbanned_first(vec![&a, &b, &c]);
         assert_eq!(order, [&b, &c, &a]);
-        answered(&a, None);
-        assert_eq!(unbanned_first(vec![&a, &b, &c]), [&a, &b, &c]);
-        failed(&b, Duration::ZERO);
+        book.answered(&a, None);
+        assert_eq!(book.unbanned_first(vec![&a, &b, &c]), [&a, &b, &c]);
+        book.failed(&b, Duration::ZERO);
         assert_eq!(
-            unbanned_first(vec![&a, &b, &c]),
+            book.unbanned_first(vec![&a, &b, &c]),
             [&a, &b, &c],
             "a zero ban is none"
         );

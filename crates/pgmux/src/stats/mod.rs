@@ -116,7 +116,6 @@ pub fn touch_process_series() {
     gauge!("pgmux_client_connections").set(client_connections_open() as f64);
     PROCESS_EVENTS.publish(&[]);
     publish_tls();
-    crate::server::hosts::publish();
     counter!("pgmux_failovers_total").absolute(FAILOVERS.load(Ordering::Relaxed));
     counter!("pgmux_cancel_forwarded_total").absolute(CANCELS_FORWARDED.load(Ordering::Relaxed));
 }
