@@ -4,12 +4,13 @@
 mod hosts;
 mod load;
 mod overrides;
+mod target;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use pgmux_wire::auth::Secret;
@@ -18,9 +19,9 @@ use serde::{Deserialize, Serialize};
 pub use hosts::{Endpoint, LoadBalance, Role, SessionAttrs};
 pub use load::{load, ConfigError, Env};
 pub use overrides::PoolTimeout;
+pub use target::Target;
 
 pub use crate::tls::SslMode;
-use crate::tls::TlsSetup;
 
 /// `DJANGO_ENV=production` selects [`Profile::Production`]; anything else is
 /// development. The profile sets the defaults that BookTrader's contract names.
@@ -305,61 +306,6 @@ fn mask<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str("********")
 }
 
-/// Where a pool's server connections go, and how they are secured.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// The servers that may serve it, in the order listed.
-    pub hosts: Vec<Endpoint>,
-    pub session_attrs: SessionAttrs,
-    pub load_balance: LoadBalance,
-    pub dbname: String,
-    pub tls_mode: SslMode,
-    /// The CA file that checks this server, when the database names its
-    /// own (`None`: the general one).
-    pub tls_ca_file: Option<String>,
-    /// The loaded TLS setup servers are reached with (set by the pools;
-    /// `None`: plaintext).
-    pub tls: Option<Arc<TlsSetup>>,
-    /// Where the pools note which listed servers failed or what role they
-    /// had (set by the pools; `None`: not noted).
-    pub book: Option<Arc<crate::server::hosts::HostBook>>,
-}
-
-/// Two targets are the same place reached the same way: servers opened
-/// for one serve the other. A reload that re-read unchanged certificate
-/// files changes nothing.
-impl PartialEq for Target {
-    fn eq(&self, other: &Target) -> bool {
-        let fingerprint = |t: &Target| t.tls.as_ref().map(|s| s.server_fingerprint);
-        (
-            &self.hosts,
-            self.session_attrs,
-            &self.dbname,
-            self.tls_mode,
-            &self.tls_ca_file,
-        ) == (
-            &other.hosts,
-            other.session_attrs,
-            &other.dbname,
-            other.tls_mode,
-            &other.tls_ca_file,
-        ) && fingerprint(self) == fingerprint(other)
-    }
-}
-
-impl Eq for Target {}
-
-impl Target {
-    /// The server list as written: `a:5432,b:5432`.
-    pub fn hosts_text(&self) -> String {
-        self.hosts
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
@@ -439,55 +385,6 @@ impl Config {
         secs(self.stats_period)
     }
 
-    /// The backend for a client-facing database name, or `None` when the
-    /// name is not configured and wildcard pooling is off.
-    pub fn target(&self, database: &str) -> Option<Target> {
-        let db = self.databases.get(database);
-        if db.is_none() && !self.wildcard_databases {
-            return None;
-        }
-        let db = db.cloned().unwrap_or_default();
-        let (key, list) = match &db.host {
-            Some(host) => (format!("databases.{database}.host"), host.as_str()),
-            None => ("server_host".to_string(), self.server_host.as_str()),
-        };
-        let port = db.port.unwrap_or(self.server_port);
-        // Checked by `validate`; an entry it let through is taken whole.
-        let hosts = hosts::parse_hosts(&key, list, port).unwrap_or_else(|_| {
-            vec![Endpoint {
-                host: list.to_string(),
-                port,
-            }]
-        });
-        Some(Target {
-            hosts,
-            session_attrs: db.target_session_attrs.unwrap_or(self.target_session_attrs),
-            load_balance: db.load_balance_hosts.unwrap_or(self.load_balance_hosts),
-            dbname: db.dbname.unwrap_or_else(|| database.to_string()),
-            tls_mode: db.server_tls_sslmode.unwrap_or(self.server_tls_sslmode),
-            tls_ca_file: db.server_tls_ca_file,
-            tls: None,
-            book: None,
-        })
-    }
-
-    /// `server_host` as a list of servers.
-    pub fn server_hosts(&self) -> Vec<Endpoint> {
-        hosts::parse_hosts("server_host", &self.server_host, self.server_port).unwrap_or_else(
-            |_| {
-                vec![Endpoint {
-                    host: self.server_host.clone(),
-                    port: self.server_port,
-                }]
-            },
-        )
-    }
-
-    /// Where peer `id` listens, if it is listed.
-    pub fn peer(&self, id: u16) -> Option<&PeerConfig> {
-        self.peers.get(&id.to_string())
-    }
-
     pub fn pool_size_for(&self, database: &str) -> u32 {
         self.databases
             .get(database)
@@ -517,131 +414,6 @@ impl Config {
             }
         }
         Ok(out)
-    }
-
-    /// Keys a reload cannot change: they shape listeners, the runtime or
-    /// pools' identity, and take effect at the next start.
-    pub const RESTART_ONLY: &'static [&'static str] = &[
-        "listen_addr",
-        "listen_backlog",
-        "metrics_addr",
-        "worker_threads",
-        "io_backend",
-        "so_reuseport",
-        "peer_id",
-        "pool_mode",
-        "max_client_conn",
-        "max_message_size",
-        "max_db_connections",
-        "log_format",
-    ];
-
-    /// The restart-only keys whose value differs in `new`.
-    pub fn restart_only_differences(&self, new: &Config) -> Vec<&'static str> {
-        let (Ok(old), Ok(new)) = (toml::Table::try_from(self), toml::Table::try_from(new)) else {
-            return Vec::new();
-        };
-        Self::RESTART_ONLY
-            .iter()
-            .copied()
-            .filter(|key| old.get(*key) != new.get(*key))
-            .collect()
-    }
-
-    /// Checks no single key's type can express.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.listen()?;
-        self.metrics()?;
-        let positive = [
-            ("pool_size", self.pool_size as f64),
-            ("max_client_conn", self.max_client_conn as f64),
-            ("server_connect_timeout", self.server_connect_timeout),
-            ("client_login_timeout", self.client_login_timeout),
-            ("cancel_wait_timeout", self.cancel_wait_timeout),
-            ("server_login_retry", self.server_login_retry),
-            ("stats_period", self.stats_period),
-        ];
-        for (key, v) in positive {
-            if v.is_nan() || v <= 0.0 {
-                return Err(ConfigError::new(format!(
-                    "{key}: expected a value above zero, got {v}"
-                )));
-            }
-        }
-        let non_negative = [
-            ("server_lifetime", self.server_lifetime),
-            ("server_idle_timeout", self.server_idle_timeout),
-            ("query_wait_timeout", self.query_wait_timeout),
-            ("idle_transaction_timeout", self.idle_transaction_timeout),
-            ("query_timeout", self.query_timeout),
-            ("transaction_timeout", self.transaction_timeout),
-            ("client_idle_timeout", self.client_idle_timeout),
-            ("autodb_idle_timeout", self.autodb_idle_timeout),
-            ("server_check_delay", self.server_check_delay),
-            ("replica_ban_time", self.replica_ban_time),
-            ("client_write_timeout", self.client_write_timeout),
-            ("shutdown_timeout", self.shutdown_timeout),
-        ];
-        let non_negative = non_negative
-            .into_iter()
-            .map(|(key, v)| (key.to_string(), v))
-            .chain(self.entry_timeouts());
-        for (key, v) in non_negative {
-            if v.is_nan() || !(0.0..=1e9).contains(&v) {
-                return Err(ConfigError::new(format!(
-                    "{key}: expected seconds from 0 (off) upwards, got {v}"
-                )));
-            }
-        }
-        if !(0.0..=0.5).contains(&self.server_lifetime_jitter) {
-            return Err(ConfigError::new(format!(
-                "server_lifetime_jitter: expected a fraction between 0 and 0.5, got {}",
-                self.server_lifetime_jitter
-            )));
-        }
-        if self.min_pool_size > self.pool_size {
-            return Err(ConfigError::new(format!(
-                "min_pool_size: {} is larger than pool_size {}",
-                self.min_pool_size, self.pool_size
-            )));
-        }
-        if self.auth_type == AuthType::Cert && self.client_tls_sslmode < SslMode::VerifyCa {
-            return Err(ConfigError::new(format!(
-                "auth_type: \"cert\" logs clients in by their certificate, which client_tls_sslmode = \"{}\" does not ask for (use verify-ca or verify-full)",
-                self.client_tls_sslmode.name()
-            )));
-        }
-        hosts::parse_hosts("server_host", &self.server_host, self.server_port)?;
-        for (name, db) in &self.databases {
-            if let Some(host) = &db.host {
-                let port = db.port.unwrap_or(self.server_port);
-                hosts::parse_hosts(&format!("databases.{name}.host"), host, port)?;
-            }
-        }
-        if self.peer_id > crate::peering::MAX_PEER_ID {
-            return Err(ConfigError::new(format!(
-                "peer_id: expected 0 (no peering) to {}, got {}",
-                crate::peering::MAX_PEER_ID,
-                self.peer_id
-            )));
-        }
-        for name in self.peers.keys() {
-            match name.parse::<u16>() {
-                Ok(id) if (1..=crate::peering::MAX_PEER_ID).contains(&id) => {}
-                _ => {
-                    return Err(ConfigError::new(format!(
-                        "peers.{name}: a peer is named by its peer_id, 1 to {}",
-                        crate::peering::MAX_PEER_ID
-                    )))
-                }
-            }
-        }
-        if self.max_message_size < 1024 {
-            return Err(ConfigError::new(
-                "max_message_size: expected at least 1024 bytes".into(),
-            ));
-        }
-        Ok(())
     }
 }
 
