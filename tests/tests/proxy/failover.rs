@@ -217,3 +217,61 @@ async fn a_dead_server_in_the_list_is_held_back_and_shown() {
         1.0
     );
 }
+
+/// A standby with more received WAL left to replay than
+/// `replica_max_lag` is passed over: refused where only standbys will do,
+/// and skipped for the primary under `prefer-standby`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_too_far_behind_is_passed_over() {
+    let pair = pair("lag").await;
+    let (p, s) = (pair.primary.port, pair.standby.port);
+    // Replay paused on the standby while the primary writes: the standby
+    // receives WAL it does not replay.
+    on_pair(&pair, |pair| {
+        pair.psql(pair.standby.port, "SELECT pg_wal_replay_pause()");
+        pair.psql(
+            pair.primary.port,
+            "CREATE TABLE filler AS SELECT g FROM generate_series(1, 100000) g",
+        );
+        let behind =
+            "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) > 100000";
+        let start = std::time::Instant::now();
+        while pair.query(pair.standby.port, behind) != "t" {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "the standby never fell behind"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    })
+    .await;
+    let strict = start_pgmux(|c| {
+        listing(c, &[s], SessionAttrs::Standby);
+        c.replica_max_lag = 1024;
+    })
+    .await;
+    let err = try_connect(&dsn(strict.addr, "app"))
+        .await
+        .expect_err("only a lagging standby");
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("bytes of WAL behind"), "{message}");
+    let preferring = start_pgmux(|c| {
+        listing(c, &[s, p], SessionAttrs::PreferStandby);
+        c.replica_max_lag = 1024;
+    })
+    .await;
+    let c = connect(preferring.addr, "app").await;
+    assert_eq!(
+        scalar_text(&c, "select pg_is_in_recovery()::text").await,
+        "false"
+    );
+    let lenient = start_pgmux(|c| listing(c, &[s], SessionAttrs::Standby)).await;
+    let c = connect(lenient.addr, "app").await;
+    assert_eq!(
+        scalar_text(&c, "select pg_is_in_recovery()::text").await,
+        "true"
+    );
+}

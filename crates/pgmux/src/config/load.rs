@@ -98,6 +98,7 @@ fn defaults(
         .set_default("target_session_attrs", "any")?
         .set_default("load_balance_hosts", "disable")?
         .set_default("replica_ban_time", 60)?
+        .set_default("replica_max_lag", 0)?
         .set_default("pool_mode", "transaction")?
         .set_default("pool_size", 20)?
         .set_default("min_pool_size", 0)?

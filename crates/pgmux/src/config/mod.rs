@@ -105,6 +105,10 @@ pub struct Config {
     /// A listed server that failed a connection attempt is tried last for
     /// this many seconds (0: never held back).
     pub replica_ban_time: f64,
+    /// A standby with more than this many bytes of received WAL still to
+    /// replay is passed over when a server connection is opened (0: no
+    /// limit).
+    pub replica_max_lag: u64,
     pub pool_mode: PoolMode,
     pub pool_size: u32,
     pub min_pool_size: u32,

@@ -103,11 +103,12 @@ impl Pools {
         let mut server = Server::connect(
             &target,
             &login,
-            (
-                config.server_connect_timeout(),
-                config.tcp_options(),
-                config.replica_ban_time(),
-            ),
+            crate::server::Reach {
+                timeout: config.server_connect_timeout(),
+                tcp: config.tcp_options(),
+                ban_time: config.replica_ban_time(),
+                max_lag: config.replica_max_lag,
+            },
             config.max_message_size as usize,
             0,
         )

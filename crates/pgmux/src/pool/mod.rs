@@ -340,7 +340,12 @@ impl Pool {
         let result = Box::pin(Server::connect(
             &target,
             &login,
-            (settings.connect_timeout, settings.tcp, settings.ban_time),
+            crate::server::Reach {
+                timeout: settings.connect_timeout,
+                tcp: settings.tcp,
+                ban_time: settings.ban_time,
+                max_lag: settings.max_lag,
+            },
             self.max_message,
             self.generation.load(Ordering::Acquire),
         ))

@@ -19,6 +19,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// How long a listed server that failed a connection is tried last.
     pub ban_time: Duration,
+    /// Bytes of WAL a standby may have left to replay (0: no limit).
+    pub max_lag: u64,
     /// Keepalive and user timeout of new server connections.
     pub tcp: crate::io::TcpOptions,
     pub login_retry: Duration,
@@ -51,6 +53,7 @@ impl PoolSettings {
             idle_timeout: cfg.server_idle_timeout(),
             connect_timeout: cfg.server_connect_timeout(),
             ban_time: cfg.replica_ban_time(),
+            max_lag: cfg.replica_max_lag,
             tcp: cfg.tcp_options(),
             login_retry: cfg.server_login_retry(),
             query_wait_timeout: cfg.query_wait_timeout(),

@@ -14,16 +14,35 @@ use super::{Login, Server, ServerError};
 use crate::config::{LoadBalance, Role, SessionAttrs, Target};
 use crate::conninfo::{ConnInfo, State};
 
+/// How servers are reached: the settings a connection attempt follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Reach {
+    /// Each attempt's limit (`server_connect_timeout`).
+    pub timeout: Duration,
+    pub tcp: crate::io::TcpOptions,
+    /// How long a server that failed an attempt is tried last.
+    pub ban_time: Duration,
+    /// Bytes of received WAL a standby may still have to replay (0: no
+    /// limit).
+    pub max_lag: u64,
+}
+
 impl Server {
     /// Connect and log in to a server of `target` that fits its
     /// `target_session_attrs`.
     pub async fn connect(
         target: &Target,
         login: &Login,
-        (timeout, tcp, ban): (Duration, crate::io::TcpOptions, Duration),
+        reach: Reach,
         max_message: usize,
         generation: u64,
     ) -> Result<Server, ServerError> {
+        let Reach {
+            timeout,
+            tcp,
+            ban_time: ban,
+            max_lag,
+        } = reach;
         let mut order: Vec<_> = target.hosts.iter().collect();
         if target.load_balance == LoadBalance::Random {
             shuffle(&mut order);
@@ -74,11 +93,20 @@ impl Server {
                 if let Some(book) = book {
                     book.answered(endpoint, Some(role));
                 }
-                if wanted.accepts(role) {
+                let behind = match role.in_recovery && max_lag > 0 {
+                    true => server.replay_lag().await?,
+                    false => 0,
+                };
+                let too_far = max_lag > 0 && behind > max_lag;
+                if wanted.accepts(role) && !too_far {
                     server.role = Some(role);
                     return Ok(server.opened(generation));
                 }
-                unfit.push(format!("{endpoint} is a {}", role.name()));
+                unfit.push(if too_far {
+                    format!("{endpoint} is a standby {behind} bytes of WAL behind (replica_max_lag {max_lag})")
+                } else {
+                    format!("{endpoint} is a {}", role.name())
+                });
                 server.close().await;
             }
         }
@@ -147,6 +175,26 @@ impl Server {
             in_recovery,
             read_only: in_recovery || read_only,
         })
+    }
+}
+
+impl Server {
+    /// Bytes of WAL this standby has received and not yet replayed.
+    async fn replay_lag(&mut self) -> Result<u64, ServerError> {
+        let mut notices = bytes::BytesMut::new();
+        let rows = self
+            .query_rows(
+                "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn())::bigint",
+                &mut notices,
+            )
+            .await?;
+        let lag = rows
+            .first()
+            .and_then(|r| data_row(r))
+            .and_then(|row| row.first().copied().flatten())
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+            .unwrap_or(0);
+        Ok(lag.max(0) as u64)
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub(crate) mod auth;
 mod connect;
+pub use connect::Reach;
 pub mod hosts;
 mod timing;
 
