@@ -225,6 +225,16 @@ async fn a_dead_server_in_the_list_is_held_back_and_shown() {
 async fn a_standby_too_far_behind_is_passed_over() {
     let pair = pair("lag").await;
     let (p, s) = (pair.primary.port, pair.standby.port);
+    // A pool whose standby server is checked before every lending
+    // (server_check_delay 0), opened while the standby keeps up.
+    let watching = start_pgmux(|c| {
+        listing(c, &[s], SessionAttrs::Standby);
+        c.replica_max_lag = 1024;
+        c.server_check_delay = 0.0;
+    })
+    .await;
+    let watched = connect(watching.addr, "app").await;
+    assert_eq!(scalar_i32(&watched, "select 1").await, 1);
     // Replay paused on the standby while the primary writes: the standby
     // receives WAL it does not replay.
     on_pair(&pair, |pair| {
@@ -245,6 +255,17 @@ async fn a_standby_too_far_behind_is_passed_over() {
         }
     })
     .await;
+    // The open server is found behind at its next lending and closed, and
+    // no other server fits: the request is refused, saying why.
+    let refused = watched
+        .simple_query("select 2")
+        .await
+        .expect_err("the lagging standby is closed");
+    let why = refused
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(why.contains("bytes of WAL behind"), "{why}");
     let strict = start_pgmux(|c| {
         listing(c, &[s], SessionAttrs::Standby);
         c.replica_max_lag = 1024;

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::Pool;
+use super::{Pool, PoolSettings};
 use crate::conninfo::State;
 use crate::server::Server;
 use crate::stats::CloseReason;
@@ -32,7 +32,7 @@ impl Pool {
         };
         let result = crate::io::timeout(settings.connect_timeout, server.run(query)).await;
         match result {
-            Ok(Ok(b'I')) => return true,
+            Ok(Ok(b'I')) => return self.standby_keeps_up(server, &settings).await,
             Ok(Ok(status)) => {
                 tracing::warn!(server = server.info.id, database = %self.database, status = %char::from(status), "server_check_query left a transaction open; server closed")
             }
@@ -44,6 +44,24 @@ impl Pool {
             }
         }
         false
+    }
+
+    /// A standby checked for health is also checked for lag: one more
+    /// than `replica_max_lag` bytes of WAL behind in its replay is closed,
+    /// and the next connection passes it over.
+    async fn standby_keeps_up(&self, server: &mut Server, settings: &PoolSettings) -> bool {
+        if settings.max_lag == 0 || !server.role.is_some_and(|r| r.in_recovery) {
+            return true;
+        }
+        let lag = crate::io::timeout(settings.connect_timeout, server.replay_lag()).await;
+        match lag {
+            Ok(Ok(behind)) if behind <= settings.max_lag => true,
+            Ok(Ok(behind)) => {
+                tracing::warn!(server = %server.addr, database = %self.database, behind, max = settings.max_lag, "a standby fell behind replica_max_lag; server closed");
+                false
+            }
+            _ => false,
+        }
     }
 
     pub(super) fn lend(

@@ -180,7 +180,7 @@ impl Server {
 
 impl Server {
     /// Bytes of WAL this standby has received and not yet replayed.
-    async fn replay_lag(&mut self) -> Result<u64, ServerError> {
+    pub(crate) async fn replay_lag(&mut self) -> Result<u64, ServerError> {
         let mut notices = bytes::BytesMut::new();
         let rows = self
             .query_rows(
