@@ -99,6 +99,15 @@ pub async fn try_connect(dsn: &str) -> Result<tokio_postgres::Client, tokio_post
     Ok(client)
 }
 
+/// What a failed call was told: the server's SQLSTATE and message, or
+/// the client's own error.
+pub fn told(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
 /// The SQLSTATE of a failed call, or a panic naming what succeeded instead.
 pub fn sqlstate<T: std::fmt::Debug>(r: Result<T, tokio_postgres::Error>) -> String {
     match r {

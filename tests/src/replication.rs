@@ -257,16 +257,21 @@ impl Pair {
         }
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// A server tool, as the `postgres` user when the tests run as root.
+    fn command(&self, tool: &str) -> Command {
         let exe = self.bindir.join(tool);
-        let mut cmd = if self.as_postgres {
+        if self.as_postgres {
             let mut cmd = Command::new("runuser");
             cmd.args(["-u", "postgres", "--"]).arg(exe);
             cmd
         } else {
             Command::new(exe)
-        };
-        let out = cmd
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .command(tool)
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
@@ -282,23 +287,9 @@ impl Pair {
 impl Drop for Pair {
     fn drop(&mut self) {
         for node in [&self.primary, &self.standby] {
-            let _ = self.run_quietly(&node.data);
+            let stop = ["-D", path(&node.data), "-m", "immediate", "stop"];
+            let _ = self.command("pg_ctl").args(stop).output();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Pair {
-    fn run_quietly(&self, data: &Path) -> std::io::Result<std::process::Output> {
-        let exe = self.bindir.join("pg_ctl");
-        let mut cmd = if self.as_postgres {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(exe);
-            cmd
-        } else {
-            Command::new(exe)
-        };
-        cmd.args(["-D", path(data), "-m", "immediate", "stop"])
-            .output()
     }
 }

@@ -23,4 +23,5 @@ mod proxy {
     pub mod session_state;
     pub mod timeouts;
     pub mod tls;
+    pub mod tls_servers;
 }

@@ -68,10 +68,7 @@ async fn target_session_attrs_picks_the_server_from_the_list() {
     let err = try_connect(&dsn(nowhere.addr, "app"))
         .await
         .expect_err("no writable server");
-    let message = err
-        .as_db_error()
-        .map(|e| e.message().to_string())
-        .unwrap_or_default();
+    let message = told(&err);
     assert!(
         message.contains("target_session_attrs") && message.contains("standby"),
         "{message}"
@@ -261,10 +258,7 @@ async fn a_standby_too_far_behind_is_passed_over() {
         .simple_query("select 2")
         .await
         .expect_err("the lagging standby is closed");
-    let why = refused
-        .as_db_error()
-        .map(|e| e.message().to_string())
-        .unwrap_or_default();
+    let why = told(&refused);
     assert!(why.contains("bytes of WAL behind"), "{why}");
     let strict = start_pgmux(|c| {
         listing(c, &[s], SessionAttrs::Standby);
@@ -274,10 +268,7 @@ async fn a_standby_too_far_behind_is_passed_over() {
     let err = try_connect(&dsn(strict.addr, "app"))
         .await
         .expect_err("only a lagging standby");
-    let message = err
-        .as_db_error()
-        .map(|e| e.message().to_string())
-        .unwrap_or_default();
+    let message = told(&err);
     assert!(message.contains("bytes of WAL behind"), "{message}");
     let preferring = start_pgmux(|c| {
         listing(c, &[s, p], SessionAttrs::PreferStandby);

@@ -9,12 +9,13 @@
 //! until a login with it fails. That a name is unknown is cached only
 //! briefly, so a role created a moment ago can log in, while a stranger
 //! trying names costs PostgreSQL at most one query per name per
-//! [`UNKNOWN_FOR`].
+//! [`UNKNOWN_FOR`]. A name that is no one's gets a whole SCRAM exchange
+//! against a decoy verifier of its own ([`Pools::decoy`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use pgmux_wire::auth::Secret;
+use pgmux_wire::auth::{ScramVerifier, Secret};
 use pgmux_wire::backend::data_row;
 
 use super::{lock, Pools};
@@ -77,6 +78,15 @@ impl Pools {
         secret
     }
 
+    /// The verifier an unknown user's SCRAM exchange runs against: the same
+    /// salt for the same name every time, and a different one for another
+    /// name, as for real users, so that the exchange tells a stranger
+    /// nothing. Its keys come from the configured secrets (stable across
+    /// restarts while they are), or from a random key when there are none.
+    pub fn decoy(&self, user: &str) -> ScramVerifier {
+        ScramVerifier::decoy(&self.current().decoy_key, user)
+    }
+
     /// A login with `user`'s looked-up secret failed: look it up afresh
     /// next time (the password may have changed).
     pub fn forget_looked_up(&self, user: &str) {
@@ -127,4 +137,24 @@ impl Pools {
         // query returning something else.
         Ok(secret.filter(|s| s.plaintext().is_none()))
     }
+}
+
+/// A key only someone who knows every configured secret could derive.
+pub(super) fn decoy_key(secrets: &BTreeMap<String, Secret>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    if secrets.is_empty() {
+        return rand::random();
+    }
+    let mut h = Sha256::new();
+    h.update(b"pgmux decoy verifiers\0");
+    for (user, secret) in secrets {
+        h.update(user.as_bytes());
+        h.update([0]);
+        match secret {
+            Secret::Plain(p) | Secret::Md5(p) => h.update(p.as_bytes()),
+            Secret::Scram(v) => h.update(v.server_key()),
+        }
+        h.update([0]);
+    }
+    h.finalize().into()
 }

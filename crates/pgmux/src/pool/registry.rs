@@ -19,7 +19,7 @@ use crate::server::{Credential, Login};
 use crate::tls::TlsSetup;
 
 /// What a reload replaces in one step.
-struct Current {
+pub(super) struct Current {
     config: Arc<Config>,
     secrets: BTreeMap<String, Secret>,
     /// SCRAM verifiers, derived once per load for plaintext secrets.
@@ -28,7 +28,7 @@ struct Current {
     tls: Arc<TlsSetup>,
     /// Keys the decoy verifiers of unknown users derive from (see
     /// [`Pools::decoy`]).
-    decoy_key: [u8; 32],
+    pub(super) decoy_key: [u8; 32],
     /// The listed servers' failures and roles, kept across reloads.
     book: Arc<HostBook>,
 }
@@ -44,7 +44,7 @@ impl Current {
             .iter()
             .filter_map(|(user, s)| Some((user.clone(), s.scram_verifier()?)))
             .collect();
-        let decoy_key = decoy_key(&secrets);
+        let decoy_key = super::auth_query::decoy_key(&secrets);
         Current {
             config,
             secrets,
@@ -154,7 +154,7 @@ impl Pools {
         sw.paused_all || !sw.paused.is_empty()
     }
 
-    fn current(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+    pub(super) fn current(&self) -> std::sync::RwLockReadGuard<'_, Current> {
         self.current.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -164,15 +164,6 @@ impl Pools {
 
     pub fn config(&self) -> Arc<Config> {
         self.current().config.clone()
-    }
-
-    /// The verifier an unknown user's SCRAM exchange runs against: the same
-    /// salt for the same name every time, and a different one for another
-    /// name, as for real users, so that the exchange tells a stranger
-    /// nothing. Its keys come from the configured secrets (stable across
-    /// restarts while they are), or from a random key when there are none.
-    pub fn decoy(&self, user: &str) -> ScramVerifier {
-        ScramVerifier::decoy(&self.current().decoy_key, user)
     }
 
     /// Where `database`'s servers are (with the TLS setup), if it may be
@@ -495,26 +486,6 @@ impl Pools {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = current;
         Ok(restart_needed)
     }
-}
-
-/// A key only someone who knows every configured secret could derive.
-fn decoy_key(secrets: &BTreeMap<String, Secret>) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    if secrets.is_empty() {
-        return rand::random();
-    }
-    let mut h = Sha256::new();
-    h.update(b"pgmux decoy verifiers\0");
-    for (user, secret) in secrets {
-        h.update(user.as_bytes());
-        h.update([0]);
-        match secret {
-            Secret::Plain(p) | Secret::Md5(p) => h.update(p.as_bytes()),
-            Secret::Scram(v) => h.update(v.server_key()),
-        }
-        h.update([0]);
-    }
-    h.finalize().into()
 }
 
 fn login_for(secrets: &BTreeMap<String, Secret>, user: &str) -> Login {

@@ -5,6 +5,7 @@
 
 pub(crate) mod auth;
 mod connect;
+mod secure;
 pub use connect::Reach;
 pub mod hosts;
 mod timing;
@@ -22,12 +23,11 @@ use pgmux_wire::startup::startup_packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cancel::CancelTarget;
-use crate::config::{Endpoint, Role, SslMode, Target};
+use crate::config::{Endpoint, Role, Target};
 use crate::conninfo::{next_id, ConnInfo, State};
 use crate::params::ParamMap;
 use crate::prepared::{forgets_statements, ServerStatements};
 use crate::session::{Expect, ServerFlow};
-use crate::tls::{HandshakeFailure, Side};
 
 pub use timing::Timing;
 
@@ -187,7 +187,7 @@ impl Server {
         stream.set_nodelay(true).map_err(connect_err)?;
         tcp.apply(stream.socket()).map_err(connect_err)?;
         let addr = stream.peer_addr().map_err(connect_err)?;
-        let stream = secure(stream, target, &endpoint.host, &where_).await?;
+        let stream = secure::secure(stream, target, &endpoint.host, &where_).await?;
         let now = Instant::now();
         let id = next_id();
         let mut server = Server {
@@ -434,67 +434,6 @@ impl Server {
 /// Connect to `host:port`, trying each address it resolves to. A name is
 /// resolved off the worker thread (a lookup can take seconds, and a worker
 /// serves many clients); an address literal needs no lookup.
-/// PostgreSQL's SSLRequest: length 8, code 1234.5679.
-const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
-
-/// Ask for TLS as `server_tls_sslmode` says, and run the handshake if the
-/// server agrees. Never plaintext under `require` or stronger.
-async fn secure(
-    mut stream: TcpStream,
-    target: &Target,
-    host: &str,
-    where_: &str,
-) -> Result<TcpStream, ServerError> {
-    let mode = target.tls_mode;
-    let Some(setup) = target.tls.as_ref() else {
-        return Ok(stream);
-    };
-    if matches!(mode, SslMode::Disable | SslMode::Allow) {
-        return Ok(stream);
-    }
-    let refused = |reason: String| ServerError::Tls {
-        addr: where_.to_string(),
-        reason,
-    };
-    stream
-        .write_all(&SSL_REQUEST)
-        .await
-        .map_err(ServerError::io)?;
-    // Exactly one byte: anything the server sent after it (in plaintext)
-    // is read as TLS and fails the handshake, as libpq makes it.
-    let mut answer = [0u8; 1];
-    stream
-        .read_exact(&mut answer)
-        .await
-        .map_err(ServerError::io)?;
-    match answer[0] {
-        b'S' => {}
-        b'N' if mode.requires_tls() => {
-            return Err(refused(format!(
-                "the server does not accept TLS, and server_tls_sslmode is \"{}\"",
-                mode.name()
-            )))
-        }
-        b'N' => return Ok(stream),
-        other => {
-            return Err(ServerError::Protocol(format!(
-                "unexpected answer {other:#04x} to the TLS request"
-            )))
-        }
-    }
-    let conn = setup
-        .connect(mode, host, target.tls_ca_file.as_deref())
-        .map_err(refused)?;
-    let tls = crate::tls::TlsStream::new(stream, conn, &[]);
-    let done = tls.handshake().await;
-    crate::stats::tls_handshake(
-        Side::Server,
-        done.as_ref().map(|_| ()).map_err(HandshakeFailure::of),
-    );
-    done.map_err(|e| refused(e.to_string()))?;
-    Ok(TcpStream::Tls(Box::new(tls)))
-}
-
 pub(crate) async fn connect_any(host: &str, port: u16) -> std::io::Result<TcpStream> {
     let addrs: Vec<std::net::SocketAddr> = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => vec![(ip, port).into()],
