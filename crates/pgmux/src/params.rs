@@ -96,6 +96,20 @@ impl ParamMap {
         }
     }
 
+    /// `reported`'s settings (as `reported` spells their names) with the
+    /// values `self` gives them, for a login's ParameterStatus messages;
+    /// looked up by the stored lowercase keys, so nothing is allocated.
+    pub fn reported_values<'a>(
+        &'a self,
+        reported: &'a ParamMap,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> {
+        reported.entries.iter().filter_map(|(key, (name, _))| {
+            self.entries
+                .get(key)
+                .map(|(_, value)| (name.as_str(), value.as_str()))
+        })
+    }
+
     /// The same shared map (a pointer compare, no string compares).
     pub fn shares_with(&self, other: &ParamMap) -> bool {
         Arc::ptr_eq(&self.entries, &other.entries)

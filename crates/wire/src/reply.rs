@@ -8,7 +8,7 @@ use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 use pgwire::messages::response::{
     CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
-use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
+use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
 use pgwire::messages::Message;
 
 use crate::frame::write_message;
@@ -64,8 +64,15 @@ pub fn ready_for_query(out: &mut BytesMut, status: u8) {
     encode(ReadyForQuery::new(status), out);
 }
 
+/// Written by hand: pgwire's `ParameterStatus` owns two `String`s, and a
+/// login greeting carries one of these per reported setting.
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    encode(ParameterStatus::new(name.into(), value.into()), out);
+    write_message(out, b'S', |out| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&[0]);
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(&[0]);
+    });
 }
 
 pub fn backend_key_data(out: &mut BytesMut, pid: u32, key: u32) {
@@ -235,6 +242,17 @@ mod tests {
         assert_eq!(e.severity, "FATAL");
         assert_eq!(e.code, "28P01");
         assert!(e.message.contains("bob"));
+    }
+
+    #[test]
+    fn parameter_status_is_what_pgwire_encodes() {
+        let mut ours = BytesMut::new();
+        parameter_status(&mut ours, "DateStyle", "ISO, MDY");
+        let mut theirs = BytesMut::new();
+        pgwire::messages::startup::ParameterStatus::new("DateStyle".into(), "ISO, MDY".into())
+            .encode(&mut theirs)
+            .unwrap();
+        assert_eq!(ours, theirs);
     }
 
     #[test]

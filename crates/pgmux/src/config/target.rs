@@ -66,10 +66,10 @@ impl Config {
     /// The backend for a client-facing database name, or `None` when the
     /// name is not configured and wildcard pooling is off.
     pub fn target(&self, database: &str) -> Option<Target> {
-        let db = self.databases.get(database);
-        if db.is_none() && !self.wildcard_databases {
+        if !self.serves(database) {
             return None;
         }
+        let db = self.databases.get(database);
         let db = db.cloned().unwrap_or_default();
         let (key, list) = match &db.host {
             Some(host) => (format!("databases.{database}.host"), host.as_str()),
@@ -93,6 +93,12 @@ impl Config {
             tls: None,
             book: None,
         })
+    }
+
+    /// Whether clients may log in to `database` (what [`Config::target`]
+    /// decides, without building the target: asked at every login).
+    pub fn serves(&self, database: &str) -> bool {
+        self.wildcard_databases || self.databases.contains_key(database)
     }
 
     /// `server_host` as a list of servers.

@@ -103,6 +103,7 @@ pub struct Pool {
     backoff: Mutex<Backoff>,
     defaults: Mutex<Option<ParamMap>>,
     param_variants: Mutex<Vec<ParamMap>>,
+    logins_seen: Mutex<Vec<LoginSeen>>,
     waiters: Mutex<BTreeMap<u64, Instant>>,
     next_waiter: AtomicU64,
     pub stats: PoolStats,
@@ -164,6 +165,7 @@ impl Pool {
             backoff: Mutex::new(Backoff::default()),
             defaults: Mutex::new(None),
             param_variants: Mutex::new(Vec::new()),
+            logins_seen: Mutex::new(Vec::new()),
             waiters: Mutex::new(BTreeMap::new()),
             next_waiter: AtomicU64::new(0),
             stats: PoolStats::new(database, user, mode_label),
@@ -437,6 +439,40 @@ impl Pool {
         params
     }
 
+    /// The settings an earlier transaction-mode login with the same startup
+    /// packet settings came to, against the same server defaults: most
+    /// clients of a pool log in alike, and this spares each of them
+    /// building, spelling and interning a map of its own.
+    pub fn login_seen(
+        &self,
+        startup: &[(String, String)],
+        defaults: &ParamMap,
+    ) -> Option<ParamMap> {
+        lock(&self.logins_seen)
+            .iter()
+            .find(|seen| seen.defaults.shares_with(defaults) && seen.startup == startup)
+            .map(|seen| seen.params.clone())
+    }
+
+    /// Remember what a login came to (see [`Pool::login_seen`]); a pool
+    /// keeps at most [`MAX_PARAM_VARIANTS`] of them, the first ones.
+    pub fn remember_login(
+        &self,
+        startup: &[(String, String)],
+        defaults: &ParamMap,
+        params: &ParamMap,
+    ) {
+        let mut seen = lock(&self.logins_seen);
+        seen.retain(|s| s.defaults.shares_with(defaults));
+        if seen.len() < MAX_PARAM_VARIANTS {
+            seen.push(LoginSeen {
+                startup: startup.to_vec(),
+                defaults: defaults.clone(),
+                params: params.clone(),
+            });
+        }
+    }
+
     /// The parameters a fresh server reports, learnt from the first server
     /// this pool opened (opening one if needed, which also surfaces login
     /// errors such as an unknown database to the first client).
@@ -449,6 +485,14 @@ impl Pool {
         checkout.checkin();
         Ok(lock(&self.defaults).clone().unwrap_or(params))
     }
+}
+
+/// A transaction-mode login's startup settings, the server defaults they
+/// were applied to, and the settings they came to.
+struct LoginSeen {
+    startup: Vec<(String, String)>,
+    defaults: ParamMap,
+    params: ParamMap,
 }
 
 /// `base * (1 ± jitter)`, drawn per connection so servers opened together

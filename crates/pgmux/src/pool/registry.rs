@@ -194,9 +194,10 @@ impl Pools {
 
     /// Whether clients may ask for `database` at all.
     pub fn check_database(&self, database: &str) -> Result<(), UnknownDatabase> {
-        match self.current().config.target(database) {
-            Some(_) => Ok(()),
-            None => Err(UnknownDatabase(database.to_string())),
+        if self.current().config.serves(database) {
+            Ok(())
+        } else {
+            Err(UnknownDatabase(database.to_string()))
         }
     }
 

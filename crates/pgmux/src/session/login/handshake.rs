@@ -421,11 +421,12 @@ pub fn greeting(
     pid: u32,
     key: u32,
 ) {
+    // One allocation for the whole greeting (about 400 bytes with
+    // PostgreSQL 15's reported settings), not one per message.
+    out.reserve(512);
     reply::auth_ok(out);
-    for (name, _) in reported.iter() {
-        if let Some(value) = params.get(name) {
-            reply::parameter_status(out, name, value);
-        }
+    for (name, value) in params.reported_values(reported) {
+        reply::parameter_status(out, name, value);
     }
     reply::backend_key_data(out, pid, key);
     reply::ready_for_query(out, b'I');

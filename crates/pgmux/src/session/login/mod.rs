@@ -250,9 +250,14 @@ async fn join_transaction_pool(
         .server_defaults()
         .await
         .map_err(|e| with_user(e.into(), &pool.user))?;
+    if let Some(params) = pool.login_seen(startup, &defaults) {
+        return Ok((params, cancels.register(), None));
+    }
     let mut params = ParamMap::for_client(&defaults, startup);
     align::spell_like_server(pool, &defaults, &mut params).await?;
-    Ok((pool.intern_params(params), cancels.register(), None))
+    let params = pool.intern_params(params);
+    pool.remember_login(startup, &defaults, &params);
+    Ok((params, cancels.register(), None))
 }
 
 /// Session mode: the client keeps one server from login to the end, so it
