@@ -94,19 +94,37 @@ pub fn auth_md5(out: &mut BytesMut, salt: [u8; 4]) {
     encode(Authentication::MD5Password(salt.to_vec()), out);
 }
 
+// The SASL messages are written by hand: pgwire's forms own a `Vec` or
+// `Bytes` of what is already in hand, and every SCRAM login sends all three.
+
+/// AuthenticationSASL (code 10): the mechanisms offered, each NUL-ended,
+/// then an empty one.
 pub fn auth_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
-    encode(
-        Authentication::SASL(mechanisms.iter().map(|m| m.to_string()).collect()),
-        out,
-    );
+    write_message(out, b'R', |out| {
+        out.extend_from_slice(&10i32.to_be_bytes());
+        for mechanism in mechanisms {
+            out.extend_from_slice(mechanism.as_bytes());
+            out.extend_from_slice(&[0]);
+        }
+        out.extend_from_slice(&[0]);
+    });
 }
 
+/// AuthenticationSASLContinue (code 11) with the server-first message.
 pub fn auth_sasl_continue(out: &mut BytesMut, data: &[u8]) {
-    encode(Authentication::SASLContinue(data.to_vec().into()), out);
+    sasl_data(out, 11, data);
 }
 
+/// AuthenticationSASLFinal (code 12) with the server-final message.
 pub fn auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
-    encode(Authentication::SASLFinal(data.to_vec().into()), out);
+    sasl_data(out, 12, data);
+}
+
+fn sasl_data(out: &mut BytesMut, code: i32, data: &[u8]) {
+    write_message(out, b'R', |out| {
+        out.extend_from_slice(&code.to_be_bytes());
+        out.extend_from_slice(data);
+    });
 }
 
 /// Column types of the result sets pgmux writes (its admin console).
@@ -253,6 +271,38 @@ mod tests {
             .encode(&mut theirs)
             .unwrap();
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn sasl_messages_are_what_pgwire_encodes() {
+        let pgwire = |msg: Authentication| {
+            let mut out = BytesMut::new();
+            msg.encode(&mut out).unwrap();
+            out
+        };
+        let mut ours = BytesMut::new();
+        auth_sasl(&mut ours, &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
+        assert_eq!(
+            ours,
+            pgwire(Authentication::SASL(vec![
+                "SCRAM-SHA-256-PLUS".into(),
+                "SCRAM-SHA-256".into()
+            ]))
+        );
+        let mut ours = BytesMut::new();
+        auth_sasl_continue(&mut ours, b"r=abc,s=salt,i=4096");
+        assert_eq!(
+            ours,
+            pgwire(Authentication::SASLContinue(
+                b"r=abc,s=salt,i=4096".to_vec().into()
+            ))
+        );
+        let mut ours = BytesMut::new();
+        auth_sasl_final(&mut ours, b"v=signature");
+        assert_eq!(
+            ours,
+            pgwire(Authentication::SASLFinal(b"v=signature".to_vec().into()))
+        );
     }
 
     #[test]

@@ -227,7 +227,8 @@ async fn check_password(
     // Room for a whole SCRAM message in one read (an empty buffer would
     // be read into 64 bytes at a time).
     let mut buf = BytesMut::with_capacity(512);
-    let mut out = BytesMut::new();
+    // Room for the exchange's messages and, after it, the greeting.
+    let mut out = BytesMut::with_capacity(1024);
     // Like PostgreSQL, a stored MD5 hash forces MD5 and a SCRAM verifier
     // forces SCRAM, whatever the configured method.
     let method = match (auth_type, secret) {
