@@ -197,7 +197,9 @@ pub async fn authenticate(
         Some(secret) => (Some(secret), false),
         // Console users are always configured ones.
         None if crate::admin::is_console(database) => (None, false),
-        None => (pools.look_up_secret(user, database).await, true),
+        // Boxed: its server round trip would otherwise make every login's
+        // future (kept through each login) several kilobytes bigger.
+        None => (Box::pin(pools.look_up_secret(user, database)).await, true),
     };
     let checked = check_password(stream, pools, user, auth_type, secret.as_ref()).await;
     if looked_up && secret.is_some() && checked.is_err() {
@@ -227,8 +229,8 @@ async fn check_password(
     // Room for a whole SCRAM message in one read (an empty buffer would
     // be read into 64 bytes at a time).
     let mut buf = BytesMut::with_capacity(512);
-    // Room for the exchange's messages and, after it, the greeting.
-    let mut out = BytesMut::with_capacity(1024);
+    // Room for the biggest of the exchange's messages (server-first).
+    let mut out = BytesMut::with_capacity(256);
     // Like PostgreSQL, a stored MD5 hash forces MD5 and a SCRAM verifier
     // forces SCRAM, whatever the configured method.
     let method = match (auth_type, secret) {
@@ -413,6 +415,11 @@ async fn read_password_message(
     }
 }
 
+// Sizes of the greeting's fixed messages, tag and length included.
+const AUTH_OK_LEN: usize = 9;
+const BACKEND_KEY_DATA_LEN: usize = 13;
+const READY_FOR_QUERY_LEN: usize = 6;
+
 /// AuthenticationOk, every parameter the server reports (with the client's
 /// own values), the cancel key and ReadyForQuery, in one write.
 pub fn greeting(
@@ -422,9 +429,13 @@ pub fn greeting(
     pid: u32,
     key: u32,
 ) {
-    // One allocation for the whole greeting (about 400 bytes with
-    // PostgreSQL 15's reported settings), not one per message.
-    out.reserve(512);
+    // Room for the whole greeting at once (about 400 bytes with
+    // PostgreSQL 15's reported settings), not message by message.
+    let statuses: usize = params
+        .reported_values(reported)
+        .map(|(name, value)| 5 + name.len() + 1 + value.len() + 1)
+        .sum();
+    out.reserve(AUTH_OK_LEN + statuses + BACKEND_KEY_DATA_LEN + READY_FOR_QUERY_LEN);
     reply::auth_ok(out);
     for (name, value) in params.reported_values(reported) {
         reply::parameter_status(out, name, value);
@@ -439,4 +450,35 @@ pub async fn refuse(stream: &mut TcpStream, code: &str, message: &str) {
     reply::error(&mut out, Severity::Fatal, code, message);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ParamMap;
+    use pgmux_wire::frame::take_frame;
+
+    #[test]
+    fn greeting_reports_the_clients_values_in_one_buffer() {
+        let mut reported = ParamMap::default();
+        reported.set("DateStyle", "ISO, MDY");
+        reported.set("client_encoding", "UTF8");
+        reported.set("application_name", "");
+        let mut client = reported.clone();
+        client.set("application_name", "booktrader");
+        let mut out = BytesMut::new();
+        greeting(&mut out, &client, &reported, 7, 9);
+        let reserved = out.capacity();
+        let mut frames = Vec::new();
+        while let Some(f) = take_frame(&mut out, 1 << 16).unwrap() {
+            frames.push(f);
+        }
+        let tags: Vec<u8> = frames.iter().map(|f| f.tag).collect();
+        assert_eq!(tags, b"RSSSKZ");
+        let statuses: Vec<&[u8]> = frames[1..4].iter().map(|f| &f.body[..]).collect();
+        assert!(statuses.contains(&&b"application_name\0booktrader\0"[..]));
+        assert!(statuses.contains(&&b"DateStyle\0ISO, MDY\0"[..]));
+        let written: usize = frames.iter().map(|f| 5 + f.body.len()).sum();
+        assert!(reserved >= written, "{reserved} reserved for {written}");
+    }
 }

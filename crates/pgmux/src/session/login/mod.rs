@@ -35,7 +35,12 @@ pub(super) async fn open_session(
     let login_timeout = shared.pools.config().client_login_timeout();
     // TLS replaces the stream during the login: it lives in a slot.
     let mut slot = Some(stream);
-    let opened = crate::io::timeout(login_timeout, log_in(&mut slot, shared, peer)).await;
+    let opened = {
+        // Pinned here and lent to the timeout: moved into it, the login
+        // would take room twice in this future (kept through every login).
+        let login = std::pin::pin!(log_in(&mut slot, shared, peer));
+        crate::io::timeout(login_timeout, login).await
+    };
     let mut stream = slot?;
     let (code, message) = match opened {
         Ok(Ok(Some(session))) => return Some((stream, session)),
@@ -111,7 +116,9 @@ async fn log_in(
     let stream = slot.as_mut().ok_or(ClientError::Gone)?;
     let params = match opening {
         handshake::Opening::Cancel { pid, key } => {
-            cancel(shared, pid, key).await;
+            // Boxed: a cancel forwarded to a peer carries a connection of
+            // its own, which every login's future would otherwise make room for.
+            Box::pin(cancel(shared, pid, key)).await;
             return Ok(None);
         }
         handshake::Opening::Startup(params) => params,
@@ -144,21 +151,9 @@ async fn log_in(
     // A connection accepted before a drain began still logs in (it was
     // not refused); it is then closed like any idle client, with 57P01.
     if admin::is_console(&database) {
-        let mut out = handshake::authenticate(stream, pools, &user, &database)
-            .await?
-            .out;
-        let role = Role::of(&pools.config(), &user).ok_or_else(|| {
-            ClientError::fatal(
-                "28000",
-                format!("user \"{user}\" is not allowed into the pgmux admin console (admin_users, stats_users)"),
-            )
-        })?;
-        admin::greeting(&mut out);
-        tokio::io::AsyncWriteExt::write_all(stream, &out)
-            .await
-            .map_err(ClientError::io)?;
-        tracing::info!(?peer, %user, %database, ?role, "admin console login");
-        return Ok(Some(LoggedIn::Admin(AdminSession { user, role })));
+        // Boxed, so the console's own exchange does not add to every
+        // pool login's future.
+        return Box::pin(console_login(stream, pools, user, database, peer)).await;
     }
     let unknown = |e: crate::pool::UnknownDatabase| ClientError::fatal("3D000", e.to_string());
     pools.check_database(&database).map_err(unknown)?;
@@ -170,7 +165,10 @@ async fn log_in(
     }
     // Authenticate before any pool exists for this (database, user): a
     // stranger trying random names must not make pgmux allocate for them.
-    let authenticated = handshake::authenticate(stream, pools, &user, &database).await?;
+    // Boxed, as is joining the pool below: the compiler gives each awaited
+    // step its own room in this future, and it is kept for every login in
+    // progress (a thousand clients connecting at once hold a thousand).
+    let authenticated = Box::pin(handshake::authenticate(stream, pools, &user, &database)).await?;
     let mut out = authenticated.out;
     let pool = pools
         .get(&database, &user)
@@ -180,7 +178,9 @@ async fn log_in(
     }
     let joined = match pool.mode {
         PoolMode::Session => Box::pin(join_session_pool(&pool, &params, &shared.cancels)).await,
-        PoolMode::Transaction => join_transaction_pool(&pool, &params, &shared.cancels).await,
+        PoolMode::Transaction => {
+            Box::pin(join_transaction_pool(&pool, &params, &shared.cancels)).await
+        }
     };
     let (client_params, cancel, kept) = match joined {
         Ok(joined) => joined,
@@ -238,6 +238,32 @@ type Joined = (
     crate::cancel::CancelKey,
     Option<Box<crate::pool::Checkout>>,
 );
+
+/// A login to the admin console (`pgbouncer` or `pgmux`): the user's
+/// password, then its role there.
+async fn console_login(
+    stream: &mut TcpStream,
+    pools: &crate::pool::Pools,
+    user: String,
+    database: String,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Option<LoggedIn>, ClientError> {
+    let mut out = handshake::authenticate(stream, pools, &user, &database)
+        .await?
+        .out;
+    let role = Role::of(&pools.config(), &user).ok_or_else(|| {
+        ClientError::fatal(
+            "28000",
+            format!("user \"{user}\" is not allowed into the pgmux admin console (admin_users, stats_users)"),
+        )
+    })?;
+    admin::greeting(&mut out);
+    tokio::io::AsyncWriteExt::write_all(stream, &out)
+        .await
+        .map_err(ClientError::io)?;
+    tracing::info!(?peer, %user, %database, ?role, "admin console login");
+    Ok(Some(LoggedIn::Admin(AdminSession { user, role })))
+}
 
 /// Transaction mode: a made-up pid, and the client's settings as the
 /// servers spell them.
