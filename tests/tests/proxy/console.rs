@@ -144,9 +144,14 @@ async fn every_show_command_has_pgbouncers_columns() {
     for (command, expected) in PGBOUNCER_COLUMNS {
         let table = show(&admin, command).await.unwrap();
         let mut expected: Vec<&str> = expected.to_vec();
-        if *command == "SHOW STATS" {
+        match *command {
             // Kept for Debian's prometheus-pgbouncer-exporter (see show_stats.rs).
-            expected.push("total_requests");
+            "SHOW STATS" => expected.push("total_requests"),
+            // pgmux's own, after PgBouncer's: where each server is and what
+            // it is, and each database's current primary (issue 13).
+            "SHOW SERVERS" => expected.extend(["host", "role"]),
+            "SHOW DATABASES" => expected.push("primary"),
+            _ => {}
         }
         assert_eq!(table.columns, expected, "{command}");
     }

@@ -41,7 +41,11 @@ async fn target_session_attrs_picks_the_server_from_the_list() {
     let pair = pair("attrs").await;
     let (p, s) = (pair.primary.port, pair.standby.port);
     // The standby is listed first: read-write passes it over.
-    let writer = start_pgmux(|c| listing(c, &[s, p], SessionAttrs::ReadWrite)).await;
+    let writer = start_pgmux(|c| {
+        listing(c, &[s, p], SessionAttrs::ReadWrite);
+        with_console_users(c);
+    })
+    .await;
     let c = connect(writer.addr, "app").await;
     assert_eq!(
         scalar_text(&c, "select pg_is_in_recovery()::text").await,
@@ -50,6 +54,26 @@ async fn target_session_attrs_picks_the_server_from_the_list() {
     c.batch_execute("create table t (x int); insert into t values (1)")
         .await
         .unwrap();
+    // The console says where the server is, what it is, and which listed
+    // server is the primary.
+    let admin = console(writer.addr).await;
+    let servers = show(&admin, "SHOW SERVERS").await.unwrap();
+    let primary = format!("127.0.0.1:{p}");
+    assert!(
+        servers
+            .rows
+            .iter()
+            .any(|r| servers.get(r, "host") == primary && servers.get(r, "role") == "primary"),
+        "{:?}",
+        servers.rows
+    );
+    let dbs = show(&admin, "SHOW DATABASES").await.unwrap();
+    let app_db = &dbs.rows_where("name", "app")[0];
+    assert_eq!(dbs.get(app_db, "primary"), primary);
+    assert_eq!(
+        dbs.get(app_db, "host"),
+        format!("127.0.0.1:{s},127.0.0.1:{p}")
+    );
     let reader = start_pgmux(|c| listing(c, &[p, s], SessionAttrs::Standby)).await;
     let r = connect(reader.addr, "app").await;
     assert_eq!(
@@ -82,6 +106,7 @@ async fn writes_follow_the_promoted_standby_without_a_restart() {
     let app = start_pgmux(|c| {
         listing(c, &[p, s], SessionAttrs::ReadWrite);
         c.pool_size = 2;
+        with_console_users(c);
     })
     .await;
     let idle = connect(app.addr, "app").await;
@@ -133,6 +158,11 @@ async fn writes_follow_the_promoted_standby_without_a_restart() {
     );
     let fresh = connect(app.addr, "app").await;
     assert_eq!(scalar_i32(&fresh, "select 1").await, 1);
+    // The console names the new primary.
+    let admin = console(app.addr).await;
+    let dbs = show(&admin, "SHOW DATABASES").await.unwrap();
+    let app_db = &dbs.rows_where("name", "app")[0];
+    assert_eq!(dbs.get(app_db, "primary"), format!("127.0.0.1:{s}"));
 }
 
 /// A server that refuses a write as read-only (25006) where a writable

@@ -139,6 +139,11 @@ pub struct Role {
 }
 
 impl Role {
+    /// Writable and not in recovery.
+    pub fn is_primary(self) -> bool {
+        !self.in_recovery && !self.read_only
+    }
+
     pub fn name(self) -> &'static str {
         match (self.in_recovery, self.read_only) {
             (true, _) => "standby",

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{lock, Pool, PoolSettings, USED_AFTER};
+use super::{lock, Pool, PoolSettings, ServerEntry, USED_AFTER};
 use crate::config::SessionAttrs;
 use crate::config::Target;
 use crate::conninfo::ConnInfo;
@@ -128,7 +128,7 @@ impl Pool {
         let generation = self.generation.load(Ordering::Acquire);
         lock(&self.servers)
             .values()
-            .filter(|s| s.generation < generation)
+            .filter(|s| s.info.generation < generation)
             .count()
     }
 
@@ -170,7 +170,7 @@ impl Pool {
         lock(&self.clients).values().cloned().collect()
     }
 
-    pub fn servers(&self) -> Vec<Arc<ConnInfo>> {
+    pub fn servers(&self) -> Vec<ServerEntry> {
         lock(&self.servers).values().cloned().collect()
     }
 

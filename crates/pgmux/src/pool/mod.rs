@@ -122,7 +122,17 @@ pub struct Pool {
     paused: AtomicBool,
     resumed: Notify,
     clients: Mutex<HashMap<u64, Arc<ConnInfo>>>,
-    servers: Mutex<HashMap<u64, Arc<ConnInfo>>>,
+    servers: Mutex<HashMap<u64, ServerEntry>>,
+}
+
+/// An open server as SHOW SERVERS and the choice of host see it.
+#[derive(Clone)]
+pub struct ServerEntry {
+    pub info: Arc<ConnInfo>,
+    /// The listed server it reached.
+    pub host: crate::config::Endpoint,
+    /// What it said it is, when known.
+    pub role: Option<crate::config::Role>,
 }
 
 impl Pool {
@@ -365,7 +375,14 @@ impl Pool {
                     .lifetime
                     .map(|l| server.created + jittered(l, settings.lifetime_jitter));
                 lock(&self.defaults).get_or_insert_with(|| server.params.clone());
-                lock(&self.servers).insert(server.info.id, server.info.clone());
+                lock(&self.servers).insert(
+                    server.info.id,
+                    ServerEntry {
+                        info: server.info.clone(),
+                        host: server.endpoint.clone(),
+                        role: server.role.or_else(|| server.reported_role()),
+                    },
+                );
                 tracing::debug!(server = server.info.id, database = %self.database, user = %self.user, backend_pid = server.backend_pid, "server connection opened");
                 Ok(Box::new(server))
             }

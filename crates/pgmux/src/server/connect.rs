@@ -85,7 +85,7 @@ impl Server {
                 };
                 if wanted == SessionAttrs::Any && target.session_attrs == SessionAttrs::Any {
                     if let Some(book) = book {
-                        book.answered(endpoint, None);
+                        book.answered(endpoint, server.reported_role());
                     }
                     return Ok(server.opened(generation));
                 }
@@ -129,6 +129,18 @@ impl Server {
         })
     }
 
+    /// The role the server reported at login (`in_hot_standby` and
+    /// `default_transaction_read_only`, PostgreSQL 14 and later).
+    pub fn reported_role(&self) -> Option<Role> {
+        let on = |v: Option<&str>| v.map(|v| v == "on");
+        let in_recovery = on(self.params.get("in_hot_standby"))?;
+        let read_only = on(self.params.get("default_transaction_read_only"))?;
+        Some(Role {
+            in_recovery,
+            read_only: in_recovery || read_only,
+        })
+    }
+
     /// The facts SHOW SERVERS tells, once logged in.
     fn opened(mut self, generation: u64) -> Server {
         let mut info = ConnInfo::new(self.id, State::Idle);
@@ -147,16 +159,8 @@ impl Server {
     /// later report at login (`in_hot_standby`,
     /// `default_transaction_read_only`), else asked, as libpq does.
     async fn role_now(&mut self) -> Result<Role, ServerError> {
-        let on = |v: Option<&str>| v.map(|v| v == "on");
-        let reported = (
-            on(self.params.get("in_hot_standby")),
-            on(self.params.get("default_transaction_read_only")),
-        );
-        if let (Some(in_recovery), Some(read_only)) = reported {
-            return Ok(Role {
-                in_recovery,
-                read_only: in_recovery || read_only,
-            });
+        if let Some(role) = self.reported_role() {
+            return Ok(role);
         }
         let mut notices = bytes::BytesMut::new();
         let rows = self

@@ -48,12 +48,13 @@ impl HostBook {
 
     /// A connection attempt to `host` failed (refused, timed out, TLS).
     pub fn failed(&self, host: &Endpoint, ban: Duration) {
-        if ban.is_zero() {
-            return;
-        }
         let mut map = self.hosts();
         let state = map.entry(host.clone()).or_default();
-        state.banned_until = Some(Instant::now() + ban);
+        // What it was is no longer known (a stopped primary is no primary).
+        state.role = None;
+        if !ban.is_zero() {
+            state.banned_until = Some(Instant::now() + ban);
+        }
     }
 
     /// `host` logged a server in; `role` when it was asked.
@@ -66,6 +67,16 @@ impl HostBook {
         }
     }
 
+    /// The first of `hosts` whose last login found a primary.
+    pub fn primary_among<'a>(&self, hosts: &'a [Endpoint]) -> Option<&'a Endpoint> {
+        let map = self.hosts();
+        hosts.iter().find(|h| {
+            map.get(*h)
+                .and_then(|s| s.role)
+                .is_some_and(|r| r.is_primary())
+        })
+    }
+
     /// Set the hosts' series (before each render of /metrics).
     pub fn publish(&self) {
         let now = Instant::now();
@@ -74,12 +85,10 @@ impl HostBook {
             let banned = state.banned_until.is_some_and(|until| until > now);
             metrics::gauge!("pgmux_replica_banned", "host" => name.clone())
                 .set(f64::from(u8::from(banned)));
-            if let Some(role) = state.role {
-                for r in ["primary", "standby", "read-only"] {
-                    let is = f64::from(u8::from(role.name() == r));
-                    metrics::gauge!("pgmux_server_role", "host" => name.clone(), "role" => r)
-                        .set(is);
-                }
+            for r in ["primary", "standby", "read-only"] {
+                let is = state.role.is_some_and(|role| role.name() == r);
+                metrics::gauge!("pgmux_server_role", "host" => name.clone(), "role" => r)
+                    .set(f64::from(u8::from(is)));
             }
         }
     }
@@ -115,5 +124,37 @@ mod tests {
             [&a, &b, &c],
             "a zero ban is none"
         );
+    }
+
+    #[test]
+    fn the_primary_is_the_first_host_last_found_writable() {
+        let hosts = [
+            Endpoint {
+                host: "hosts-test-p".into(),
+                port: 1,
+            },
+            Endpoint {
+                host: "hosts-test-s".into(),
+                port: 2,
+            },
+        ];
+        let primary = Role {
+            in_recovery: false,
+            read_only: false,
+        };
+        let standby = Role {
+            in_recovery: true,
+            read_only: true,
+        };
+        let book = HostBook::default();
+        assert_eq!(book.primary_among(&hosts), None);
+        book.answered(&hosts[0], Some(primary));
+        book.answered(&hosts[1], Some(standby));
+        assert_eq!(book.primary_among(&hosts), Some(&hosts[0]));
+        // The primary stops; the standby is promoted.
+        book.failed(&hosts[0], Duration::ZERO);
+        assert_eq!(book.primary_among(&hosts), None);
+        book.answered(&hosts[1], Some(primary));
+        assert_eq!(book.primary_among(&hosts), Some(&hosts[1]));
     }
 }

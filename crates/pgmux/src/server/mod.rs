@@ -163,6 +163,8 @@ pub struct Server {
     pub timing: Timing,
     /// Primary or standby, when `target_session_attrs` asked.
     pub role: Option<Role>,
+    /// The listed server this connection reached.
+    pub endpoint: Endpoint,
     max_message: usize,
 }
 
@@ -209,6 +211,7 @@ impl Server {
             db_slot: None,
             timing: Timing::default(),
             role: None,
+            endpoint: endpoint.clone(),
             max_message,
         };
         server.login(&target.dbname, login).await?;

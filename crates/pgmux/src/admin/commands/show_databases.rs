@@ -1,5 +1,8 @@
 //! SHOW DATABASES: each database clients can name, where it really lives,
-//! and its limits and switches. `database` is the server-side name.
+//! and its limits and switches. `database` is the server-side name; `host`
+//! the configured list, and `primary` (after PgBouncer's columns) the one
+//! found writable: by an open server of the database, else by the last
+//! login to each listed host.
 
 use pgmux_wire::reply::ColumnType::{Int4, Text};
 
@@ -29,6 +32,7 @@ impl Command for ShowDatabases {
             ("current_connections", Int4),
             ("paused", Int4),
             ("disabled", Int4),
+            ("primary", Text),
         ]);
         for name in pools.database_names() {
             let of_db = pools.of(Some(&name));
@@ -46,6 +50,15 @@ impl Command for ShowDatabases {
                 .unwrap_or_else(|| config.pool_size_for(&name));
             let current: u32 = of_db.iter().map(|p| p.open_servers()).sum();
             let hosts = target.hosts_text();
+            let primary = of_db
+                .iter()
+                .flat_map(|p| p.servers())
+                .find(|s| s.role.is_some_and(|r| r.is_primary()))
+                .map(|s| s.host.to_string())
+                .or_else(|| {
+                    let book = of_db.first()?.target().book?;
+                    book.primary_among(&target.hosts).map(ToString::to_string)
+                });
             let cells = [
                 num(target.hosts.first().map_or(0, |e| e.port)),
                 target.dbname.clone(),
@@ -72,6 +85,7 @@ impl Command for ShowDatabases {
                 Some(&cells[6]),
                 Some(&cells[7]),
                 Some(&cells[8]),
+                primary.as_deref(),
             ]);
         }
         ready(Ok(rows.finish()))

@@ -1,4 +1,5 @@
-//! SHOW SERVERS: every open server connection of every pool.
+//! SHOW SERVERS: every open server connection of every pool, with the
+//! listed host it is on and its role.
 
 use super::connections;
 use crate::admin::command::{ready, Command, Ctx, Running};
@@ -11,14 +12,17 @@ impl Command for ShowServers {
     }
 
     fn run<'a>(&'a self, ctx: &'a Ctx, _: Option<&'a str>) -> Running<'a> {
-        let mut rows = connections::rows();
+        let mut rows = connections::server_rows();
         for pool in ctx.pools.all() {
             let generation = pool.generation();
             let mut servers = pool.servers();
-            servers.sort_by_key(|s| s.id);
+            servers.sort_by_key(|s| s.info.id);
             for server in servers {
-                let close_needed = server.generation < generation;
-                connections::row(&mut rows, "S", &pool, &server, close_needed);
+                let close_needed = server.info.generation < generation;
+                let host = server.host.to_string();
+                let role = server.role.map(|r| r.name());
+                let extra = [Some(host.as_str()), role];
+                connections::row_with(&mut rows, "S", &pool, &server.info, close_needed, &extra);
             }
         }
         ready(Ok(rows.finish()))
