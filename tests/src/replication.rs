@@ -1,12 +1,13 @@
-//! A primary and a streaming standby, for the failover tests: each test
-//! makes its own pair (initdb, `pg_basebackup -R`), on free loopback
-//! ports, torn down when dropped. Logins are trusted: these tests are about
+//! A primary and a streaming standby (or two), for the failover and
+//! read-replica tests: each test makes its own pair (initdb,
+//! `pg_basebackup -R`), on free loopback ports, torn down when dropped. Logins are trusted: these tests are about
 //! which server pgmux reaches, not about passwords.
 
 #![allow(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::process::free_port;
@@ -21,6 +22,8 @@ pub struct Node {
 pub struct Pair {
     pub primary: Node,
     pub standby: Node,
+    /// A second standby of the same primary (see [`started`]).
+    pub second: Option<Node>,
     dir: PathBuf,
     bindir: PathBuf,
     as_postgres: bool,
@@ -30,10 +33,26 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }
 
+/// A pair (with a second standby when `two_standbys`), started off the
+/// runtime: starting one blocks for seconds.
+pub async fn started(name: &'static str, two_standbys: bool) -> Arc<Pair> {
+    let start = move || Pair::start_with(name, two_standbys);
+    Arc::new(tokio::task::spawn_blocking(start).await.unwrap())
+}
+
+/// Run a blocking step of the pair off the runtime.
+pub async fn on_pair(pair: &Arc<Pair>, step: impl FnOnce(&Pair) + Send + 'static) {
+    let pair = pair.clone();
+    tokio::task::spawn_blocking(move || step(&pair))
+        .await
+        .unwrap();
+}
+
 impl Pair {
-    /// Start a primary, copy it with `pg_basebackup -R`, start the copy as
-    /// its standby, and wait until the standby streams.
-    pub fn start(name: &str) -> Pair {
+    /// Start a primary, copy it with `pg_basebackup -R` (twice when
+    /// `second`), start the copies as its standbys, and wait until they
+    /// stream.
+    fn start_with(name: &str, second: bool) -> Pair {
         let c = crate::cluster();
         let bindir = c.bindir.clone();
         let as_postgres = unsafe { libc::geteuid() } == 0;
@@ -51,6 +70,11 @@ impl Pair {
                 data: dir.join("standby"),
                 log: dir.join("standby.log"),
             },
+            second: second.then(|| Node {
+                port: free_port(),
+                data: dir.join("second"),
+                log: dir.join("second.log"),
+            }),
             dir,
             bindir,
             as_postgres,
@@ -79,36 +103,40 @@ impl Pair {
                 writeln!(f, "host replication all 127.0.0.1/32 trust")
             })
             .unwrap();
-        pair.start_node(false);
+        pair.start_node(&pair.primary);
         pair.psql(pair.primary.port, "CREATE ROLE app LOGIN");
         pair.psql(pair.primary.port, "CREATE DATABASE app OWNER app");
-        let standby = pair.standby.data.clone();
-        pair.run(
-            "pg_basebackup",
-            &[
-                "-D",
-                path(&standby),
-                "-R",
-                "-c",
-                "fast",
-                "-X",
-                "stream",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pair.primary.port.to_string(),
-                "-U",
-                "postgres",
-            ],
-        );
-        pair.start_node(true);
+        let standbys: Vec<&Node> = std::iter::once(&pair.standby)
+            .chain(pair.second.as_ref())
+            .collect();
+        for node in &standbys {
+            pair.run(
+                "pg_basebackup",
+                &[
+                    "-D",
+                    path(&node.data),
+                    "-R",
+                    "-c",
+                    "fast",
+                    "-X",
+                    "stream",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &pair.primary.port.to_string(),
+                    "-U",
+                    "postgres",
+                ],
+            );
+            pair.start_node(node);
+        }
         let streaming = pair.wait(Duration::from_secs(60), || {
             pair.query(
                 pair.primary.port,
                 "select count(*) from pg_stat_replication where state = 'streaming'",
-            ) == "1"
+            ) == standbys.len().to_string()
         });
-        assert!(streaming, "the standby did not start streaming");
+        assert!(streaming, "the standbys did not start streaming");
         pair
     }
 
@@ -119,12 +147,8 @@ impl Pair {
         )
     }
 
-    fn start_node(&self, standby: bool) {
-        let node = if standby {
-            &self.standby
-        } else {
-            &self.primary
-        };
+    /// Start (or restart) a node of this pair.
+    pub fn start_node(&self, node: &Node) {
         self.run(
             "pg_ctl",
             &[
@@ -157,16 +181,14 @@ impl Pair {
 
     /// Stop the primary at once (as a crash would).
     pub fn stop_primary(&self) {
+        self.stop_node(&self.primary);
+    }
+
+    /// Stop a node at once (as a crash would).
+    pub fn stop_node(&self, node: &Node) {
         self.run(
             "pg_ctl",
-            &[
-                "-D",
-                path(&self.primary.data),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
+            &["-D", path(&node.data), "-m", "immediate", "-w", "stop"],
         );
     }
 
@@ -286,7 +308,10 @@ impl Pair {
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        for node in [&self.primary, &self.standby] {
+        let nodes = [&self.primary, &self.standby]
+            .into_iter()
+            .chain(self.second.as_ref());
+        for node in nodes {
             let stop = ["-D", path(&node.data), "-m", "immediate", "stop"];
             let _ = self.command("pg_ctl").args(stop).output();
         }

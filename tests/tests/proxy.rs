@@ -20,6 +20,7 @@ mod proxy {
     pub mod prometheus;
     pub mod protocol;
     pub mod python;
+    pub mod replicas;
     pub mod session_state;
     pub mod timeouts;
     pub mod tls;

@@ -6,23 +6,11 @@
 use std::sync::Arc;
 
 use pgmux::config::{Config, SessionAttrs};
-use pgmux_tests::replication::Pair;
+use pgmux_tests::replication::{on_pair, started, Pair};
 use pgmux_tests::*;
 
 async fn pair(name: &'static str) -> Arc<Pair> {
-    Arc::new(
-        tokio::task::spawn_blocking(move || Pair::start(name))
-            .await
-            .unwrap(),
-    )
-}
-
-/// Run a blocking step of the pair off the runtime.
-async fn on_pair(pair: &Arc<Pair>, step: impl FnOnce(&Pair) + Send + 'static) {
-    let pair = pair.clone();
-    tokio::task::spawn_blocking(move || step(&pair))
-        .await
-        .unwrap();
+    started(name, false).await
 }
 
 fn listing(c: &mut Config, hosts: &[u16], attrs: SessionAttrs) {

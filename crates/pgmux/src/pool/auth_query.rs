@@ -113,6 +113,7 @@ impl Pools {
         let mut server = Server::connect(
             &target,
             &login,
+            &crate::server::OpenPerHost::new(),
             crate::server::Reach {
                 timeout: config.server_connect_timeout(),
                 tcp: config.tcp_options(),

@@ -349,9 +349,11 @@ impl Pool {
         let logging_in = guards::LoggingIn::new(&self.stats);
         let started = Instant::now();
         let (target, login) = (self.target(), lock(&self.login).clone());
+        let open_per_host = self.open_per_host(&target);
         let result = Box::pin(Server::connect(
             &target,
             &login,
+            &open_per_host,
             crate::server::Reach {
                 timeout: settings.connect_timeout,
                 tcp: settings.tcp,
@@ -397,6 +399,18 @@ impl Pool {
                 Err(err)
             }
         }
+    }
+
+    /// This pool's open servers per listed host, where the choice of host
+    /// depends on it (a list balanced by `load_balance_hosts = random`).
+    fn open_per_host(&self, target: &Target) -> crate::server::OpenPerHost {
+        let mut counts = crate::server::OpenPerHost::new();
+        if target.hosts.len() > 1 && target.load_balance == crate::config::LoadBalance::Random {
+            for entry in lock(&self.servers).values() {
+                *counts.entry(entry.host.clone()).or_default() += 1;
+            }
+        }
+        counts
     }
 
     fn backing_off(&self) -> Option<ServerError> {

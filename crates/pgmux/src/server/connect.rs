@@ -1,17 +1,25 @@
 //! Opening a server connection for a target that may list several servers:
-//! each is tried in turn (or in a random order, `load_balance_hosts =
-//! random`), each attempt within `server_connect_timeout`, and a server
+//! each is tried in turn (or, with `load_balance_hosts = random`, the one
+//! holding fewest of the pool's servers first, ties in a random order),
+//! each attempt within `server_connect_timeout`, and a server
 //! that logs in is kept only if its role fits `target_session_attrs`, as
 //! libpq does. A server that answered with an error (a wrong password, no
 //! such database) ends the search: another host would say the same.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pgmux_wire::backend::data_row;
 
 use super::{Login, Server, ServerError};
-use crate::config::{LoadBalance, Role, SessionAttrs, Target};
+use crate::config::{Endpoint, LoadBalance, Role, SessionAttrs, Target};
+
+/// How many of a pool's servers are open on each listed server. Each
+/// carries one request at a time, so a balanced count is a balanced load
+/// of outstanding requests when the pool is busy (which is when it opens
+/// servers).
+pub type OpenPerHost = HashMap<Endpoint, usize>;
 use crate::conninfo::{ConnInfo, State};
 
 /// How servers are reached: the settings a connection attempt follows.
@@ -33,6 +41,7 @@ impl Server {
     pub async fn connect(
         target: &Target,
         login: &Login,
+        open_per_host: &OpenPerHost,
         reach: Reach,
         max_message: usize,
         generation: u64,
@@ -46,6 +55,8 @@ impl Server {
         let mut order: Vec<_> = target.hosts.iter().collect();
         if target.load_balance == LoadBalance::Random {
             shuffle(&mut order);
+            // Stable: hosts holding as many keep their random order.
+            order.sort_by_key(|e| open_per_host.get(*e).copied().unwrap_or(0));
         }
         // Only lists are kept in the book: a lone server is always tried.
         let book = target

@@ -6,7 +6,7 @@
 pub(crate) mod auth;
 mod connect;
 mod secure;
-pub use connect::Reach;
+pub use connect::{OpenPerHost, Reach};
 pub mod hosts;
 mod timing;
 
