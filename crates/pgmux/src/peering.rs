@@ -71,9 +71,15 @@ pub fn may_forward(key: u32) -> bool {
 /// Pass a cancel on to the peer at `host:port`, as forwarded (no hops
 /// left), and wait until that peer closed the connection (it has acted on
 /// it), within [`FORWARD_DEADLINE`].
-pub async fn forward(host: &str, port: u16, pid: u32, key: u32) -> std::io::Result<()> {
+pub async fn forward(
+    host: &str,
+    port: u16,
+    dns_ttl: std::time::Duration,
+    pid: u32,
+    key: u32,
+) -> std::io::Result<()> {
     let send = async {
-        let mut stream = crate::server::connect_any(host, port).await?;
+        let mut stream = crate::server::connect_any(host, port, dns_ttl).await?;
         stream
             .write_all(&cancel_packet(pid, key & KEY_RANDOM))
             .await?;

@@ -99,6 +99,7 @@ fn defaults(
         .set_default("load_balance_hosts", "disable")?
         .set_default("replica_ban_time", 60)?
         .set_default("replica_max_lag", 0)?
+        .set_default("dns_max_ttl", 15)?
         .set_default("pool_mode", "transaction")?
         .set_default("pool_size", 20)?
         .set_default("min_pool_size", 0)?

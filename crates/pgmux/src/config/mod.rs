@@ -109,6 +109,9 @@ pub struct Config {
     /// replay is passed over when a server connection is opened (0: no
     /// limit).
     pub replica_max_lag: u64,
+    /// A server's (or peer's) host name is looked up again at most after
+    /// this many seconds (0: for every new connection).
+    pub dns_max_ttl: f64,
     pub pool_mode: PoolMode,
     pub pool_size: u32,
     pub min_pool_size: u32,
@@ -347,6 +350,10 @@ impl Config {
     pub fn server_idle_timeout(&self) -> Option<Duration> {
         optional_secs(self.server_idle_timeout)
     }
+    pub fn dns_max_ttl(&self) -> Duration {
+        secs(self.dns_max_ttl)
+    }
+
     pub fn replica_ban_time(&self) -> Duration {
         secs(self.replica_ban_time)
     }

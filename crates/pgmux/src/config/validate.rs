@@ -64,6 +64,7 @@ impl Config {
             ("autodb_idle_timeout", self.autodb_idle_timeout),
             ("server_check_delay", self.server_check_delay),
             ("replica_ban_time", self.replica_ban_time),
+            ("dns_max_ttl", self.dns_max_ttl),
             ("client_write_timeout", self.client_write_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
         ];

@@ -119,6 +119,7 @@ impl Pools {
                 tcp: config.tcp_options(),
                 ban_time: config.replica_ban_time(),
                 max_lag: config.replica_max_lag,
+                dns_ttl: config.dns_max_ttl(),
             },
             config.max_message_size as usize,
             0,

@@ -359,6 +359,7 @@ impl Pool {
                 tcp: settings.tcp,
                 ban_time: settings.ban_time,
                 max_lag: settings.max_lag,
+                dns_ttl: settings.dns_ttl,
             },
             self.max_message,
             self.generation.load(Ordering::Acquire),

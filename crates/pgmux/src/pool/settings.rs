@@ -21,6 +21,8 @@ pub struct PoolSettings {
     pub ban_time: Duration,
     /// Bytes of WAL a standby may have left to replay (0: no limit).
     pub max_lag: u64,
+    /// How long a server's host name is not looked up again.
+    pub dns_ttl: Duration,
     /// Keepalive and user timeout of new server connections.
     pub tcp: crate::io::TcpOptions,
     pub login_retry: Duration,
@@ -54,6 +56,7 @@ impl PoolSettings {
             connect_timeout: cfg.server_connect_timeout(),
             ban_time: cfg.replica_ban_time(),
             max_lag: cfg.replica_max_lag,
+            dns_ttl: cfg.dns_max_ttl(),
             tcp: cfg.tcp_options(),
             login_retry: cfg.server_login_retry(),
             query_wait_timeout: cfg.query_wait_timeout(),

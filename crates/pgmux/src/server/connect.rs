@@ -33,6 +33,8 @@ pub struct Reach {
     /// Bytes of received WAL a standby may still have to replay (0: no
     /// limit).
     pub max_lag: u64,
+    /// How long a host name's addresses are used before asking again.
+    pub dns_ttl: Duration,
 }
 
 impl Server {
@@ -51,6 +53,7 @@ impl Server {
             tcp,
             ban_time: ban,
             max_lag,
+            dns_ttl,
         } = reach;
         let mut order: Vec<_> = target.hosts.iter().collect();
         if target.load_balance == LoadBalance::Random {
@@ -73,7 +76,7 @@ impl Server {
             for endpoint in &order {
                 let attempt = crate::io::timeout(
                     timeout,
-                    Server::connect_to(endpoint, target, login, tcp, max_message),
+                    Server::connect_to(endpoint, target, login, tcp, dns_ttl, max_message),
                 )
                 .await;
                 let mut server = match attempt {

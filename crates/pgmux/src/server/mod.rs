@@ -5,6 +5,7 @@
 
 pub(crate) mod auth;
 mod connect;
+mod dns;
 mod secure;
 pub use connect::{OpenPerHost, Reach};
 pub mod hosts;
@@ -176,6 +177,7 @@ impl Server {
         target: &Target,
         login: &Login,
         tcp: crate::io::TcpOptions,
+        dns_ttl: Duration,
         max_message: usize,
     ) -> Result<Server, ServerError> {
         let where_ = endpoint.to_string();
@@ -183,7 +185,7 @@ impl Server {
             addr: where_.clone(),
             reason: e.to_string(),
         };
-        let stream = connect_any(&endpoint.host, endpoint.port)
+        let stream = connect_any(&endpoint.host, endpoint.port, dns_ttl)
             .await
             .map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
@@ -434,25 +436,15 @@ impl Server {
     }
 }
 
-/// Connect to `host:port`, trying each address it resolves to. A name is
-/// resolved off the worker thread (a lookup can take seconds, and a worker
-/// serves many clients); an address literal needs no lookup.
-pub(crate) async fn connect_any(host: &str, port: u16) -> std::io::Result<TcpStream> {
-    let addrs: Vec<std::net::SocketAddr> = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => vec![(ip, port).into()],
-        Err(_) => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let name = format!("{host}:{port}");
-            std::thread::Builder::new()
-                .name("pgmux-resolve".into())
-                .spawn(move || {
-                    use std::net::ToSocketAddrs;
-                    let _ = tx.send(name.to_socket_addrs().map(Iterator::collect));
-                })?;
-            rx.await
-                .map_err(|_| std::io::Error::other("name lookup failed"))??
-        }
-    };
+/// Connect to `host:port`, trying each address it resolves to (see
+/// [`dns`]: a name is looked up at most every `dns_ttl`, and looked up
+/// again at once when none of its addresses answers).
+pub(crate) async fn connect_any(
+    host: &str,
+    port: u16,
+    dns_ttl: Duration,
+) -> std::io::Result<TcpStream> {
+    let addrs = dns::resolve(host, port, dns_ttl).await?;
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
     for addr in addrs {
         match crate::io::connect(addr).await {
@@ -460,5 +452,6 @@ pub(crate) async fn connect_any(host: &str, port: u16) -> std::io::Result<TcpStr
             Err(e) => last = e,
         }
     }
+    dns::forget(host, port);
     Err(last)
 }

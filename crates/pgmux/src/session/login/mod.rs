@@ -85,7 +85,7 @@ async fn cancel(shared: &Shared, pid: u32, key: u32) {
         );
         return;
     };
-    match crate::peering::forward(&peer.host, peer.port, pid, key).await {
+    match crate::peering::forward(&peer.host, peer.port, config.dns_max_ttl(), pid, key).await {
         Ok(()) => stats::cancel_forwarded(),
         Err(e) => {
             tracing::warn!(owner, host = %peer.host, port = peer.port, error = %e, "could not forward a cancel request to its peer")
