@@ -58,19 +58,17 @@ async fn a_cancel_with_the_wrong_key_does_nothing() {
     assert_eq!(scalar_i32(&c, "select 4").await, 4);
 }
 
-/// Two peered instances (issue 13, `peer_id` and `[peers]`): a cancel
-/// that reaches the instance not holding the query (as behind a load
+/// Three peered instances (issue 13, `peer_id` and `[peers]`): a cancel
+/// that reaches an instance not holding the query (as behind a load
 /// balancer) is forwarded to the one that is, and the query ends with
-/// 57014.
+/// 57014; a forged key or the key of a client that has left cancels
+/// nothing, wherever it is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_sent_to_the_wrong_peer_is_forwarded() {
     use pgmux::config::{AuthType, PeerConfig, PoolMode};
     use pgmux_tests::raw::{self, Raw};
     let db = fresh_database("cancel_peers").await;
-    let ports = [
-        pgmux_tests::process::free_port(),
-        pgmux_tests::process::free_port(),
-    ];
+    let ports = [(); 3].map(|()| pgmux_tests::process::free_port());
     let peered = |id: u16, mode: PoolMode| {
         move |c: &mut pgmux::config::Config| {
             c.listen_addr = format!("127.0.0.1:{}", ports[usize::from(id) - 1]);
@@ -88,19 +86,21 @@ async fn a_cancel_sent_to_the_wrong_peer_is_forwarded() {
     };
     let a = start_pgmux(peered(1, PoolMode::Transaction)).await;
     let b = start_pgmux(peered(2, PoolMode::Transaction)).await;
+    let c = start_pgmux(peered(3, PoolMode::Transaction)).await;
 
-    let (mut client, greeting) =
-        Raw::login_with(a.addr, &[("user", APP_USER), ("database", &db)], None).await;
-    let key_data = greeting
-        .iter()
-        .find(|m| m.tag == b'K')
-        .expect("BackendKeyData");
-    let pid = u32::from_be_bytes(key_data.body[..4].try_into().unwrap());
-    let key = u32::from_be_bytes(key_data.body[4..8].try_into().unwrap());
-    assert_eq!(pgmux::peering::owner(pid), 1, "the pid names the instance");
-    client.send(&raw::query("select pg_sleep(30)")).await;
+    let log_in = || async {
+        let (client, greeting) =
+            Raw::login_with(a.addr, &[("user", APP_USER), ("database", &db)], None).await;
+        let key_data = greeting
+            .iter()
+            .find(|m| m.tag == b'K')
+            .expect("BackendKeyData");
+        let pid = u32::from_be_bytes(key_data.body[..4].try_into().unwrap());
+        let key = u32::from_be_bytes(key_data.body[4..8].try_into().unwrap());
+        (client, pid, key)
+    };
     let admin = cluster().admin().await;
-    let running = eventually(Duration::from_secs(10), || async {
+    let sleeping = || async {
         let n: i64 = admin
             .query_one(
                 "select count(*) from pg_stat_activity where datname = $1 and query like '%pg_sleep(30)%' and state = 'active'",
@@ -110,27 +110,49 @@ async fn a_cancel_sent_to_the_wrong_peer_is_forwarded() {
             .unwrap()
             .get(0);
         n == 1
-    })
-    .await;
-    assert!(running);
+    };
+    // A cancel request to `to`; it has been acted on (or dropped) when the
+    // connection closes, the forwarding peer having waited for the owner.
+    let send_cancel = |to: std::net::SocketAddr, pid: u32, key: u32| async move {
+        let mut cancel = Raw::connect(to).await;
+        let mut packet = vec![0, 0, 0, 16];
+        packet.extend_from_slice(&80_877_102u32.to_be_bytes());
+        packet.extend_from_slice(&pid.to_be_bytes());
+        packet.extend_from_slice(&key.to_be_bytes());
+        cancel.send(&packet).await;
+        assert!(
+            cancel.until_closed().await.is_empty(),
+            "no reply to a cancel"
+        );
+    };
 
-    // To B, which gave out no such key.
-    let mut cancel = Raw::connect(b.addr).await;
-    let mut packet = vec![0, 0, 0, 16];
-    packet.extend_from_slice(&80_877_102u32.to_be_bytes());
-    packet.extend_from_slice(&pid.to_be_bytes());
-    packet.extend_from_slice(&key.to_be_bytes());
-    cancel.send(&packet).await;
-    assert!(cancel.until_closed().await.is_empty());
-    let answer = tokio::time::timeout(Duration::from_secs(10), client.until_ready())
-        .await
-        .expect("cancelled well before 30 s");
-    assert_eq!(raw::error_in(&answer).sqlstate().as_deref(), Some("57014"));
-    assert_eq!(
-        metric(b.metrics_addr.unwrap(), "pgmux_cancel_forwarded_total", &[]).await,
-        1.0
-    );
-    assert_eq!(client.scalar("select 5").await, "5");
+    let (mut client, pid, key) = log_in().await;
+    assert_eq!(pgmux::peering::owner(pid), 1, "the pid names the instance");
+    // A client that logged in and left: its key is stale.
+    let (gone, stale_pid, stale_key) = log_in().await;
+    drop(gone);
+    for to in [b.addr, c.addr] {
+        client.send(&raw::query("select pg_sleep(30)")).await;
+        assert!(eventually(Duration::from_secs(10), sleeping).await);
+        // Forged (the right pid, a wrong key) and stale keys: nothing.
+        send_cancel(to, pid, key ^ 0x5a5a).await;
+        send_cancel(to, stale_pid, stale_key).await;
+        assert!(
+            sleeping().await,
+            "a forged or stale key cancelled the query"
+        );
+        // The real key, to an instance that gave out no such key.
+        send_cancel(to, pid, key).await;
+        let answer = tokio::time::timeout(Duration::from_secs(10), client.until_ready())
+            .await
+            .expect("cancelled well before 30 s");
+        assert_eq!(raw::error_in(&answer).sqlstate().as_deref(), Some("57014"));
+        assert_eq!(client.scalar("select 5").await, "5");
+    }
+    // B and C forwarded the three each got (the instances of this test
+    // share one process, and so one set of metrics).
+    let forwarded = metric(b.metrics_addr.unwrap(), "pgmux_cancel_forwarded_total", &[]).await;
+    assert_eq!(forwarded, 6.0);
 
     // Session mode under peering: the pid is the instance's, not the
     // server's, so it can carry the peer id.
