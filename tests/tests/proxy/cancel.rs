@@ -58,7 +58,7 @@ async fn a_cancel_with_the_wrong_key_does_nothing() {
     assert_eq!(scalar_i32(&c, "select 4").await, 4);
 }
 
-/// Three peered instances (issue 13, `peer_id` and `[peers]`): a cancel
+/// Three peered pgmux processes (issue 13, `peer_id` and `[peers]`): a cancel
 /// that reaches an instance not holding the query (as behind a load
 /// balancer) is forwarded to the one that is, and the query ends with
 /// 57014; a forged key or the key of a client that has left cancels
@@ -66,6 +66,7 @@ async fn a_cancel_with_the_wrong_key_does_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_sent_to_the_wrong_peer_is_forwarded() {
     use pgmux::config::{AuthType, PeerConfig, PoolMode};
+    use pgmux_tests::process::Proc;
     use pgmux_tests::raw::{self, Raw};
     let db = fresh_database("cancel_peers").await;
     let ports = [(); 3].map(|()| pgmux_tests::process::free_port());
@@ -84,9 +85,20 @@ async fn a_cancel_sent_to_the_wrong_peer_is_forwarded() {
             }
         }
     };
-    let a = start_pgmux(peered(1, PoolMode::Transaction)).await;
-    let b = start_pgmux(peered(2, PoolMode::Transaction)).await;
-    let c = start_pgmux(peered(3, PoolMode::Transaction)).await;
+    // Three processes, each with its own proxy.toml, as in production.
+    let peers: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("[peers.{}]\nhost = \"localhost\"\nport = {port}\n", i + 1))
+        .collect();
+    let instance = |id: usize| {
+        let listen = format!("127.0.0.1:{}", ports[id - 1]);
+        let extra = format!("auth_type = \"trust\"\npeer_id = {id}\n{peers}");
+        pgmux_tests::process::config_text(&listen, &extra)
+    };
+    let a = Proc::start("peer-a", &instance(1), &[]).await;
+    let b = Proc::start("peer-b", &instance(2), &[]).await;
+    let c = Proc::start("peer-c", &instance(3), &[]).await;
 
     let log_in = || async {
         let (client, greeting) =
@@ -149,10 +161,11 @@ async fn a_cancel_sent_to_the_wrong_peer_is_forwarded() {
         assert_eq!(raw::error_in(&answer).sqlstate().as_deref(), Some("57014"));
         assert_eq!(client.scalar("select 5").await, "5");
     }
-    // B and C forwarded the three each got (the instances of this test
-    // share one process, and so one set of metrics).
-    let forwarded = metric(b.metrics_addr.unwrap(), "pgmux_cancel_forwarded_total", &[]).await;
-    assert_eq!(forwarded, 6.0);
+    for peer in [&b, &c] {
+        // Each forwarded the three it got.
+        let forwarded = metric(peer.metrics, "pgmux_cancel_forwarded_total", &[]).await;
+        assert_eq!(forwarded, 3.0);
+    }
 
     // Session mode under peering: the pid is the instance's, not the
     // server's, so it can carry the peer id.
