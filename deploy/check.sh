@@ -120,7 +120,7 @@ section "Kubernetes manifests"
 mapfile -t manifests < <(find "$here/k8s" -name '*.yaml' | sort)
 run "kubernetes-validate --strict (${#manifests[@]} files)" \
   "$(dirname "$python")/kubernetes-validate" --strict --quiet "${manifests[@]}"
-run "probes, scrape annotations, shutdown budget" "$python" "$here/static_checks.py" k8s "${manifests[@]}"
+run "probes, scrape annotations, shutdown budget, peer list against pod names" "$python" "$here/static_checks.py" k8s "${manifests[@]}"
 
 section "Prometheus and Grafana"
 run "promtool check config deploy/prometheus.yml (with its rules)" promtool check config "$here/prometheus.yml"

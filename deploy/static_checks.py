@@ -3,7 +3,8 @@
 (deploy/check.sh runs them):
 
     static_checks.py k8s FILE...     probes, scrape annotations, shutdown budget,
-                                      selectors, connection budget
+                                      selectors, connection budget, the peered
+                                      StatefulSet's [peers] against its pod names
     static_checks.py dashboard       the Grafana JSON; every PromQL expression
                                       parses (promtool check rules); metric names
     static_checks.py dockerfiles     multi-stage, non-root, ports, HEALTHCHECK,
@@ -126,10 +127,37 @@ def check_k8s(files: list[str]) -> int:
             sel = pdb["spec"]["selector"]["matchLabels"]
             if all(labels.get(k) == v for k, v in sel.items()):
                 expect(pdb["spec"].get("maxUnavailable", 0) < replicas, f"pdb {pdb['metadata']['name']}: would allow every replica down")
+    peered = [d for d in by_kind.get("StatefulSet", []) if check_peer_list(d, configmaps, by_kind, max_replicas)]
+    expect(peered, "expected a peered StatefulSet of pgmux (deploy/k8s/peered)")
     expect(pgmux_pods >= 2, "expected pgmux both standalone and as a sidecar")
     expect(any(p["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/name") == "pgmux" for p in by_kind.get("PodDisruptionBudget", [])),
            "no PodDisruptionBudget for the standalone pgmux")
     return report(f"{len(docs)} resources: probes, annotations, shutdown budget (shutdown_timeout {shutdown}), connection budgets")
+
+
+def check_peer_list(sts: dict, configmaps: dict, by_kind: dict, max_replicas: dict) -> bool:
+    """A peered StatefulSet's [peers] must name every pod it may run (its
+    HPA's maxReplicas), pod K as peer K + 1 at K's stable name under the
+    headless Service, and each pod must take its peer id from its ordinal.
+    Whether `sts` is peered (its pgmux config has [peers])."""
+    name = sts["metadata"]["name"]
+    spec = sts["spec"]["template"]["spec"]
+    maps = [v["configMap"]["name"] for v in spec.get("volumes", []) if "configMap" in v]
+    tomls = [tomllib.loads(configmaps[m]["data"]["pgmux.toml"]) for m in maps if "pgmux.toml" in configmaps.get(m, {}).get("data", {})]
+    peers = next((t["peers"] for t in tomls if "peers" in t), None)
+    if peers is None:
+        return False
+    pgmux = next(c for c in spec["containers"] if c["name"] == "pgmux")
+    port = {p["name"]: p["containerPort"] for p in pgmux.get("ports", [])}.get("postgres")
+    service = sts["spec"]["serviceName"]
+    pods = max_replicas.get(name, sts["spec"].get("replicas", 1))
+    wanted = {str(k + 1): {"host": f"{name}-{k}.{service}", "port": port} for k in range(pods)}
+    expect(peers == wanted, f"{name}: [peers] must be {wanted} (pod K is peer K + 1), got {peers}")
+    headless = [s for s in by_kind.get("Service", []) if s["metadata"]["name"] == service]
+    expect(bool(headless) and headless[0]["spec"].get("clusterIP") == "None", f"{name}: serviceName {service} must be a headless Service (clusterIP: None)")
+    start = " ".join(pgmux.get("command", []) + pgmux.get("args", []))
+    expect("PGMUX_PEER_ID=$(( ${HOSTNAME##*-} + 1 ))" in start, f"{name}: each pod must set PGMUX_PEER_ID to its ordinal + 1")
+    return True
 
 
 def check_dashboard() -> int:
