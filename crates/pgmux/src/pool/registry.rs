@@ -64,19 +64,11 @@ impl Current {
     }
 }
 
-/// Databases an administrator has paused or disabled, by client-facing name.
-#[derive(Default)]
-struct Switches {
-    paused_all: bool,
-    paused: BTreeSet<String>,
-    disabled: BTreeSet<String>,
-}
-
 pub struct Pools {
     current: RwLock<Current>,
     map: Mutex<HashMap<(String, String), Arc<Pool>>>,
     db_limits: Mutex<HashMap<String, Arc<DbLimit>>>,
-    switches: Mutex<Switches>,
+    pub(super) switches: Mutex<super::switches::Switches>,
     pub lifecycle: Arc<Lifecycle>,
     /// Where to re-read the configuration from on reload.
     source: Mutex<Option<ConfigSource>>,
@@ -127,7 +119,7 @@ impl Pools {
             )),
             map: Mutex::new(HashMap::new()),
             db_limits: Mutex::new(HashMap::new()),
-            switches: Mutex::new(Switches::default()),
+            switches: Mutex::default(),
             lifecycle: Arc::new(Lifecycle::default()),
             source: Mutex::new(None),
             control: Mutex::new(tokio::runtime::Handle::try_current().ok()),
@@ -365,85 +357,6 @@ impl Pools {
         let mut names: BTreeSet<String> = self.current().config.databases.keys().cloned().collect();
         names.extend(self.all().iter().map(|p| p.database.clone()));
         names
-    }
-
-    pub fn pause(&self, database: Option<&str>) {
-        {
-            let mut sw = lock(&self.switches);
-            match database {
-                Some(db) => {
-                    sw.paused.insert(db.to_string());
-                }
-                None => sw.paused_all = true,
-            }
-        }
-        for pool in self.of(database) {
-            pool.pause();
-        }
-    }
-
-    pub fn resume(&self, database: Option<&str>) {
-        {
-            let mut sw = lock(&self.switches);
-            match database {
-                Some(db) => {
-                    sw.paused.remove(db);
-                }
-                None => {
-                    sw.paused_all = false;
-                    sw.paused.clear();
-                }
-            }
-        }
-        for pool in self.of(database) {
-            if !self.is_paused(&pool.database) {
-                pool.resume();
-            }
-        }
-    }
-
-    pub fn is_paused(&self, database: &str) -> bool {
-        let sw = lock(&self.switches);
-        sw.paused_all || sw.paused.contains(database)
-    }
-
-    pub fn set_disabled(&self, database: &str, disabled: bool) {
-        let mut sw = lock(&self.switches);
-        if disabled {
-            sw.disabled.insert(database.to_string());
-        } else {
-            sw.disabled.remove(database);
-        }
-    }
-
-    pub fn is_disabled(&self, database: &str) -> bool {
-        lock(&self.switches).disabled.contains(database)
-    }
-
-    /// KILL: cut off every client and server of `database`, and leave it
-    /// paused (PgBouncer's semantics: new clients wait for RESUME).
-    pub fn kill(&self, database: &str) {
-        self.pause(Some(database));
-        for pool in self.of(Some(database)) {
-            pool.kill();
-        }
-    }
-
-    /// Begin a drain: accept no one, and ask every client to leave at its
-    /// next moment without an open transaction.
-    pub fn begin_drain(&self) {
-        self.lifecycle.begin_drain();
-        for pool in self.all() {
-            pool.stop_clients(Stop::AfterTransaction);
-        }
-    }
-
-    /// Close every client now.
-    pub fn stop_now(&self) {
-        self.lifecycle.stop_now();
-        for pool in self.all() {
-            pool.stop_clients(Stop::Now);
-        }
     }
 
     /// Register a logged-in client with its pool. A client that arrives
