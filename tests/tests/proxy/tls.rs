@@ -383,6 +383,11 @@ async fn stalled_and_broken_tls_handshakes_leave_others_served() {
             .ok();
     }
     assert_eq!(scalar_i32(&bystander, "select 4").await, 4);
+    // Each stall counts as a TLS handshake that timed out (and as a login
+    // timeout); the broken record came after a finished handshake.
+    let labels = [("side", "client"), ("reason", "timeout")];
+    let timed_out = metric(pgmux.metrics, "pgmux_tls_handshake_errors_total", &labels).await;
+    assert_eq!(timed_out, 1000.0);
 }
 
 /// SCRAM channel binding through pgmux (PgBouncer refuses a client that

@@ -321,6 +321,11 @@ impl TlsStream {
         }
     }
 
+    /// Whether the handshake has not finished yet.
+    pub fn is_handshaking(&self) -> bool {
+        self.state().conn.is_handshaking()
+    }
+
     /// The client's certificate (DER), first of its chain.
     pub fn peer_certificate(&self) -> Option<Vec<u8>> {
         let st = self.state();

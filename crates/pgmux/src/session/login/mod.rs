@@ -17,6 +17,7 @@ use crate::config::PoolMode;
 use crate::conninfo::{next_id, ConnInfo, State};
 use crate::params::ParamMap;
 use crate::stats::{self, LoginFailure};
+use crate::tls::{HandshakeFailure, Side};
 
 pub use handshake::refuse;
 
@@ -51,6 +52,16 @@ pub(super) async fn open_session(
         }
         Err(_) => {
             stats::login_failed(LoginFailure::Timeout);
+            if stream.tls().is_some_and(|t| t.is_handshaking()) {
+                // Stalled in the TLS handshake: a TLS failure too, and
+                // nothing can be said to a client whose TLS is not up.
+                stats::tls_handshake(Side::Client, Err(HandshakeFailure::Timeout));
+                tracing::info!(
+                    ?peer,
+                    "TLS handshake with a client not completed within client_login_timeout"
+                );
+                return None;
+            }
             let message =
                 format!("client_login_timeout: login not completed within {login_timeout:?}");
             ("08P01".to_string(), message)
