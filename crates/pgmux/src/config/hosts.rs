@@ -139,6 +139,17 @@ pub struct Role {
 }
 
 impl Role {
+    /// A writable server not in recovery.
+    pub const PRIMARY: Role = Role {
+        in_recovery: false,
+        read_only: false,
+    };
+    /// A hot standby (in recovery, so read-only).
+    pub const STANDBY: Role = Role {
+        in_recovery: true,
+        read_only: true,
+    };
+
     /// Writable and not in recovery.
     pub fn is_primary(self) -> bool {
         !self.in_recovery && !self.read_only
@@ -188,14 +199,7 @@ mod tests {
 
     #[test]
     fn attributes_pick_as_libpq_does() {
-        let primary = Role {
-            in_recovery: false,
-            read_only: false,
-        };
-        let standby = Role {
-            in_recovery: true,
-            read_only: true,
-        };
+        let (primary, standby) = (Role::PRIMARY, Role::STANDBY);
         let read_only_primary = Role {
             in_recovery: false,
             read_only: true,

@@ -138,14 +138,7 @@ mod tests {
                 port: 2,
             },
         ];
-        let primary = Role {
-            in_recovery: false,
-            read_only: false,
-        };
-        let standby = Role {
-            in_recovery: true,
-            read_only: true,
-        };
+        let (primary, standby) = (Role::PRIMARY, Role::STANDBY);
         let book = HostBook::default();
         assert_eq!(book.primary_among(&hosts), None);
         book.answered(&hosts[0], Some(primary));
