@@ -161,6 +161,34 @@ async fn pgmux_logs_in_to_postgresql_with_a_client_certificate() {
         .await
         .expect_err("refused");
     assert!(told(&err).contains("certificate"), "{}", told(&err));
+    // A database of its own certificate: only its entry presents it.
+    let (cert, key) = (path(&certs.client.cert), path(&certs.client.key));
+    let (cert, key) = (cert.to_string(), key.to_string());
+    let per_database = start_pgmux(move |c| {
+        c.server_host = "localhost".into();
+        c.databases.insert(
+            CERT_DATABASE.into(),
+            pgmux::config::DatabaseConfig {
+                server_tls_cert_file: Some(cert),
+                server_tls_key_file: Some(key),
+                ..Default::default()
+            },
+        );
+        c.databases.insert(
+            "cert_login_bare".into(),
+            pgmux::config::DatabaseConfig {
+                dbname: Some(CERT_DATABASE.into()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let c = connect(per_database.addr, CERT_DATABASE).await;
+    assert_eq!(scalar_text(&c, "select current_user").await, APP_USER);
+    let err = try_connect(&dsn(per_database.addr, "cert_login_bare"))
+        .await
+        .expect_err("the same database without the certificate");
+    assert!(told(&err).contains("certificate"), "{}", told(&err));
 }
 
 /// A reload that changes how servers are reached replaces the servers

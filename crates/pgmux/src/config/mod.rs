@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use hosts::{Endpoint, LoadBalance, Role, SessionAttrs};
 pub use load::{load, ConfigError, Env};
 pub use overrides::PoolTimeout;
-pub use target::Target;
+pub use target::{Target, TlsIdentity};
 
 pub use crate::tls::SslMode;
 
@@ -272,6 +272,10 @@ pub struct DatabaseConfig {
     pub server_tls_sslmode: Option<SslMode>,
     /// Overrides the general `server_tls_ca_file` for this database.
     pub server_tls_ca_file: Option<String>,
+    /// With `server_tls_key_file`: the client certificate pgmux presents
+    /// to this database's servers instead of the general one.
+    pub server_tls_cert_file: Option<String>,
+    pub server_tls_key_file: Option<String>,
     /// Overrides the general `target_session_attrs` for this database.
     pub target_session_attrs: Option<SessionAttrs>,
     /// Overrides the general `load_balance_hosts` for this database.

@@ -19,6 +19,9 @@ pub struct Target {
     /// The CA file that checks this server, when the database names its
     /// own (`None`: the general one).
     pub tls_ca_file: Option<String>,
+    /// The client certificate and key presented to this server (the
+    /// database's own, else the general ones; `None`: none).
+    pub tls_identity: Option<TlsIdentity>,
     /// The loaded TLS setup servers are reached with (set by the pools;
     /// `None`: plaintext).
     pub tls: Option<Arc<TlsSetup>>,
@@ -26,6 +29,9 @@ pub struct Target {
     /// had (set by the pools; `None`: not noted).
     pub book: Option<Arc<crate::server::hosts::HostBook>>,
 }
+
+/// A client certificate file and its key file.
+pub type TlsIdentity = (String, String);
 
 /// Two targets are the same place reached the same way: servers opened
 /// for one serve the other. A reload that re-read unchanged certificate
@@ -39,12 +45,14 @@ impl PartialEq for Target {
             &self.dbname,
             self.tls_mode,
             &self.tls_ca_file,
+            &self.tls_identity,
         ) == (
             &other.hosts,
             other.session_attrs,
             &other.dbname,
             other.tls_mode,
             &other.tls_ca_file,
+            &other.tls_identity,
         ) && fingerprint(self) == fingerprint(other)
     }
 }
@@ -90,9 +98,21 @@ impl Config {
             dbname: db.dbname.unwrap_or_else(|| database.to_string()),
             tls_mode: db.server_tls_sslmode.unwrap_or(self.server_tls_sslmode),
             tls_ca_file: db.server_tls_ca_file,
+            tls_identity: match (db.server_tls_cert_file, db.server_tls_key_file) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                _ => self.server_tls_identity(),
+            },
             tls: None,
             book: None,
         })
+    }
+
+    /// The general client certificate toward servers, if one is set.
+    pub fn server_tls_identity(&self) -> Option<TlsIdentity> {
+        match (&self.server_tls_cert_file, &self.server_tls_key_file) {
+            (cert, key) if cert.is_empty() || key.is_empty() => None,
+            (cert, key) => Some((cert.clone(), key.clone())),
+        }
     }
 
     /// Whether clients may log in to `database` (what [`Config::target`]

@@ -158,6 +158,31 @@ fn unknown_file_key_and_bad_port_are_named() {
     assert!(e.contains("server_port"), "{e}");
 }
 
+#[test]
+fn a_databases_client_certificate_needs_its_key() {
+    let mut f = tempfile_in_target("db_cert.toml");
+    writeln!(
+        f.1,
+        "[databases.ledger]\nserver_tls_cert_file = \"/etc/pgmux/ledger.pem\""
+    )
+    .unwrap();
+    let e = load(Some(&f.0), &Env::new()).unwrap_err().to_string();
+    assert!(
+        e.contains("databases.ledger") && e.contains("server_tls_key_file"),
+        "{e}"
+    );
+    let mut f = tempfile_in_target("db_cert_pair.toml");
+    writeln!(
+        f.1,
+        "[databases.ledger]\nserver_tls_cert_file = \"c.pem\"\nserver_tls_key_file = \"c.key\""
+    )
+    .unwrap();
+    let cfg = load(Some(&f.0), &Env::new()).unwrap();
+    let identity = cfg.target("ledger").unwrap().tls_identity;
+    assert_eq!(identity, Some(("c.pem".to_string(), "c.key".to_string())));
+    assert_eq!(cfg.target("other").and_then(|t| t.tls_identity), None);
+}
+
 fn tempfile_in_target(name: &str) -> (std::path::PathBuf, std::fs::File) {
     let dir = std::env::temp_dir().join(format!("pgmux-config-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -196,6 +221,8 @@ fn wildcard_and_mapped_targets() {
             transaction_timeout: None,
             server_tls_sslmode: Some(SslMode::VerifyFull),
             server_tls_ca_file: None,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
             target_session_attrs: None,
             load_balance_hosts: None,
         },
@@ -212,6 +239,7 @@ fn wildcard_and_mapped_targets() {
             dbname: "real".into(),
             tls_mode: SslMode::VerifyFull,
             tls_ca_file: None,
+            tls_identity: None,
             tls: None,
             book: None,
         }

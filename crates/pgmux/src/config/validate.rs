@@ -103,6 +103,11 @@ impl Config {
                 let port = db.port.unwrap_or(self.server_port);
                 hosts::parse_hosts(&format!("databases.{name}.host"), host, port)?;
             }
+            if db.server_tls_cert_file.is_some() != db.server_tls_key_file.is_some() {
+                return Err(ConfigError::new(format!(
+                    "databases.{name}: server_tls_cert_file and server_tls_key_file: give both or neither"
+                )));
+            }
         }
         if self.peer_id > crate::peering::MAX_PEER_ID {
             return Err(ConfigError::new(format!(

@@ -57,7 +57,12 @@ pub(super) async fn secure(
         }
     }
     let conn = setup
-        .connect(mode, host, target.tls_ca_file.as_deref())
+        .connect(
+            mode,
+            host,
+            target.tls_ca_file.as_deref(),
+            target.tls_identity.as_ref(),
+        )
         .map_err(refused)?;
     let tls = crate::tls::TlsStream::new(stream, conn, &[]);
     let done = tls.handshake().await;

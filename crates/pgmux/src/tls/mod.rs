@@ -16,11 +16,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, TlsIdentity};
 
 pub use certificate::{common_name, server_end_point};
 use files::{certificates, private_key, protocols, roots, system_roots};
@@ -69,13 +70,9 @@ pub struct TlsSetup {
     /// The channel binding data of the certificate clients are served.
     acceptor_end_point: Option<EndPoint>,
     pub server_mode: SslMode,
-    /// Toward servers: no certificate check (`allow`, `prefer`, `require`),
-    /// the chain only (`verify-ca`), chain and host name (`verify-full`).
-    /// `None` when the CA file is not needed and not given.
-    connector_unverified: Arc<ClientConfig>,
-    connector_verified: Option<Verified>,
-    /// The same, for `[databases.NAME] server_tls_ca_file`, by file.
-    verified_by_file: HashMap<String, Verified>,
+    /// Toward servers, by the client certificate pgmux presents (the
+    /// general one, or a database's own; `None`: none).
+    connectors: HashMap<Option<TlsIdentity>, Connectors>,
     /// Changes when what shapes server connections changes (the files'
     /// contents, the protocols): servers opened under another are replaced.
     pub server_fingerprint: u64,
@@ -102,48 +99,20 @@ impl TlsSetup {
             }
         };
         let versions = protocols("server_tls_protocols", &config.server_tls_protocols)?;
-        let client_auth = match (
-            config.server_tls_cert_file.as_str(),
-            config.server_tls_key_file.as_str(),
-        ) {
-            ("", "") => None,
-            ("", _) | (_, "") => {
-                return Err(ConfigError::new(
-                    "server_tls_cert_file and server_tls_key_file: give both or neither".into(),
-                ))
-            }
-            (cert, key) => Some((
-                certificates("server_tls_cert_file", cert)?,
-                private_key("server_tls_key_file", key)?,
-            )),
-        };
-        let build = |verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>| {
-            let builder = ClientConfig::builder_with_provider(provider())
-                .with_protocol_versions(&versions)
-                .map_err(|e| ConfigError::new(format!("server_tls_protocols: {e}")))?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier);
-            let mut built = match &client_auth {
-                None => builder.with_no_client_auth(),
-                Some((certs, key)) => builder
-                    .with_client_auth_cert(certs.clone(), key.clone_key())
-                    .map_err(|e| ConfigError::new(format!("server_tls_key_file: {e}")))?,
-            };
-            built.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-            // PostgreSQL keeps no sessions to resume.
-            built.resumption = rustls::client::Resumption::disabled();
-            Ok::<_, ConfigError>(Arc::new(built))
-        };
-        let connector_unverified = build(Arc::new(verify::SignatureOnly::new(provider())))?;
-        let verified = |key: &str, roots: RootCertStore| {
+        if config.server_tls_cert_file.is_empty() != config.server_tls_key_file.is_empty() {
+            return Err(ConfigError::new(
+                "server_tls_cert_file and server_tls_key_file: give both or neither".into(),
+            ));
+        }
+        let verifiers = |key: &str, roots: RootCertStore| {
             let full = rustls::client::WebPkiServerVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider(),
             )
             .build()
             .map_err(|e| ConfigError::new(format!("{key}: {e}")))?;
-            let chain_only = Arc::new(verify::ChainOnly(full.clone()));
-            Ok::<_, ConfigError>((build(chain_only)?, build(full)?))
+            let chain_only: Arc<dyn ServerCertVerifier> = Arc::new(verify::ChainOnly(full.clone()));
+            Ok::<VerifierPair, ConfigError>((chain_only, full))
         };
         // The system's roots are read only if some server is verified
         // without a CA file of its own.
@@ -159,28 +128,46 @@ impl TlsSetup {
             "" => system_roots(verifies_by_system)?,
             file => Some(roots("server_tls_ca_file", file)?),
         };
-        let connector_verified = match general_roots {
+        let general = match general_roots {
             None => None,
-            Some(roots) => Some(verified("server_tls_ca_file", roots)?),
+            Some(roots) => Some(verifiers("server_tls_ca_file", roots)?),
         };
-        let mut verified_by_file = HashMap::new();
+        let mut by_file = HashMap::new();
         for (name, db) in &config.databases {
             if let Some(file) = db.server_tls_ca_file.as_deref() {
-                if !verified_by_file.contains_key(file) {
+                if !by_file.contains_key(file) {
                     let key = format!("databases.{name}.server_tls_ca_file");
-                    let pair = verified(&key, roots(&key, file)?)?;
-                    verified_by_file.insert(file.to_string(), pair);
+                    by_file.insert(file.to_string(), verifiers(&key, roots(&key, file)?)?);
                 }
             }
+        }
+        // Each client certificate in use, with the keys that name it.
+        let mut identities = vec![(config.server_tls_identity(), "server_tls".to_string())];
+        for (name, db) in &config.databases {
+            if let (Some(cert), Some(key)) = (&db.server_tls_cert_file, &db.server_tls_key_file) {
+                let identity = Some((cert.clone(), key.clone()));
+                if !identities.iter().any(|(known, _)| *known == identity) {
+                    identities.push((identity, format!("databases.{name}.server_tls")));
+                }
+            }
+        }
+        let mut connectors = HashMap::new();
+        for (identity, keys) in identities {
+            let set = Connectors::build(
+                &versions,
+                identity.as_ref(),
+                &keys,
+                general.as_ref(),
+                &by_file,
+            )?;
+            connectors.insert(identity, set);
         }
         Ok(TlsSetup {
             client_mode: config.client_tls_sslmode,
             acceptor,
             acceptor_end_point,
             server_mode: config.server_tls_sslmode,
-            connector_unverified,
-            connector_verified,
-            verified_by_file,
+            connectors,
             server_fingerprint: server_fingerprint(config),
         })
     }
@@ -193,14 +180,17 @@ impl TlsSetup {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verify::SignatureOnly::new(provider())))
             .with_no_client_auth();
+        let none = Connectors {
+            unverified: Arc::new(connector),
+            verified: None,
+            verified_by_file: HashMap::new(),
+        };
         TlsSetup {
             client_mode: SslMode::Disable,
             acceptor: None,
             acceptor_end_point: None,
             server_mode: SslMode::Disable,
-            connector_unverified: Arc::new(connector),
-            connector_verified: None,
-            verified_by_file: HashMap::new(),
+            connectors: HashMap::from([(None, none)]),
             server_fingerprint: 0,
         }
     }
@@ -229,16 +219,22 @@ impl TlsSetup {
     }
 
     /// The client side of a TLS session with the server at `host`, as
-    /// `mode` asks, checked against `ca_file` if the database names one.
+    /// `mode` asks, checked against `ca_file` if the database names one,
+    /// presenting `identity` (the database's client certificate or the
+    /// general one).
     pub fn connect(
         &self,
         mode: SslMode,
         host: &str,
         ca_file: Option<&str>,
+        identity: Option<&TlsIdentity>,
     ) -> Result<rustls::ClientConnection, String> {
+        let set = self.connectors.get(&identity.cloned()).ok_or(
+            "this client certificate is not in the loaded TLS setup (a reload is under way)",
+        )?;
         let verified = match ca_file {
-            Some(file) => self.verified_by_file.get(file),
-            None => self.connector_verified.as_ref(),
+            Some(file) => set.verified_by_file.get(file),
+            None => set.verified.as_ref(),
         };
         let config = match (mode, verified) {
             (SslMode::VerifyCa, Some((chain_only, _))) => chain_only,
@@ -248,7 +244,7 @@ impl TlsSetup {
                     "no CA certificates to verify the server with (server_tls_ca_file)".into(),
                 )
             }
-            _ => &self.connector_unverified,
+            _ => &set.unverified,
         };
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| format!("{host:?} is not a host name TLS can check: {e}"))?;
@@ -260,10 +256,15 @@ fn server_fingerprint(config: &Config) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     config.server_tls_protocols.hash(&mut h);
-    let per_database = config
-        .databases
-        .values()
-        .filter_map(|db| db.server_tls_ca_file.as_ref());
+    let per_database = config.databases.values().flat_map(|db| {
+        [
+            &db.server_tls_ca_file,
+            &db.server_tls_cert_file,
+            &db.server_tls_key_file,
+        ]
+        .into_iter()
+        .flatten()
+    });
     for file in [
         &config.server_tls_ca_file,
         &config.server_tls_cert_file,
@@ -289,6 +290,68 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Toward servers, checked by a set of CAs: the chain only (`verify-ca`),
 /// and chain and host name (`verify-full`).
 type Verified = (Arc<ClientConfig>, Arc<ClientConfig>);
+
+/// The checks behind [`Verified`], shared by every client certificate.
+type VerifierPair = (Arc<dyn ServerCertVerifier>, Arc<dyn ServerCertVerifier>);
+
+/// Toward servers, presenting one client certificate (or none): no
+/// certificate check (`allow`, `prefer`, `require`), and checked by the
+/// general CA (`None` when it is not needed and not given) or by a
+/// database's own CA file.
+struct Connectors {
+    unverified: Arc<ClientConfig>,
+    verified: Option<Verified>,
+    verified_by_file: HashMap<String, Verified>,
+}
+
+impl Connectors {
+    /// `keys` names the settings of `identity` in errors
+    /// (`server_tls` or `databases.NAME.server_tls`).
+    fn build(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        identity: Option<&TlsIdentity>,
+        keys: &str,
+        general: Option<&VerifierPair>,
+        by_file: &HashMap<String, VerifierPair>,
+    ) -> Result<Connectors, ConfigError> {
+        let client_auth = match identity {
+            None => None,
+            Some((cert, key)) => Some((
+                certificates(&format!("{keys}_cert_file"), cert)?,
+                private_key(&format!("{keys}_key_file"), key)?,
+            )),
+        };
+        let build = |verifier: Arc<dyn ServerCertVerifier>| {
+            let builder = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(versions)
+                .map_err(|e| ConfigError::new(format!("server_tls_protocols: {e}")))?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier);
+            let mut built = match &client_auth {
+                None => builder.with_no_client_auth(),
+                Some((certs, key)) => builder
+                    .with_client_auth_cert(certs.clone(), key.clone_key())
+                    .map_err(|e| ConfigError::new(format!("{keys}_key_file: {e}")))?,
+            };
+            built.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+            // PostgreSQL keeps no sessions to resume.
+            built.resumption = rustls::client::Resumption::disabled();
+            Ok::<_, ConfigError>(Arc::new(built))
+        };
+        let pair = |(chain_only, full): &VerifierPair| {
+            Ok::<Verified, ConfigError>((build(chain_only.clone())?, build(full.clone())?))
+        };
+        let mut verified_by_file = HashMap::new();
+        for (file, verifiers) in by_file {
+            verified_by_file.insert(file.clone(), pair(verifiers)?);
+        }
+        Ok(Connectors {
+            unverified: build(Arc::new(verify::SignatureOnly::new(provider())))?,
+            verified: general.map(pair).transpose()?,
+            verified_by_file,
+        })
+    }
+}
 
 /// Channel binding data of a certificate (see [`server_end_point`]).
 type EndPoint = Arc<[u8]>;
