@@ -330,3 +330,30 @@ fn with_user(e: ClientError, user: &str) -> ClientError {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every login in progress holds this future (a thousand clients
+    /// connecting at once hold a thousand, and the heap keeps that peak):
+    /// it was 6.4 KB when the login sat in it twice and every rare path
+    /// had room in it. A size, not a time: it fails only when a change
+    /// makes every login bigger.
+    #[tokio::test]
+    async fn a_login_in_progress_stays_small() {
+        let config = crate::config::load(None, &Default::default()).unwrap();
+        let pools = crate::pool::Pools::new(
+            Arc::new(config),
+            Arc::default(),
+            Arc::new(crate::tls::TlsSetup::disabled()),
+        );
+        let shared = Shared::new(Arc::new(pools));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let login = open_session(TcpStream::from_std(accepted).unwrap(), &shared);
+        let size = std::mem::size_of_val(&login);
+        assert!(size <= 1536, "a login in progress holds {size} bytes");
+    }
+}
