@@ -435,3 +435,22 @@ async fn a_hundred_thousand_database_names_leave_nothing_behind() {
         );
     }
 }
+
+/// A client that sends its first query in the same write as its startup
+/// packet (the server answers nothing it must wait for under trust): the
+/// query is read with the startup packet and served after the greeting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_sent_with_the_startup_packet_is_served() {
+    let db = fresh_database("hostile_pipelined_login").await;
+    let app = start_pgmux(|c| c.auth_type = pgmux::config::AuthType::Trust).await;
+    let mut r = Raw::connect(app.addr).await;
+    let mut first = raw::startup_packet(&[("user", APP_USER), ("database", &db)]);
+    first.extend_from_slice(&raw::query("select 7"));
+    r.send(&first).await;
+    let greeting = r.until_ready().await;
+    assert!(greeting.iter().any(|m| m.tag == b'K'), "{greeting:?}");
+    let replies = r.until_ready().await;
+    let row = replies.iter().find(|m| m.tag == b'D').expect("a DataRow");
+    assert!(row.body.ends_with(b"7"), "{row:?}");
+    assert_eq!(r.scalar("select 8").await, "8");
+}

@@ -467,3 +467,17 @@ async fn auth_type_cert_logs_the_common_name_in() {
     let stranger = psql(&with(&certs.other_client, APP_USER), "select 1").await;
     assert!(stranger.is_err(), "a certificate from another CA");
 }
+
+/// Bytes sent after an SSLRequest, before the TLS handshake, would be
+/// plaintext passing for encrypted (CVE-2021-23214's shape): refused with
+/// 08P01, and the connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_after_an_ssl_request_is_refused() {
+    let app = start_pgmux(|c| serve_tls(c, SslMode::Prefer)).await;
+    let mut r = raw::Raw::connect(app.addr).await;
+    let mut request = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    request.extend_from_slice(&raw::query("select 1"));
+    r.send(&request).await;
+    let answer = r.until_closed().await;
+    assert_eq!(raw::error_in(&answer).sqlstate().as_deref(), Some("08P01"));
+}

@@ -65,13 +65,20 @@ pub fn greeting(out: &mut BytesMut) {
 }
 
 /// Serve console queries until the client leaves or pgmux stops.
-pub async fn run(mut stream: TcpStream, session: AdminSession, shared: Arc<Shared>) {
+/// `pending`: what the client sent past its login, if anything.
+pub async fn run(
+    mut stream: TcpStream,
+    session: AdminSession,
+    shared: Arc<Shared>,
+    pending: BytesMut,
+) {
     let ctx = Ctx {
         pools: shared.pools.clone(),
     };
     let lifecycle = shared.pools.lifecycle.clone();
     drop(shared);
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = pending;
+    buf.reserve(1024);
     loop {
         let frame = match take_frame(&mut buf, MAX_CONSOLE_MESSAGE) {
             Ok(Some(frame)) => frame,

@@ -24,7 +24,7 @@ use crate::stats;
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What the login phase hands on.
-type Opened = (Option<(TcpStream, LoggedIn)>, Arc<Shared>);
+type Opened = (Option<login::Opened>, Arc<Shared>);
 
 enum Phase {
     LoggingIn(Boxed<Opened>),
@@ -68,11 +68,11 @@ impl Future for ClientTask {
             let next = match phase {
                 Phase::LoggingIn(login) => match std::task::ready!(login.as_mut().poll(cx)) {
                     (None, _) => Phase::Done,
-                    (Some((stream, LoggedIn::Pool(session))), _) => {
-                        Phase::Idle(Client::new(stream, session))
+                    (Some((stream, LoggedIn::Pool(session), pending)), _) => {
+                        Phase::Idle(Client::new(stream, session, pending))
                     }
-                    (Some((stream, LoggedIn::Admin(admin))), shared) => {
-                        Phase::Ending(Box::pin(admin::run(stream, admin, shared)))
+                    (Some((stream, LoggedIn::Admin(admin), pending)), shared) => {
+                        Phase::Ending(Box::pin(admin::run(stream, admin, shared, pending)))
                     }
                 },
                 Phase::Idle(client) => {

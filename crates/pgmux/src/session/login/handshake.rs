@@ -7,7 +7,7 @@ use pgmux_wire::auth::{AuthError, ScramExchange, Secret, SCRAM_SHA_256, SCRAM_SH
 use pgmux_wire::frame::{read_cstr, take_frame};
 use pgmux_wire::reply::{self, Severity};
 use pgmux_wire::startup::{parse_startup, startup_body_len, StartupError, StartupRequest};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use std::net::SocketAddr;
 
@@ -31,20 +31,24 @@ pub enum Opening {
 /// says (and running the TLS handshake, which replaces the stream in
 /// `slot`) and GSSENCRequest with `N`. PostgreSQL 17's direct TLS (a
 /// ClientHello first, with ALPN `postgresql`) is taken too.
+///
+/// What the client sent is read into `inbox`, as much as has come in one
+/// receive (a startup packet takes one), and what is left after the
+/// startup packet stays there for the password exchange.
 pub async fn read_opening(
     slot: &mut Option<TcpStream>,
     tls: &TlsSetup,
     peer: Option<SocketAddr>,
+    inbox: &mut BytesMut,
 ) -> Result<Opening, ClientError> {
     let mut encrypted = false;
     // A client may ask for SSL and then GSSENC before its startup packet.
     for _ in 0..3 {
         let stream = slot.as_mut().ok_or(ClientError::Gone)?;
-        let mut head = [0u8; 4];
-        stream
-            .read_exact(&mut head)
-            .await
-            .map_err(ClientError::io)?;
+        while inbox.len() < 4 {
+            receive(stream, inbox).await?;
+        }
+        let head = [inbox[0], inbox[1], inbox[2], inbox[3]];
         if head[0] == TLS_HANDSHAKE_RECORD && !encrypted {
             // No startup packet is that long: a TLS ClientHello.
             if !tls.serves_clients() {
@@ -54,7 +58,8 @@ pub async fn read_opening(
                 );
                 return Err(ClientError::Gone);
             }
-            start_tls(slot, tls, &head, peer).await?;
+            let received = inbox.split();
+            start_tls(slot, tls, &received, peer).await?;
             let direct_alpn = slot.as_ref().and_then(|s| s.tls()).and_then(|t| t.alpn());
             if direct_alpn.as_deref() != Some(crate::tls::ALPN_POSTGRESQL) {
                 return Err(ClientError::fatal(
@@ -66,16 +71,24 @@ pub async fn read_opening(
             continue;
         }
         let len = startup_body_len(i32::from_be_bytes(head)).map_err(startup_error)?;
-        let mut body = vec![0u8; len];
-        stream
-            .read_exact(&mut body)
-            .await
-            .map_err(ClientError::io)?;
-        match parse_startup(&body).map_err(startup_error)? {
+        while inbox.len() < 4 + len {
+            receive(stream, inbox).await?;
+        }
+        let packet = inbox.split_to(4 + len);
+        match parse_startup(&packet[4..]).map_err(startup_error)? {
             StartupRequest::Ssl if encrypted => {
                 return Err(ClientError::fatal(
                     "08P01",
                     "SSLRequest on a connection that is already encrypted".into(),
+                ))
+            }
+            // Bytes sent after an SSLRequest, before the handshake, are
+            // plaintext that must not pass for encrypted (as PostgreSQL
+            // refuses them since CVE-2021-23214).
+            StartupRequest::Ssl if !inbox.is_empty() => {
+                return Err(ClientError::fatal(
+                    "08P01",
+                    "received unencrypted data after the SSLRequest".into(),
                 ))
             }
             StartupRequest::Ssl if tls.serves_clients() => {
@@ -182,6 +195,7 @@ pub async fn authenticate(
     pools: &Pools,
     user: &str,
     database: &str,
+    inbox: &mut BytesMut,
 ) -> Result<Authenticated, ClientError> {
     let auth_type = pools.config().auth_type;
     let nothing_owed = || Authenticated {
@@ -201,7 +215,7 @@ pub async fn authenticate(
         // future (kept through each login) several kilobytes bigger.
         None => (Box::pin(pools.look_up_secret(user, database)).await, true),
     };
-    let checked = check_password(stream, pools, user, auth_type, secret.as_ref()).await;
+    let checked = check_password(stream, pools, user, auth_type, secret.as_ref(), inbox).await;
     if looked_up && secret.is_some() && checked.is_err() {
         // Perhaps the password changed since the lookup.
         pools.forget_looked_up(user);
@@ -215,6 +229,7 @@ async fn check_password(
     user: &str,
     auth_type: AuthType,
     secret: Option<&Secret>,
+    buf: &mut BytesMut,
 ) -> Result<Authenticated, ClientError> {
     let wrong = || {
         ClientError::fatal(
@@ -226,9 +241,6 @@ async fn check_password(
         out: BytesMut::new(),
         learned,
     };
-    // Room for a whole SCRAM message in one read (an empty buffer would
-    // be read into 64 bytes at a time).
-    let mut buf = BytesMut::with_capacity(512);
     // Room for the biggest of the exchange's messages (server-first).
     let mut out = BytesMut::with_capacity(256);
     // Like PostgreSQL, a stored MD5 hash forces MD5 and a SCRAM verifier
@@ -243,7 +255,7 @@ async fn check_password(
         AuthType::Plain => {
             reply::auth_cleartext(&mut out);
             stream.write_all(&out).await.map_err(ClientError::io)?;
-            let body = read_password_message(stream, &mut buf).await?;
+            let body = read_password_message(stream, buf).await?;
             let mut s = &body[..];
             let password = read_cstr(&mut s).ok_or_else(malformed)?;
             let password = std::str::from_utf8(password).map_err(|_| malformed())?;
@@ -262,7 +274,7 @@ async fn check_password(
             let salt: [u8; 4] = rand::random();
             reply::auth_md5(&mut out, salt);
             stream.write_all(&out).await.map_err(ClientError::io)?;
-            let body = read_password_message(stream, &mut buf).await?;
+            let body = read_password_message(stream, buf).await?;
             let mut s = &body[..];
             let response = read_cstr(&mut s).ok_or_else(malformed)?;
             let response = std::str::from_utf8(response).map_err(|_| malformed())?;
@@ -300,7 +312,7 @@ async fn check_password(
             };
             reply::auth_sasl(&mut out, mechanisms);
             stream.write_all(&out).await.map_err(ClientError::io)?;
-            let body = read_password_message(stream, &mut buf).await?;
+            let body = read_password_message(stream, buf).await?;
             let (mechanism, client_first) = sasl_initial_response(&body)?;
             let (exchange, server_first) =
                 ScramExchange::start(verifier, mechanism, client_first, binding.as_deref())
@@ -308,7 +320,7 @@ async fn check_password(
             out.clear();
             reply::auth_sasl_continue(&mut out, server_first.as_bytes());
             stream.write_all(&out).await.map_err(ClientError::io)?;
-            let body = read_password_message(stream, &mut buf).await?;
+            let body = read_password_message(stream, buf).await?;
             let (server_final, client_key) = exchange
                 .finish_with_client_key(&body)
                 .map_err(|e| sasl_error(e, user))?;
@@ -393,6 +405,32 @@ fn sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), ClientError> {
     Ok((mechanism, s))
 }
 
+/// Read what the client has sent into `inbox`, waiting for it if nothing
+/// has come: one receive, of whatever has arrived. A short read makes the
+/// stream forget its readiness ([`TcpStream::try_read_buf`]), so the next
+/// wait sleeps in the poller instead of trying a receive that can only
+/// say EAGAIN (the client sends its next message only after pgmux's
+/// reply).
+async fn receive(stream: &TcpStream, inbox: &mut BytesMut) -> Result<(), ClientError> {
+    inbox.reserve(LOGIN_READ);
+    loop {
+        match stream.try_read_buf(inbox) {
+            Ok(0) => return Err(ClientError::Gone),
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::future::poll_fn(|cx| stream.poll_read_ready(cx))
+                    .await
+                    .map_err(ClientError::io)?;
+            }
+            Err(e) => return Err(ClientError::io(e)),
+        }
+    }
+}
+
+/// Room for one receive during login: a whole startup packet or SCRAM
+/// message as clients send them (a bigger one takes more receives).
+const LOGIN_READ: usize = 512;
+
 async fn read_password_message(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
@@ -409,9 +447,7 @@ async fn read_password_message(
             Ok(None) => {}
             Err(e) => return Err(ClientError::fatal("08P01", e.to_string())),
         }
-        if stream.read_buf(buf).await.map_err(ClientError::io)? == 0 {
-            return Err(ClientError::Gone);
-        }
+        receive(stream, buf).await?;
     }
 }
 

@@ -7,6 +7,8 @@ mod handshake;
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
+
 use crate::io::Stream as TcpStream;
 
 use super::state::align;
@@ -27,24 +29,34 @@ pub enum LoggedIn {
     Admin(AdminSession),
 }
 
+/// A logged-in client's connection, where it goes, and what it has
+/// already sent past its login (almost always nothing).
+pub(super) type Opened = (TcpStream, LoggedIn, BytesMut);
+
 /// Log the client in within `client_login_timeout`, or tell it why not.
-pub(super) async fn open_session(
-    stream: TcpStream,
-    shared: &Shared,
-) -> Option<(TcpStream, LoggedIn)> {
+pub(super) async fn open_session(stream: TcpStream, shared: &Shared) -> Option<Opened> {
     let peer = stream.peer_addr().ok();
     let login_timeout = shared.pools.config().client_login_timeout();
     // TLS replaces the stream during the login: it lives in a slot.
     let mut slot = Some(stream);
+    // What the client sends during login, read ahead as it comes.
+    let mut inbox = BytesMut::new();
     let opened = {
         // Pinned here and lent to the timeout: moved into it, the login
         // would take room twice in this future (kept through every login).
-        let login = std::pin::pin!(log_in(&mut slot, shared, peer));
+        let login = std::pin::pin!(log_in(&mut slot, shared, peer, &mut inbox));
         crate::io::timeout(login_timeout, login).await
     };
     let mut stream = slot?;
     let (code, message) = match opened {
-        Ok(Ok(Some(session))) => return Some((stream, session)),
+        Ok(Ok(Some(session))) => {
+            // An idle client holds no buffer: an empty inbox is let go.
+            let pending = match inbox.is_empty() {
+                true => BytesMut::new(),
+                false => inbox,
+            };
+            return Some((stream, session, pending));
+        }
         Ok(Ok(None)) | Ok(Err(ClientError::Gone)) => return None,
         Ok(Err(ClientError::Fatal { code, message })) => {
             stats::login_failed(failure_reason(&code));
@@ -122,8 +134,9 @@ async fn log_in(
     slot: &mut Option<TcpStream>,
     shared: &Shared,
     peer: Option<std::net::SocketAddr>,
+    inbox: &mut BytesMut,
 ) -> Result<Option<LoggedIn>, ClientError> {
-    let opening = handshake::read_opening(slot, &shared.pools.tls(), peer).await?;
+    let opening = handshake::read_opening(slot, &shared.pools.tls(), peer, inbox).await?;
     let stream = slot.as_mut().ok_or(ClientError::Gone)?;
     let params = match opening {
         handshake::Opening::Cancel { pid, key } => {
@@ -164,7 +177,7 @@ async fn log_in(
     if admin::is_console(&database) {
         // Boxed, so the console's own exchange does not add to every
         // pool login's future.
-        return Box::pin(console_login(stream, pools, user, database, peer)).await;
+        return Box::pin(console_login(stream, pools, user, database, peer, inbox)).await;
     }
     let unknown = |e: crate::pool::UnknownDatabase| ClientError::fatal("3D000", e.to_string());
     pools.check_database(&database).map_err(unknown)?;
@@ -179,7 +192,10 @@ async fn log_in(
     // Boxed, as is joining the pool below: the compiler gives each awaited
     // step its own room in this future, and it is kept for every login in
     // progress (a thousand clients connecting at once hold a thousand).
-    let authenticated = Box::pin(handshake::authenticate(stream, pools, &user, &database)).await?;
+    let authenticated = Box::pin(handshake::authenticate(
+        stream, pools, &user, &database, inbox,
+    ))
+    .await?;
     let mut out = authenticated.out;
     let pool = pools
         .get(&database, &user)
@@ -258,8 +274,9 @@ async fn console_login(
     user: String,
     database: String,
     peer: Option<std::net::SocketAddr>,
+    inbox: &mut BytesMut,
 ) -> Result<Option<LoggedIn>, ClientError> {
-    let mut out = handshake::authenticate(stream, pools, &user, &database)
+    let mut out = handshake::authenticate(stream, pools, &user, &database, inbox)
         .await?
         .out;
     let role = Role::of(&pools.config(), &user).ok_or_else(|| {

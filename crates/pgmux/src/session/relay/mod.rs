@@ -78,14 +78,19 @@ pub(in crate::session) enum Idle {
 pub(in crate::session) type Turn = (Client, Result<bool, ClientError>);
 
 impl Client {
-    pub(in crate::session) fn new(stream: TcpStream, session: Session) -> Client {
+    /// `pending`: what the client sent past its login, if anything.
+    pub(in crate::session) fn new(
+        stream: TcpStream,
+        session: Session,
+        pending: BytesMut,
+    ) -> Client {
         session.pool.stats.clients.inc();
         let transaction_mode = session.pool.mode == PoolMode::Transaction;
         Client {
             flow: ClientFlow::new(session.pool.max_message, transaction_mode),
             stream,
             session,
-            cbuf: BytesMut::new(),
+            cbuf: pending,
         }
     }
 
