@@ -188,29 +188,11 @@ impl Cluster {
     }
 
     fn command(&self, tool: &str) -> Command {
-        let exe = self.bindir.join(tool);
-        if self.as_postgres {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(exe);
-            cmd
-        } else {
-            Command::new(exe)
-        }
+        server_tool(&self.bindir, self.as_postgres, tool)
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
-        let out = self
-            .command(tool)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
-        assert!(
-            out.status.success(),
-            "{tool} failed: {}\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_server_tool(&self.bindir, self.as_postgres, tool, args);
     }
 
     fn stop(&self) {
@@ -281,4 +263,32 @@ fn path(p: &Path) -> &str {
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// A PostgreSQL server tool from `bindir`, as the `postgres` user when
+/// the tests run as root (the server refuses to run as root).
+pub(crate) fn server_tool(bindir: &Path, as_postgres: bool, tool: &str) -> Command {
+    let exe = bindir.join(tool);
+    if as_postgres {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(exe);
+        cmd
+    } else {
+        Command::new(exe)
+    }
+}
+
+/// Run a server tool; its failure fails the test, with what it said.
+pub(crate) fn run_server_tool(bindir: &Path, as_postgres: bool, tool: &str, args: &[&str]) {
+    let out = server_tool(bindir, as_postgres, tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

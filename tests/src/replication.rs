@@ -281,28 +281,11 @@ impl Pair {
 
     /// A server tool, as the `postgres` user when the tests run as root.
     fn command(&self, tool: &str) -> Command {
-        let exe = self.bindir.join(tool);
-        if self.as_postgres {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(exe);
-            cmd
-        } else {
-            Command::new(exe)
-        }
+        crate::cluster::server_tool(&self.bindir, self.as_postgres, tool)
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
-        let out = self
-            .command(tool)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
-        assert!(
-            out.status.success(),
-            "{tool} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::cluster::run_server_tool(&self.bindir, self.as_postgres, tool, args);
     }
 }
 

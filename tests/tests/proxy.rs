@@ -7,6 +7,7 @@ mod proxy {
     pub mod basics;
     pub mod cancel;
     pub mod console;
+    pub mod console_columns;
     pub mod edges;
     pub mod failover;
     pub mod faults;

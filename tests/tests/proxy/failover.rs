@@ -13,6 +13,12 @@ async fn pair(name: &'static str) -> Arc<Pair> {
     started(name, false).await
 }
 
+/// `ALTER SYSTEM <change>` on the primary, applied by a reload.
+fn alter_primary(pair: &Pair, change: &str) {
+    pair.psql(pair.primary.port, &format!("ALTER SYSTEM {change}"));
+    pair.psql(pair.primary.port, "SELECT pg_reload_conf()");
+}
+
 fn listing(c: &mut Config, hosts: &[u16], attrs: SessionAttrs) {
     c.server_host = hosts
         .iter()
@@ -166,11 +172,7 @@ async fn a_write_refused_as_read_only_replaces_the_pools_servers() {
     let before = backend_pid(&c).await;
 
     on_pair(&pair, |pair| {
-        pair.psql(
-            pair.primary.port,
-            "ALTER SYSTEM SET default_transaction_read_only = on",
-        );
-        pair.psql(pair.primary.port, "SELECT pg_reload_conf()");
+        alter_primary(pair, "SET default_transaction_read_only = on")
     })
     .await;
     let refused = eventually(std::time::Duration::from_secs(10), || async {
@@ -180,11 +182,7 @@ async fn a_write_refused_as_read_only_replaces_the_pools_servers() {
     .await;
     assert!(refused, "a write refused as read-only");
     on_pair(&pair, |pair| {
-        pair.psql(
-            pair.primary.port,
-            "ALTER SYSTEM RESET default_transaction_read_only",
-        );
-        pair.psql(pair.primary.port, "SELECT pg_reload_conf()");
+        alter_primary(pair, "RESET default_transaction_read_only")
     })
     .await;
     c.batch_execute("insert into t values (2)").await.unwrap();

@@ -3,6 +3,7 @@
 //! console, or refused with the reason. The wire steps (startup packet,
 //! password exchange, greeting) are in [`handshake`].
 
+mod greeting;
 mod handshake;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::params::ParamMap;
 use crate::stats::{self, LoginFailure};
 use crate::tls::{HandshakeFailure, Side};
 
-pub use handshake::refuse;
+pub use greeting::refuse;
 
 /// A client past its login: into a pool, or into the admin console.
 pub enum LoggedIn {
@@ -216,7 +217,7 @@ async fn log_in(
             return Err(e);
         }
     };
-    handshake::greeting(
+    greeting::greeting(
         &mut out,
         &client_params,
         &pool.reported(),
