@@ -32,10 +32,16 @@ pub enum Stop {
 
 /// One session's stop request: a level that only rises, and the waker of
 /// the session's task.
+///
+/// A signal is polled by one task, its session's, whose waker stays the
+/// same: so the waker is registered once and again only after a raise
+/// took it, not on every poll (several per transaction).
 #[derive(Default)]
 pub struct StopSignal {
     level: AtomicU8,
     waker: AtomicWaker,
+    /// A waker is registered and no raise has taken it since.
+    registered: AtomicBool,
 }
 
 impl StopSignal {
@@ -48,14 +54,26 @@ impl StopSignal {
     }
 
     pub fn raise(&self, to: Stop) {
-        self.level.fetch_max(to as u8, Ordering::AcqRel);
+        self.level.fetch_max(to as u8, Ordering::SeqCst);
+        // Before the wake takes the waker: the next poll registers again,
+        // and reads the level after that.
+        self.registered.store(false, Ordering::SeqCst);
         self.waker.wake();
     }
 
     /// The current level, after registering to be woken when it rises.
     pub fn poll(&self, cx: &mut Context<'_>) -> Stop {
-        self.waker.register(cx.waker());
-        self.get()
+        // Marked before registering: a raise in between clears the mark,
+        // so the waker is registered again at the next poll, and this
+        // poll's read of the level, after the registration, sees the raise.
+        if !self.registered.swap(true, Ordering::SeqCst) {
+            self.waker.register(cx.waker());
+        }
+        match self.level.load(Ordering::SeqCst) {
+            0 => Stop::No,
+            1 => Stop::AfterTransaction,
+            _ => Stop::Now,
+        }
     }
 
     /// Resolves once the level reaches `at_least`.
@@ -152,7 +170,10 @@ mod tests {
         let waker = std::task::Waker::from(woken.clone());
         let mut cx = Context::from_waker(&waker);
         let mut wait = Box::pin(signal.reached(Stop::Now));
-        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        // Polled again and again (the waker is registered once): one wake.
+        for _ in 0..3 {
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
         signal.raise(Stop::AfterTransaction);
         assert_eq!(woken.count(), 1, "every raise wakes the session");
         assert!(

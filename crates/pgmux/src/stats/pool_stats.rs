@@ -193,7 +193,10 @@ impl PoolStats {
     }
 
     pub fn waited(&self, wait: Duration) {
-        self.wait_us.add(wait.as_micros() as u64);
+        // Most checkouts find a server at once: nothing to add.
+        if !wait.is_zero() {
+            self.wait_us.add(wait.as_micros() as u64);
+        }
         self.wait_seconds.record(wait);
     }
 

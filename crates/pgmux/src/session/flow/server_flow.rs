@@ -193,6 +193,18 @@ impl ServerFlow {
             while let Some(tag) = expect.take_synth() {
                 splice.replace(input, pos, pos, &[tag, 0, 0, 0, 4]);
             }
+            if tag == b'D' && !self.retrying && self.to_drop_on_resend == 0 {
+                // A DataRow passes with nothing else to do: what the general
+                // path below comes to for one (a result is mostly these).
+                self.retry_armed = Retry::Never;
+                self.answered_before_retry = 0;
+                self.at_ready = false;
+                self.dropping = false;
+                let available = (input.len() - body_start).min(len);
+                self.remaining = len - available;
+                pos = body_start + available;
+                continue;
+            }
             let mut replacement = None;
             let mut hold_back = false;
             if tag == b'I' {
