@@ -5,7 +5,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// PgBouncer's state names, so tools read them unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +46,22 @@ impl State {
 
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    micros_at(Instant::now())
+}
+
+/// Microseconds since the Unix epoch at `at`: the wall clock read once,
+/// then advanced by the monotonic clock. So the instant a request's timing
+/// already read serves its connection record too (no second clock read per
+/// transaction), and a step of the wall clock cannot make a wait negative.
+pub fn micros_at(at: Instant) -> u64 {
+    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
+    let (base, base_us) = *ANCHOR.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        (Instant::now(), wall)
+    });
+    base_us + at.saturating_duration_since(base).as_micros() as u64
 }
 
 /// An address as a connection record keeps it: IPv4 (nearly every peer)

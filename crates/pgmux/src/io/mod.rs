@@ -317,11 +317,25 @@ pub fn spawn(task: impl Future<Output = ()> + Send + 'static) {
 }
 
 /// Wait `duration` on this thread's backend.
-pub async fn sleep(duration: Duration) {
-    if uring::executor_active() {
-        uring::sleep_until(std::time::Instant::now() + duration).await;
-    } else {
-        tokio::time::sleep(duration).await;
+pub fn sleep(duration: Duration) -> Sleep {
+    Sleep {
+        deadline: Deadline::after(duration),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`sleep`]'s future: a type that can be named (and boxed).
+    pub struct Sleep {
+        #[pin]
+        deadline: Deadline,
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().deadline.poll(cx)
     }
 }
 
@@ -351,18 +365,34 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl Deadline {
+    /// `duration` from now, on this thread's backend.
+    fn after(duration: Duration) -> Deadline {
+        if uring::executor_active() {
+            Deadline::Uring {
+                sleep: uring::sleep_until(std::time::Instant::now() + duration),
+            }
+        } else {
+            Deadline::Tokio {
+                sleep: tokio::time::sleep(duration),
+            }
+        }
+    }
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project() {
+            DeadlineProj::Tokio { sleep } => sleep.poll(cx),
+            DeadlineProj::Uring { sleep } => Pin::new(sleep).poll(cx),
+        }
+    }
+}
+
 /// `work`, unless `duration` passes first (on this thread's backend).
 pub fn timeout<F: Future>(duration: Duration, work: F) -> Timeout<F> {
-    let deadline = if uring::executor_active() {
-        Deadline::Uring {
-            sleep: uring::sleep_until(std::time::Instant::now() + duration),
-        }
-    } else {
-        Deadline::Tokio {
-            sleep: tokio::time::sleep(duration),
-        }
-    };
-    Timeout { work, deadline }
+    Timeout {
+        work,
+        deadline: Deadline::after(duration),
+    }
 }
 
 impl<F: Future> Future for Timeout<F> {
@@ -373,10 +403,6 @@ impl<F: Future> Future for Timeout<F> {
         if let Poll::Ready(done) = this.work.poll(cx) {
             return Poll::Ready(Ok(done));
         }
-        let ran_out = match this.deadline.project() {
-            DeadlineProj::Tokio { sleep } => sleep.poll(cx),
-            DeadlineProj::Uring { sleep } => Pin::new(sleep).poll(cx),
-        };
-        ran_out.map(|()| Err(Elapsed))
+        this.deadline.poll(cx).map(|()| Err(Elapsed))
     }
 }

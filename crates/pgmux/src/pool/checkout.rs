@@ -64,11 +64,15 @@ impl Pool {
         }
     }
 
+    /// `now`: the time the caller read last, which begins the server's
+    /// turn.
     pub(super) fn lend(
         self: &Arc<Self>,
-        server: Box<Server>,
+        mut server: Box<Server>,
         permit: OwnedSemaphorePermit,
+        now: Instant,
     ) -> Checkout {
+        server.timing.turn_at(now);
         self.stats.servers_active.inc();
         server.info.set_state(State::Active);
         Checkout {
@@ -94,10 +98,19 @@ impl Checkout {
 
     /// Return a clean server (transaction status idle) to the pool.
     pub fn checkin(mut self) {
+        if let Some(server) = self.server.as_mut() {
+            server.timing.next_turn();
+        }
+        self.checkin_in_turn();
+    }
+
+    /// [`Checkout::checkin`] at the time of the server's current turn: for
+    /// the relay, right after the reply that ended the transaction.
+    pub fn checkin_in_turn(mut self) {
         if let Some(mut server) = self.server.take() {
             let pool = &self.pool;
             pool.stats.servers_active.dec();
-            let now = Instant::now();
+            let now = server.timing.now();
             if server.expires.is_some_and(|at| at <= now) {
                 pool.discard(server, CloseReason::Lifetime);
             } else if server.info.generation < pool.generation.load(Ordering::Acquire) {

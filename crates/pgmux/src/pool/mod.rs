@@ -215,6 +215,15 @@ impl Pool {
     /// Lend a server: wait (FIFO) for a permit, then reuse an idle server or
     /// open a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, CheckoutError> {
+        self.checkout_at(Instant::now()).await
+    }
+
+    /// [`Pool::checkout`] for a caller that read the time (`now`) just
+    /// before; a checkout that waits reads it again.
+    pub async fn checkout_at(
+        self: &Arc<Self>,
+        mut now: Instant,
+    ) -> Result<Checkout, CheckoutError> {
         let ready = if self.is_paused() {
             None
         } else {
@@ -227,24 +236,32 @@ impl Pool {
             }
             // The slow paths are boxed: every client's task embeds this
             // future, and the fast path should not carry their size.
-            None => Box::pin(self.wait_for_permit()).await?,
+            None => {
+                let permit = Box::pin(self.wait_for_permit()).await?;
+                now = Instant::now();
+                permit
+            }
         };
         self.stats.assignments.add(1);
         loop {
-            if let Some((mut server, check)) = self.take_idle() {
-                if check && !Box::pin(self.passes_check(&mut server)).await {
-                    self.discard(server, CloseReason::CheckFailed);
-                    continue;
+            if let Some((mut server, check)) = self.take_idle(now) {
+                if check {
+                    if !Box::pin(self.passes_check(&mut server)).await {
+                        self.discard(server, CloseReason::CheckFailed);
+                        continue;
+                    }
+                    now = Instant::now();
                 }
-                return Ok(self.lend(server, permit));
+                return Ok(self.lend(server, permit, now));
             }
             if self.reserve_slot() {
                 let server = Box::pin(self.open_server()).await?;
-                return Ok(self.lend(server, permit));
+                return Ok(self.lend(server, permit, Instant::now()));
             }
             // Every slot is taken by a server on its way back or being
             // closed; the permit we hold guarantees one will be ours.
             self.returned.notified().await;
+            now = Instant::now();
         }
     }
 
@@ -281,13 +298,12 @@ impl Pool {
     /// An idle server to lend: this worker's own first, another worker's
     /// (moved into this worker's reactor) only when it has none. With it,
     /// whether it has been idle long enough to be checked first.
-    fn take_idle(&self) -> Option<(Box<Server>, bool)> {
+    fn take_idle(&self, now: Instant) -> Option<(Box<Server>, bool)> {
         loop {
             let (server, moved) = match self.idle.pop_here() {
                 Some(s) => (s, false),
                 None => (self.idle.pop_elsewhere()?, true),
             };
-            let now = Instant::now();
             if server.expires.is_some_and(|at| at <= now) {
                 self.discard(server, CloseReason::Lifetime);
             } else if server.info.generation < self.generation.load(Ordering::Acquire) {

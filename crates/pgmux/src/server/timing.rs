@@ -1,5 +1,6 @@
 //! When the request in flight and the open transaction began, for the
-//! query and transaction duration histograms.
+//! query and transaction duration histograms; and the time of the relay's
+//! current turn, read once however many of these a turn records.
 
 use std::time::Instant;
 
@@ -10,6 +11,11 @@ use crate::stats::PoolStats;
 pub struct Timing {
     request: Option<Instant>,
     transaction: Option<Instant>,
+    /// The time of this turn of the relay (one wake-up), read on first
+    /// need: a request sent, its reply passed on and the server given back
+    /// in one turn share one clock read, as PgBouncer's loop shares its
+    /// cached time.
+    turn: Option<Instant>,
 }
 
 impl Timing {
@@ -18,10 +24,26 @@ impl Timing {
         self.transaction
     }
 
+    /// A new turn of the relay begins (it woke up): the time is read again
+    /// when next needed.
+    pub fn next_turn(&mut self) {
+        self.turn = None;
+    }
+
+    /// A turn begins at `now`, a time its caller has just read.
+    pub fn turn_at(&mut self, now: Instant) {
+        self.turn = Some(now);
+    }
+
+    /// The time of this turn.
+    pub fn now(&mut self) -> Instant {
+        *self.turn.get_or_insert_with(Instant::now)
+    }
+
     /// A request went to a server that owed nothing; `status` is the
     /// transaction status it last reported (`I`: this starts a transaction).
     pub fn request_sent(&mut self, status: u8) {
-        let now = Instant::now();
+        let now = self.now();
         self.request = Some(now);
         if status == b'I' && self.transaction.is_none() {
             self.transaction = Some(now);
@@ -36,7 +58,7 @@ impl Timing {
         if !request_done && transactions_done == 0 {
             return;
         }
-        let now = Instant::now();
+        let now = self.now();
         if request_done {
             if let Some(started) = self.request.take() {
                 stats.query_done(now.saturating_duration_since(started));

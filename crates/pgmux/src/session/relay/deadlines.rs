@@ -64,7 +64,9 @@ pub(super) async fn write_to_client(
     while !bytes.is_empty() {
         let n = match stream.write(bytes).now_or_never() {
             Some(written) => written.map_err(gone)?,
-            None => match crate::io::timeout(limit, stream.write(bytes)).await {
+            // Boxed: the timer's room would otherwise be in every
+            // request's future, used or not.
+            None => match Box::pin(crate::io::timeout(limit, stream.write(bytes))).await {
                 Ok(written) => written.map_err(gone)?,
                 Err(_) => {
                     // It would not read a FATAL either: cut it off.

@@ -4,8 +4,10 @@
 //! server's replies, with a request sent again when its statement turned
 //! out missing or stale, are here.
 
-use std::future::poll_fn;
-use std::time::Instant;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use crate::io::Stream as TcpStream;
 use bytes::{Buf, BytesMut};
@@ -46,7 +48,9 @@ async fn read_client(
     }
 }
 
-/// Bytes flow both ways until the link's work is done.
+/// Bytes flow both ways until the link's work is done. (One `async fn`
+/// with its loop inside: each nested `async fn` keeps its own copy of its
+/// arguments, and this future is allocated for every request.)
 pub(super) async fn relay_linked(
     stream: &mut TcpStream,
     s: &mut Session,
@@ -55,31 +59,19 @@ pub(super) async fn relay_linked(
     cbuf: &mut BytesMut,
     terminating: &mut bool,
 ) -> Outcome {
+    // What the client sent that the server has not taken yet.
     let mut to_server = BytesMut::new();
-    let outcome = link(stream, s, checkout, flow, cbuf, terminating, &mut to_server).await;
-    if !to_server.is_empty() {
-        // The link ended with the client's bytes half delivered (the
-        // server stopped reading): the server may hold part of a message,
-        // so it can only be closed, which also rolls its work back.
-        checkout.server().stream.abort();
-    }
-    outcome
-}
-
-async fn link(
-    stream: &mut TcpStream,
-    s: &mut Session,
-    checkout: &mut Checkout,
-    flow: &mut ClientFlow,
-    cbuf: &mut BytesMut,
-    terminating: &mut bool,
-    to_server: &mut BytesMut,
-) -> Outcome {
     let transaction_mode = s.pool.mode == PoolMode::Transaction;
     let mut replay = Replay::default();
     let mut query_clock = QueryClock::default();
-    loop {
+    // The first turn's time was read when the server was lent.
+    let mut woke = false;
+    let outcome = 'link: loop {
         let server = checkout.server_mut();
+        if woke {
+            server.timing.next_turn();
+        }
+        woke = true;
         // What the server has not taken yet goes before anything more of
         // the client's (and no more is read from the client meanwhile).
         if !cbuf.is_empty() && !*terminating && to_server.is_empty() {
@@ -91,10 +83,10 @@ async fn link(
                 cbuf,
                 terminating,
                 &mut replay,
-                to_server,
+                &mut to_server,
             );
             if let Err(outcome) = forwarded.await {
-                return outcome;
+                break 'link outcome;
             }
         }
         let answered = to_server.is_empty()
@@ -111,13 +103,13 @@ async fn link(
         let may_release =
             transaction_mode && server.flow.status == b'I' && !flow.awaits_unnamed_bind();
         if answered && !gathering && (*terminating || may_release) {
-            return Outcome::Done;
+            break 'link Outcome::Done;
         }
         if *terminating && !finishes_alone(server) {
             // The client said goodbye mid-COPY or mid-pipeline: the server
             // waits for data or a Sync that will never come. Releasing it
             // ends that (and rolls back whatever was not synced).
-            return Outcome::Done;
+            break 'link Outcome::Done;
         }
         // Idle inside a transaction (everything answered, the server not
         // idle): the client holds a server it is not using. Timed only
@@ -143,6 +135,16 @@ async fn link(
                 None
             }
         };
+        // The nearest limit; on a tie the first listed (as the select's
+        // order had it when each limit was its own branch).
+        let deadline = [
+            query_limit.map(|left| (left, Limit::Query)),
+            transaction_limit.map(|left| (left, Limit::Transaction)),
+            idle_limit.map(|left| (left, Limit::IdleTransaction)),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(left, _)| *left);
         tokio::select! {
             // In order, without a random draw per poll: the stop signal
             // first, then the server, then the client. The server's
@@ -151,26 +153,26 @@ async fn link(
             // what the server answers (an error it would then skip by),
             // which would leave every request it sent meanwhile owed.
             biased;
-            _ = s.info.stop.reached(Stop::Now) => return Outcome::Aborted,
+            _ = s.info.stop.reached(Stop::Now) => break 'link Outcome::Aborted,
             // Readiness, not a read future: the server is read while a
             // write to it waits (below), so that a server sending results
             // while it is sent more never waits on pgmux, nor pgmux on it.
             ready = poll_fn(|cx| server.stream.poll_read_ready(cx)) => {
                 if let Err(e) = ready {
-                    return Outcome::ServerFailed(ServerError::io(e));
+                    break 'link Outcome::ServerFailed(ServerError::io(e));
                 }
                 if server.buf.capacity() - server.buf.len() < 1024 {
                     server.buf.reserve(SERVER_READ);
                 }
                 match server.stream.try_read_buf(&mut server.buf) {
-                    Ok(0) => return Outcome::ServerFailed(ServerError::Closed),
+                    Ok(0) => break 'link Outcome::ServerFailed(ServerError::Closed),
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Outcome::ServerFailed(ServerError::io(e)),
+                    Err(e) => break 'link Outcome::ServerFailed(ServerError::io(e)),
                 }
                 let owed = server.expect.ready_owed();
                 if let Err(outcome) = forward_server_bytes(stream, s, server, &mut replay).await {
-                    return outcome;
+                    break 'link outcome;
                 }
                 if server.expect.ready_owed() < owed {
                     // A request of a pipeline was answered: query_timeout
@@ -189,43 +191,83 @@ async fn link(
             // The rest of what the client sent, as the server takes it; the
             // deadlines and the stop signal above and below still run.
             ready = poll_fn(|cx| server.stream.poll_write_ready(cx)), if !to_server.is_empty() => {
-                let written = ready.and_then(|()| server.stream.try_write(to_server));
+                let written = ready.and_then(|()| server.stream.try_write(&to_server));
                 match written {
                     Ok(n) => to_server.advance(n),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Outcome::ServerFailed(ServerError::Closed),
+                    Err(_) => break 'link Outcome::ServerFailed(ServerError::Closed),
                 }
             }
             // Not while MAX_OWED replies are owed: the server's replies
             // (or its error) shorten the list first, so it stays bounded.
             read = read_client(stream, cbuf, &s.pool.stats), if !*terminating && to_server.is_empty() && server.expect.len() < MAX_OWED => match read {
                 Ok(true) => {}
-                Ok(false) => return Outcome::ClientLeft(None),
-                Err(_) => return Outcome::ClientLeft(None),
+                Ok(false) => break 'link Outcome::ClientLeft(None),
+                Err(_) => break 'link Outcome::ClientLeft(None),
             },
-            () = crate::io::sleep(query_limit.unwrap_or_default()), if query_limit.is_some() => {
-                if let Some(e) = query_clock.ran_out(s) {
-                    return Outcome::ServerFailed(e);
+            // One timer for the three limits, set to the nearest: each
+            // timer in a select holds its room in this future, and this
+            // future is allocated for every request.
+            () = Timer::maybe(deadline.map(|(left, _)| left)), if deadline.is_some() => {
+                match deadline.map(|(_, limit)| limit) {
+                    Some(Limit::Query) => {
+                        if let Some(e) = query_clock.ran_out(s) {
+                            break 'link Outcome::ServerFailed(e);
+                        }
+                    }
+                    // As PostgreSQL 17's transaction_timeout: the client is
+                    // closed; what its server runs is cancelled and rolled back.
+                    Some(Limit::Transaction) => break 'link Outcome::ClientLeft(Some(ClientError::fatal(
+                        "25P04",
+                        "terminating connection due to transaction timeout (transaction_timeout)".into(),
+                    ))),
+                    // As PostgreSQL's idle_in_transaction_session_timeout: the
+                    // client is closed; its server is rolled back and reused.
+                    Some(Limit::IdleTransaction) => break 'link Outcome::ClientLeft(Some(ClientError::fatal(
+                        "25P03",
+                        "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)".into(),
+                    ))),
+                    None => {}
                 }
             }
-            () = crate::io::sleep(transaction_limit.unwrap_or_default()), if transaction_limit.is_some() => {
-                // As PostgreSQL 17's transaction_timeout: the client is
-                // closed; what its server runs is cancelled and rolled back.
-                return Outcome::ClientLeft(Some(ClientError::fatal(
-                    "25P04",
-                    "terminating connection due to transaction timeout (transaction_timeout)".into(),
-                )));
-            }
-            () = crate::io::sleep(idle_limit.unwrap_or_default()), if idle_limit.is_some() => {
-                // As PostgreSQL's idle_in_transaction_session_timeout: the
-                // client is closed; its server is rolled back and reused.
-                return Outcome::ClientLeft(Some(ClientError::fatal(
-                    "25P03",
-                    "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)".into(),
-                )));
-            }
+        }
+    };
+    if !to_server.is_empty() {
+        // The link ended with the client's bytes half delivered (the
+        // server stopped reading): the server may hold part of a message,
+        // so it can only be closed, which also rolls its work back.
+        checkout.server().stream.abort();
+    }
+    outcome
+}
+
+/// The timer of a linked client's nearest limit, boxed (allocated only
+/// while a limit runs): its room is in every request's future otherwise.
+struct Timer(Option<Pin<Box<crate::io::Sleep>>>);
+
+impl Timer {
+    fn maybe(left: Option<Duration>) -> Timer {
+        Timer(left.map(|left| Box::pin(crate::io::sleep(left))))
+    }
+}
+
+impl Future for Timer {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.0.as_mut() {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
         }
     }
+}
+
+/// The limits that time a linked client.
+#[derive(Clone, Copy)]
+enum Limit {
+    Query,
+    Transaction,
+    IdleTransaction,
 }
 
 /// Room made in the server's read buffer when it has less than 1 KiB left.
@@ -247,12 +289,35 @@ fn finishes_alone(server: &Server) -> bool {
         && (server.expect.ready_owed() > 0 || server.flow.at_ready)
 }
 
+/// The server's bytes (in its read buffer) through its flow and on to the
+/// client.
 pub(super) async fn forward_server_bytes(
     stream: &mut TcpStream,
     s: &mut Session,
     server: &mut Server,
     replay: &mut Replay,
 ) -> Result<(), Outcome> {
+    // The flow's pass is a plain function: what it keeps is gone before
+    // the write waits, and this future (in every request's allocation)
+    // holds only what the write needs.
+    let (edited, consumed) = pass_server_bytes(s, server, replay)?;
+    let limit = s.pool.client_write_timeout.get();
+    let written = match &edited {
+        Some(edited) => write_to_client(stream, edited, limit).await,
+        None => write_to_client(stream, &server.buf[..consumed], limit).await,
+    };
+    server.buf.advance(consumed);
+    written
+}
+
+/// The server's bytes through its flow, counted: what goes to the client
+/// (edited bytes, or `None` for the first `consumed` bytes of the read
+/// buffer as they are) and how many bytes of the buffer that passes.
+fn pass_server_bytes(
+    s: &mut Session,
+    server: &mut Server,
+    replay: &mut Replay,
+) -> Result<(Option<BytesMut>, usize), Outcome> {
     let mut observers = Observers {
         server_params: &mut server.params,
         client_params: Some(&mut s.params),
@@ -312,8 +377,7 @@ pub(super) async fn forward_server_bytes(
     if batch.read_only_refused {
         s.pool.refused_write(server);
     }
-    let limit = s.pool.client_write_timeout.get();
-    let written = match (&batch.edited, passed_held) {
+    let edited = match (batch.edited.take(), passed_held) {
         (Some(edited), Some(held)) => {
             // The refused drop's error and ReadyForQuery, held back to
             // decide, go on after all.
@@ -321,13 +385,11 @@ pub(super) async fn forward_server_bytes(
             stats.queries.add(1);
             stats.xacts.add(1);
             let mut out = BytesMut::with_capacity(edited.len() + held.len());
-            out.extend_from_slice(edited);
+            out.extend_from_slice(&edited);
             out.extend_from_slice(&held);
-            write_to_client(stream, &out, limit).await
+            Some(out)
         }
-        (Some(edited), None) => write_to_client(stream, edited, limit).await,
-        (None, _) => write_to_client(stream, &server.buf[..batch.consumed], limit).await,
+        (edited, _) => edited,
     };
-    server.buf.advance(batch.consumed);
-    written
+    Ok((edited, batch.consumed))
 }

@@ -57,6 +57,7 @@ pub(super) async fn inspect_session(
             .map_err(|_| ClientError::Gone)?;
     }
     if !server.buf.is_empty() {
+        server.timing.next_turn();
         forward_server_bytes(stream, s, server, &mut Replay::default())
             .await
             .map_err(|_| ClientError::Gone)?;
@@ -133,7 +134,10 @@ pub(super) async fn pass_server_news(
         Err(e) => Err(ServerError::io(e)),
     };
     let forwarded = match read {
-        Ok(()) => forward_server_bytes(stream, s, server, &mut Replay::default()).await,
+        Ok(()) => {
+            server.timing.next_turn();
+            forward_server_bytes(stream, s, server, &mut Replay::default()).await
+        }
         Err(e) => Err(Outcome::ServerFailed(e)),
     };
     match forwarded {
