@@ -67,7 +67,7 @@ impl Pool {
                 .is_some_and(|t| now.duration_since(s.last_used) >= t)
                 && open > settings.min_size;
             let surplus = open > settings.size || s.info.generation < generation;
-            let dead = !s.is_healthy(now);
+            let dead = !s.is_healthy(s.idle_for(now));
             let reason = if dead {
                 Some(CloseReason::Error)
             } else if expired {

@@ -309,9 +309,7 @@ impl Pool {
             } else if server.info.generation < self.generation.load(Ordering::Acquire) {
                 self.discard(server, CloseReason::Reconnect);
             } else if moved {
-                let check = self
-                    .check_after
-                    .due(now.saturating_duration_since(server.last_used));
+                let check = self.check_after.due(server.idle_for(now));
                 match server.rehome() {
                     // Its readiness is not known here yet: a real peek.
                     Ok(server) if server.check_health(true) => return Some((server, check)),
@@ -322,13 +320,13 @@ impl Pool {
                         self.forget_lost_server();
                     }
                 }
-            } else if !server.is_healthy(now) {
-                self.discard(server, CloseReason::Error);
             } else {
-                let check = self
-                    .check_after
-                    .due(now.saturating_duration_since(server.last_used));
-                return Some((server, check));
+                let idle = server.idle_for(now);
+                if !server.is_healthy(idle) {
+                    self.discard(server, CloseReason::Error);
+                } else {
+                    return Some((server, self.check_after.due(idle)));
+                }
             }
         }
     }

@@ -390,14 +390,19 @@ impl Server {
     /// or an unexpected message (PostgreSQL's FATAL before a termination)
     /// means the server must not be handed out.
     ///
-    /// A server that has been idle for a while gets a real non-blocking peek
+    /// A server that has been idle (`idle`) a while gets a real non-blocking peek
     /// (a syscall). One reused within moments is checked against the
     /// reactor's readiness only, which costs nothing: on a busy pool that
     /// saves a syscall per transaction, and the only case it can miss is a
     /// server killed within the last millisecond before the reactor
     /// has seen its close.
-    pub fn is_healthy(&self, now: Instant) -> bool {
-        self.check_health(now.saturating_duration_since(self.last_used) >= PEEK_AFTER_IDLE)
+    pub fn is_healthy(&self, idle: Duration) -> bool {
+        self.check_health(idle >= PEEK_AFTER_IDLE)
+    }
+
+    /// How long the server has been idle at `now`.
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_used)
     }
 
     /// [`Server::is_healthy`], with a real peek or the reactor's readiness.

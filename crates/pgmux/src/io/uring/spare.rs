@@ -29,8 +29,10 @@ pub(super) fn take_traffic() -> Box<Traffic> {
 pub(super) fn give_traffic(mut traffic: Box<Traffic>) {
     for buf in [&mut traffic.inbox, &mut traffic.outbox] {
         buf.clear();
-        // The whole allocation, if nothing else shares it any more.
-        if !buf.try_reclaim(SPARE_SIZE) || buf.capacity() > SPARE_LARGEST {
+        // Room enough as it is; else the whole allocation, if nothing else
+        // shares it any more.
+        let room = buf.capacity() >= SPARE_SIZE || buf.try_reclaim(SPARE_SIZE);
+        if !room || buf.capacity() > SPARE_LARGEST {
             *buf = BytesMut::new();
         }
     }

@@ -261,6 +261,8 @@ async fn serve_request(
         None => {
             s.info.start_waiting(now_us);
             tokio::select! {
+                // In order: no random draw per request.
+                biased;
                 checkout = s.pool.checkout_at(now) => checkout?,
                 _ = s.info.stop.reached(Stop::Now) => return Err(closing(s)),
             }
