@@ -7,9 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::OwnedSemaphorePermit;
-
-use super::{Pool, PoolSettings};
+use super::{Permit, Pool, PoolSettings};
 use crate::conninfo::State;
 use crate::server::Server;
 use crate::stats::CloseReason;
@@ -17,7 +15,8 @@ use crate::stats::CloseReason;
 pub struct Checkout {
     server: Option<Box<Server>>,
     pool: Arc<Pool>,
-    permit: Option<OwnedSemaphorePermit>,
+    /// A checkout permit is held (given back when the checkout ends).
+    permit: bool,
 }
 
 impl Pool {
@@ -69,16 +68,17 @@ impl Pool {
     pub(super) fn lend(
         self: &Arc<Self>,
         mut server: Box<Server>,
-        permit: OwnedSemaphorePermit,
+        permit: Permit<'_>,
         now: Instant,
     ) -> Checkout {
+        permit.pass_on();
         server.timing.turn_at(now);
         self.stats.servers_active.inc();
         server.info.set_state(State::Active);
         Checkout {
             server: Some(server),
             pool: self.clone(),
-            permit: Some(permit),
+            permit: true,
         }
     }
 }
@@ -148,8 +148,8 @@ impl Drop for Checkout {
             self.pool.stats.servers_active.dec();
             self.pool.discard(server, CloseReason::Error);
         }
-        if let Some(permit) = self.permit.take() {
-            self.pool.release_permit(permit);
+        if std::mem::take(&mut self.permit) {
+            self.pool.release_permit();
         }
     }
 }

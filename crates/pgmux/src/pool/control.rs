@@ -29,10 +29,10 @@ impl Pool {
                 })
                 .unwrap_or(0)
                 .min(grow);
-            self.permits.add_permits((grow - repaid) as usize);
+            self.permits.release(grow - repaid);
         } else if settings.size < old_size {
             let shrink = old_size - settings.size;
-            let forgotten = self.permits.forget_permits(shrink as usize) as u32;
+            let forgotten = self.permits.forget(shrink);
             self.permit_debt
                 .fetch_add(shrink - forgotten, Ordering::AcqRel);
         }

@@ -1,6 +1,6 @@
 //! One pool per (database, user): a LIFO of idle servers and a fair (FIFO)
-//! semaphore of checkout permits, under one short lock that is never held
-//! across an await. A [`Checkout`] lends a server; it goes back with
+//! semaphore of checkout permits ([`permits`]), whose common paths take no
+//! lock. A [`Checkout`] lends a server; it goes back with
 //! [`Checkout::checkin`], and is closed if the checkout is dropped instead.
 
 mod auth_query;
@@ -12,6 +12,7 @@ mod guards;
 mod health;
 pub mod idle;
 mod maintenance;
+mod permits;
 mod registry;
 mod settings;
 mod switches;
@@ -21,7 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
+
+use self::permits::Permits;
 
 use crate::config::{PoolMode, Target};
 use crate::conninfo::ConnInfo;
@@ -91,7 +94,7 @@ pub struct Pool {
     size: AtomicU32,
     /// Permits to retire as they come back, after a reload shrank the pool.
     permit_debt: AtomicU32,
-    permits: Arc<Semaphore>,
+    permits: Permits,
     /// One list per worker (see [`idle`]); boxed so a checkout (held in
     /// every linked client's task) stays small and servers move between
     /// pool and client as one pointer.
@@ -164,7 +167,7 @@ impl Pool {
             check_after: CheckAfter::new(&settings),
             target: Mutex::new(target),
             login: Mutex::new(login),
-            permits: Arc::new(Semaphore::new(settings.size as usize)),
+            permits: Permits::new(settings.size),
             size: AtomicU32::new(settings.size),
             permit_debt: AtomicU32::new(0),
             settings: Mutex::new(settings),
@@ -224,19 +227,15 @@ impl Pool {
         self: &Arc<Self>,
         mut now: Instant,
     ) -> Result<Checkout, CheckoutError> {
-        let ready = if self.is_paused() {
-            None
-        } else {
-            self.permits.clone().try_acquire_owned().ok()
-        };
+        let ready = !self.is_paused() && self.permits.try_acquire();
         let permit = match ready {
-            Some(p) => {
+            true => {
                 self.stats.waited(Duration::ZERO);
-                p
+                Permit::held(self)
             }
             // The slow paths are boxed: every client's task embeds this
             // future, and the fast path should not carry their size.
-            None => {
+            false => {
                 let permit = Box::pin(self.wait_for_permit()).await?;
                 now = Instant::now();
                 permit
@@ -265,14 +264,15 @@ impl Pool {
         }
     }
 
-    async fn wait_for_permit(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, CheckoutError> {
+    async fn wait_for_permit(&self) -> Result<Permit<'_>, CheckoutError> {
         let started = Instant::now();
         // Undone when dropped: a client closed mid-wait (KILL, shutdown)
         // drops this future, and must not stay counted as waiting.
         let _waiting = guards::Waiting::new(self, started);
         let acquire = async {
             self.until_resumed().await;
-            self.permits.clone().acquire_owned().await
+            self.permits.acquire().await;
+            Permit::held(self)
         };
         let result = match self.settings().query_wait_timeout {
             Some(limit) => crate::io::timeout(limit, acquire)
@@ -281,8 +281,7 @@ impl Pool {
             None => Ok(acquire.await),
         };
         self.stats.waited(started.elapsed());
-        // The semaphore is never closed, so acquire cannot fail.
-        result.map(|p| p.expect("pool semaphore is never closed"))
+        result
     }
 
     async fn until_resumed(&self) {
@@ -446,14 +445,40 @@ impl Pool {
     }
 
     /// Give a permit back, or retire it while a shrink is still owed.
-    fn release_permit(&self, permit: OwnedSemaphorePermit) {
-        if self.permit_debt.load(Ordering::Relaxed) > 0
+    fn release_permit(&self) {
+        let retired = self.permit_debt.load(Ordering::Relaxed) > 0
             && self
                 .permit_debt
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
-                .is_ok()
-        {
-            permit.forget();
+                .is_ok();
+        if !retired {
+            self.permits.release(1);
+        }
+    }
+}
+
+/// A checkout permit held while a server is found; given back if the
+/// checkout is given up, else passed on to the [`Checkout`].
+struct Permit<'a> {
+    pool: &'a Pool,
+    held: bool,
+}
+
+impl<'a> Permit<'a> {
+    fn held(pool: &'a Pool) -> Permit<'a> {
+        Permit { pool, held: true }
+    }
+
+    /// The checkout holds it from now on.
+    fn pass_on(mut self) {
+        self.held = false;
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.pool.release_permit();
         }
     }
 }
