@@ -127,6 +127,12 @@ pub struct Undone {
     pub names: Vec<NameOp>,
 }
 
+impl Undone {
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty() && self.closes.is_empty() && self.names.is_empty()
+    }
+}
+
 /// A change to the client's names, by binding number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameOp {

@@ -19,6 +19,22 @@ pub(super) fn changes_schema(command_tag: &[u8]) -> bool {
         .any(|t| command_tag.starts_with(t))
 }
 
+/// The tag of a command that reads or writes rows (`SELECT 1`, `INSERT 0
+/// 1`...): the most common by far, and none of the tags the server flow
+/// looks for (session state, schema changes, a transaction's end).
+pub(super) fn counts_rows(command_tag: &[u8]) -> bool {
+    [
+        &b"SELECT "[..],
+        b"INSERT ",
+        b"UPDATE ",
+        b"DELETE ",
+        b"FETCH ",
+        b"MERGE ",
+    ]
+    .iter()
+    .any(|t| command_tag.starts_with(t))
+}
+
 /// A command that ends a failed transaction block (COMMIT in one answers
 /// ROLLBACK; ROLLBACK TO SAVEPOINT answers ROLLBACK too).
 pub(super) fn ends_failed_block(command_tag: &[u8]) -> bool {

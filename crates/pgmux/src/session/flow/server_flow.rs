@@ -10,7 +10,8 @@ use pgmux_wire::reply::{self, Severity};
 
 use super::expect::{Desync, Expect, NameOp, Undone, Verdict};
 use super::replies::{
-    changes_schema, ends_failed_block, other_sessions, statement_trouble, swapped_pid, Trouble,
+    changes_schema, counts_rows, ends_failed_block, other_sessions, statement_trouble, swapped_pid,
+    Trouble,
 };
 use super::retry::Retry;
 use super::splice::Splice;
@@ -298,23 +299,8 @@ impl ServerFlow {
                     self.answered_before_retry = 0;
                 }
             }
-            for id in self.undone.statements.drain(..) {
-                obs.statements.forget(id);
-            }
-            for id in self.undone.closes.drain(..) {
-                obs.statements.close_later(id);
-            }
-            if let Some(client) = obs.client_statements.as_deref_mut() {
-                // Newest first, as a stack unwinds: a name closed, bound
-                // again and closed again comes back to its first binding.
-                for op in self.undone.names.drain(..).rev() {
-                    match op {
-                        NameOp::Bound(binding) => client.unbind(binding),
-                        NameOp::Closed(binding) => client.reopen(binding),
-                    }
-                }
-            } else {
-                self.undone.names.clear();
+            if !self.undone.is_empty() {
+                self.apply_undone(obs);
             }
             if !matches!(tag, b'N' | b'A' | b'S') {
                 self.at_ready = false;
@@ -373,6 +359,8 @@ impl ServerFlow {
                     );
                 }
                 b'E' => self.copy_in = false,
+                // Rows read or written: none of the tags below.
+                b'C' if counts_rows(&input[body_start..whole_end]) => {}
                 b'C' => {
                     let command_tag = &input[body_start..whole_end];
                     self.watch.note_tag(command_tag);
@@ -425,6 +413,29 @@ impl ServerFlow {
         batch.consumed = pos;
         batch.edited = splice.finish(input, pos);
         Ok(batch)
+    }
+
+    /// What an error undid (only an ErrorResponse fills `undone`): the
+    /// statements and names its skipped messages would have made.
+    fn apply_undone(&mut self, obs: &mut Observers<'_>) {
+        for id in self.undone.statements.drain(..) {
+            obs.statements.forget(id);
+        }
+        for id in self.undone.closes.drain(..) {
+            obs.statements.close_later(id);
+        }
+        if let Some(client) = obs.client_statements.as_deref_mut() {
+            // Newest first, as a stack unwinds: a name closed, bound
+            // again and closed again comes back to its first binding.
+            for op in self.undone.names.drain(..).rev() {
+                match op {
+                    NameOp::Bound(binding) => client.unbind(binding),
+                    NameOp::Closed(binding) => client.reopen(binding),
+                }
+            }
+        } else {
+            self.undone.names.clear();
+        }
     }
 
     /// Keep bytes dropped while a refused drop's replies are held back.
