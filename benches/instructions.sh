@@ -13,7 +13,8 @@
 # with start-up, logins and shutdown taken out. With -C every transaction
 # is a login too, so that row is the cost of a connection and one query.
 #
-# Run as root (PostgreSQL and PgBouncer run as `postgres`). Knobs:
+# Run as root (PostgreSQL and PgBouncer run as `postgres`; valgrind and
+# pgbouncer are installed with apt-get if missing). Knobs:
 #   BENCH_TX=400            extra transactions per client in the long run
 #   BENCH_CLIENTS=16        pgbench clients (-C rows use 4)
 #   BENCH_SCENARIOS="simple extended prepared tpcb connect"
@@ -34,12 +35,13 @@ PGBIN=$(pg_config --bindir 2>/dev/null || find /usr/lib/postgresql -maxdepth 2 -
 for b in initdb pg_ctl pgbench psql pg_isready; do
     [ -x "$PGBIN/$b" ] || die "$PGBIN/$b not found (apt-get install postgresql)"
 done
-for t in valgrind callgrind_annotate; do
-    command -v "$t" >/dev/null || die "$t not found (apt-get install valgrind)"
-done
-case " $BENCH_TARGETS " in *" pgbouncer "*)
-    command -v pgbouncer >/dev/null || die "pgbouncer not found (apt-get install pgbouncer)" ;;
-esac
+need=()
+command -v callgrind_annotate >/dev/null || need+=(valgrind)
+case " $BENCH_TARGETS " in *" pgbouncer "*) command -v pgbouncer >/dev/null || need+=(pgbouncer) ;; esac
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt-get install -y -qq "${need[@]}" >&2 || die "apt-get install ${need[*]} failed"
+fi
 if [ -z "${PGMUX_BIN:-}" ]; then
     (cd "$REPO" && cargo build --release -p pgmux --bin pgmux >&2) || die "cargo build failed"
     PGMUX_BIN=$REPO/target/release/pgmux
