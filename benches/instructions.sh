@@ -27,31 +27,9 @@ BENCH_TX=${BENCH_TX:-400}
 BENCH_CLIENTS=${BENCH_CLIENTS:-16}
 BENCH_SCENARIOS=${BENCH_SCENARIOS:-simple extended prepared tpcb connect}
 BENCH_TARGETS=${BENCH_TARGETS:-pgbouncer epoll io_uring}
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-[ "$(id -u)" = 0 ] || die "run as root (the servers run as the postgres user)"
-PGBIN=$(pg_config --bindir 2>/dev/null || find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n1)
-for b in initdb pg_ctl pgbench psql pg_isready; do
-    [ -x "$PGBIN/$b" ] || die "$PGBIN/$b not found (apt-get install postgresql)"
-done
-need=()
-command -v callgrind_annotate >/dev/null || need+=(valgrind)
-case " $BENCH_TARGETS " in *" pgbouncer "*) command -v pgbouncer >/dev/null || need+=(pgbouncer) ;; esac
-if [ ${#need[@]} -gt 0 ]; then
-    log "installing ${need[*]}"
-    apt-get install -y -qq "${need[@]}" >&2 || die "apt-get install ${need[*]} failed"
-fi
-if [ -z "${PGMUX_BIN:-}" ]; then
-    (cd "$REPO" && cargo build --release -p pgmux --bin pgmux >&2) || die "cargo build failed"
-    PGMUX_BIN=$REPO/target/release/pgmux
-fi
-[ -x "$PGMUX_BIN" ] || die "$PGMUX_BIN is not executable"
-OUT=${BENCH_OUT:-$(mktemp -d /tmp/pgmux-instructions.XXXXXX)}
-mkdir -p "$OUT"
-TMP=$(mktemp -d /tmp/pgmux-instructions-run.XXXXXX)
-chown postgres:postgres "$TMP"
-cp "$PGMUX_BIN" "$TMP/pgmux"
+# shellcheck source=benches/common.sh
+source "$(dirname "$0")/common.sh"
+bench_setup instructions initdb pg_ctl pgbench psql pg_isready
 PROXY=""
 
 as_pg() { runuser -u postgres -- "$@"; }
@@ -63,6 +41,14 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT
+
+need=()
+command -v callgrind_annotate >/dev/null || need+=(valgrind)
+case " $BENCH_TARGETS " in *" pgbouncer "*) command -v pgbouncer >/dev/null || need+=(pgbouncer) ;; esac
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt-get install -y -qq "${need[@]}" >&2 || die "apt-get install ${need[*]} failed"
+fi
 
 read -r PG_PORT PROXY_PORT < <(python3 - <<'PY'
 import socket

@@ -22,24 +22,9 @@
 set -uo pipefail
 
 BENCH_CANCELS=${BENCH_CANCELS:-10000}
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-[ "$(id -u)" = 0 ] || die "run as root (the servers run as the postgres user)"
-PGBIN=$(pg_config --bindir 2>/dev/null || find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n1)
-for b in initdb pg_ctl pg_basebackup psql; do
-    [ -x "$PGBIN/$b" ] || die "$PGBIN/$b not found (apt-get install postgresql)"
-done
-if [ -z "${PGMUX_BIN:-}" ]; then
-    (cd "$REPO" && cargo build --release -p pgmux --bin pgmux >&2) || die "cargo build failed"
-    PGMUX_BIN=$REPO/target/release/pgmux
-fi
-[ -x "$PGMUX_BIN" ] || die "$PGMUX_BIN is not executable"
-OUT=${BENCH_OUT:-$(mktemp -d /tmp/pgmux-scaleout.XXXXXX)}
-mkdir -p "$OUT"
-TMP=$(mktemp -d /tmp/pgmux-scaleout-run.XXXXXX)
-chown postgres:postgres "$TMP"
-cp "$PGMUX_BIN" "$TMP/pgmux"
+# shellcheck source=benches/common.sh
+source "$(dirname "$0")/common.sh"
+bench_setup scaleout initdb pg_ctl pg_basebackup psql
 PIDS=()
 
 as_pg() { runuser -u postgres -- "$@"; }
