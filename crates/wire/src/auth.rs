@@ -278,14 +278,22 @@ impl ScramExchange {
             .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b','))
             .ok_or(AuthError::Malformed)?;
         let server_nonce: [u8; 18] = rand::random();
-        let nonce = format!("{client_nonce}{}", B64.encode(server_nonce));
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&verifier.salt),
-            verifier.iterations
-        );
-        let mut cbind_input = format!("{cbind},{authzid},").into_bytes();
-        cbind_input.extend_from_slice(bound.unwrap_or_default());
+        // Built by hand rather than with format!: every login makes these.
+        let mut nonce = String::with_capacity(client_nonce.len() + 24);
+        nonce.push_str(client_nonce);
+        B64.encode_string(server_nonce, &mut nonce);
+        let mut server_first = String::with_capacity(nonce.len() + 48);
+        server_first.push_str("r=");
+        server_first.push_str(&nonce);
+        server_first.push_str(",s=");
+        B64.encode_string(&verifier.salt, &mut server_first);
+        server_first.push_str(",i=");
+        server_first.push_str(&verifier.iterations.to_string());
+        let bound = bound.unwrap_or_default();
+        let mut cbind_input = Vec::with_capacity(cbind.len() + authzid.len() + 2 + bound.len());
+        for part in [cbind.as_bytes(), b",", authzid.as_bytes(), b",", bound] {
+            cbind_input.extend_from_slice(part);
+        }
         let exchange = ScramExchange {
             cbind_input,
             client_first_bare: bare.to_string(),
@@ -337,10 +345,18 @@ impl ScramExchange {
             .map_err(|_| AuthError::Malformed)?
             .try_into()
             .map_err(|_| AuthError::Malformed)?;
-        let auth_message = format!(
-            "{},{},{}",
-            self.client_first_bare, self.server_first, without_proof
+        let mut auth_message = String::with_capacity(
+            self.client_first_bare.len() + self.server_first.len() + without_proof.len() + 2,
         );
+        for part in [
+            &self.client_first_bare,
+            ",",
+            &self.server_first,
+            ",",
+            without_proof,
+        ] {
+            auth_message.push_str(part);
+        }
         let signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
         let mut client_key = proof;
         client_key
@@ -351,7 +367,10 @@ impl ScramExchange {
             return Err(AuthError::WrongPassword);
         }
         let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
-        Ok((format!("v={}", B64.encode(server_signature)), client_key))
+        let mut server_final = String::with_capacity(2 + 44);
+        server_final.push_str("v=");
+        B64.encode_string(server_signature, &mut server_final);
+        Ok((server_final, client_key))
     }
 }
 
