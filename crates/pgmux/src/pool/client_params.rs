@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::{lock, CheckoutError, Pool};
 use crate::params::ParamMap;
 
@@ -39,18 +41,19 @@ impl Pool {
     }
 
     /// The settings an earlier transaction-mode login with the same startup
-    /// packet settings came to, against the same server defaults: most
-    /// clients of a pool log in alike, and this spares each of them
-    /// building, spelling and interning a map of its own.
+    /// packet settings came to, against the same server defaults, and the
+    /// ParameterStatus messages its greeting carried: most clients of a
+    /// pool log in alike, and this spares each of them building, spelling
+    /// and interning a map of its own, and writing its greeting.
     pub fn login_seen(
         &self,
         startup: &[(String, String)],
         defaults: &ParamMap,
-    ) -> Option<ParamMap> {
+    ) -> Option<(ParamMap, Bytes)> {
         lock(&self.logins_seen)
             .iter()
             .find(|seen| seen.defaults.shares_with(defaults) && seen.startup == startup)
-            .map(|seen| seen.params.clone())
+            .map(|seen| (seen.params.clone(), seen.statuses.clone()))
     }
 
     /// Remember what a login came to (see [`Pool::login_seen`]); a pool
@@ -60,6 +63,7 @@ impl Pool {
         startup: &[(String, String)],
         defaults: &ParamMap,
         params: &ParamMap,
+        statuses: &Bytes,
     ) {
         let mut seen = lock(&self.logins_seen);
         seen.retain(|s| s.defaults.shares_with(defaults));
@@ -68,6 +72,7 @@ impl Pool {
                 startup: startup.to_vec(),
                 defaults: defaults.clone(),
                 params: params.clone(),
+                statuses: statuses.clone(),
             });
         }
     }
@@ -87,9 +92,11 @@ impl Pool {
 }
 
 /// A transaction-mode login's startup settings, the server defaults they
-/// were applied to, and the settings they came to.
+/// were applied to, the settings they came to and the ParameterStatus
+/// messages of its greeting.
 pub(super) struct LoginSeen {
     startup: Vec<(String, String)>,
     defaults: ParamMap,
     params: ParamMap,
+    statuses: Bytes,
 }

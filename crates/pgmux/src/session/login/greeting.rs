@@ -1,7 +1,7 @@
 //! The last of a login: the greeting a logged-in client gets in one write,
 //! or the fatal error a refused one gets before the close.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pgmux_wire::reply::{self, Severity};
 use tokio::io::AsyncWriteExt;
 
@@ -12,28 +12,33 @@ const AUTH_OK_LEN: usize = 9;
 const BACKEND_KEY_DATA_LEN: usize = 13;
 const READY_FOR_QUERY_LEN: usize = 6;
 
-/// AuthenticationOk, every parameter the server reports (with the client's
-/// own values), the cancel key and ReadyForQuery, in one write.
-pub fn greeting(
-    out: &mut BytesMut,
+/// AuthenticationOk, every parameter the server reports with the client's
+/// own values (`statuses`, from [`parameter_statuses`]), the cancel key and
+/// ReadyForQuery, in one write.
+pub fn greeting(out: &mut BytesMut, statuses: &[u8], pid: u32, key: u32) {
+    out.reserve(AUTH_OK_LEN + statuses.len() + BACKEND_KEY_DATA_LEN + READY_FOR_QUERY_LEN);
+    reply::auth_ok(out);
+    out.extend_from_slice(statuses);
+    reply::backend_key_data(out, pid, key);
+    reply::ready_for_query(out, b'I');
+}
+
+/// The ParameterStatus messages of a greeting: each setting `reported`
+/// names, with the value `params` gives it. The same for every client that
+/// logs in alike, so a pool keeps them with what such a login came to.
+pub fn parameter_statuses(
     params: &crate::params::ParamMap,
     reported: &crate::params::ParamMap,
-    pid: u32,
-    key: u32,
-) {
-    // Room for the whole greeting at once (about 400 bytes with
-    // PostgreSQL 15's reported settings), not message by message.
-    let statuses: usize = params
+) -> Bytes {
+    let size: usize = params
         .reported_values(reported)
         .map(|(name, value)| 5 + name.len() + 1 + value.len() + 1)
         .sum();
-    out.reserve(AUTH_OK_LEN + statuses + BACKEND_KEY_DATA_LEN + READY_FOR_QUERY_LEN);
-    reply::auth_ok(out);
+    let mut out = BytesMut::with_capacity(size);
     for (name, value) in params.reported_values(reported) {
-        reply::parameter_status(out, name, value);
+        reply::parameter_status(&mut out, name, value);
     }
-    reply::backend_key_data(out, pid, key);
-    reply::ready_for_query(out, b'I');
+    out.freeze()
 }
 
 /// Send a fatal error and close.
@@ -59,7 +64,7 @@ mod tests {
         let mut client = reported.clone();
         client.set("application_name", "booktrader");
         let mut out = BytesMut::new();
-        greeting(&mut out, &client, &reported, 7, 9);
+        greeting(&mut out, &parameter_statuses(&client, &reported), 7, 9);
         let reserved = out.capacity();
         let mut frames = Vec::new();
         while let Some(f) = take_frame(&mut out, 1 << 16).unwrap() {

@@ -210,20 +210,14 @@ async fn log_in(
             Box::pin(join_transaction_pool(&pool, &params, &shared.cancels)).await
         }
     };
-    let (client_params, cancel, kept) = match joined {
+    let (client_params, statuses, cancel, kept) = match joined {
         Ok(joined) => joined,
         Err(e) => {
             pools.forget_if_unused(&pool);
             return Err(e);
         }
     };
-    greeting::greeting(
-        &mut out,
-        &client_params,
-        &pool.reported(),
-        cancel.pid,
-        cancel.key,
-    );
+    greeting::greeting(&mut out, &statuses, cancel.pid, cancel.key);
     tokio::io::AsyncWriteExt::write_all(stream, &out)
         .await
         .map_err(ClientError::io)?;
@@ -259,10 +253,12 @@ async fn log_in(
     })))
 }
 
-/// The client's settings, cancel key and (session mode) server, once it
-/// has joined its pool.
+/// The client's settings, the ParameterStatus messages its greeting
+/// carries, its cancel key and (session mode) server, once it has joined
+/// its pool.
 type Joined = (
     ParamMap,
+    bytes::Bytes,
     crate::cancel::CancelKey,
     Option<Box<crate::pool::Checkout>>,
 );
@@ -305,14 +301,15 @@ async fn join_transaction_pool(
         .server_defaults()
         .await
         .map_err(|e| with_user(e.into(), &pool.user))?;
-    if let Some(params) = pool.login_seen(startup, &defaults) {
-        return Ok((params, cancels.register(), None));
+    if let Some((params, statuses)) = pool.login_seen(startup, &defaults) {
+        return Ok((params, statuses, cancels.register(), None));
     }
     let mut params = ParamMap::for_client(&defaults, startup);
     align::spell_like_server(pool, &defaults, &mut params).await?;
     let params = pool.intern_params(params);
-    pool.remember_login(startup, &defaults, &params);
-    Ok((params, cancels.register(), None))
+    let statuses = greeting::parameter_statuses(&params, &defaults);
+    pool.remember_login(startup, &defaults, &params, &statuses);
+    Ok((params, statuses, cancels.register(), None))
 }
 
 /// Session mode: the client keeps one server from login to the end, so it
@@ -335,7 +332,8 @@ async fn join_session_pool(
     let params = pool.intern_params(params);
     checkout.server_mut().params = params.clone();
     let cancel = cancels.register_as(checkout.server().backend_pid);
-    Ok((params, cancel, Some(Box::new(checkout))))
+    let statuses = greeting::parameter_statuses(&params, &pool.reported());
+    Ok((params, statuses, cancel, Some(Box::new(checkout))))
 }
 
 /// Prefix a server-side login failure with the user it happened for.
