@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # benches/common.sh: what the bench scripts share, sourced by them (not run).
 #
 #   bench_setup NAME TOOL...  root check, PostgreSQL's TOOLs found in PGBIN,

@@ -177,7 +177,9 @@ measure() {
             | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')")
     done
     stop_proxy "$target"
-    [ -n "${totals[0]}" ] && [ -n "${totals[1]}" ] || die "no callgrind totals for $target ($scenario)"
+    if [ -z "${totals[0]}" ] || [ -z "${totals[1]}" ]; then
+        die "no callgrind totals for $target ($scenario)"
+    fi
     echo $(( (totals[1] - totals[0]) / (clients * BENCH_TX) ))
 }
 
@@ -209,6 +211,7 @@ done
     esac
     echo
     for scenario in $BENCH_SCENARIOS; do
+        # shellcheck disable=SC2016 # the backquotes are Markdown
         printf '| `%s` |' "$(scenario_args "$scenario")"
         for target in $BENCH_TARGETS; do printf ' %s |' "${COUNT[$target.$scenario]}"; done
         case " $BENCH_TARGETS " in *" pgbouncer "*)
