@@ -79,3 +79,30 @@ impl Timing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// One clock reading per turn: what a turn records shares it, and the
+    /// next turn reads the clock again.
+    #[test]
+    fn a_turn_reads_the_clock_once() {
+        let start = Instant::now();
+        let mut timing = Timing::default();
+        timing.turn_at(start);
+        timing.request_sent(b'I');
+        assert_eq!(timing.now(), start);
+        assert_eq!(timing.transaction_started(), Some(start));
+        // A turn that began earlier keeps its time until the relay wakes
+        // up again.
+        let earlier = start
+            .checked_sub(Duration::from_millis(10))
+            .expect("the machine has been up for 10 ms");
+        timing.turn_at(earlier);
+        assert_eq!(timing.now(), earlier);
+        timing.next_turn();
+        assert!(timing.now() >= start, "a new turn reads the clock");
+    }
+}

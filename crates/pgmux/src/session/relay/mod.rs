@@ -282,6 +282,8 @@ async fn serve_request(
                 checkout.discard(CloseReason::Error);
                 return Err(client_error(e));
             }
+            // The alignment waited for the server: the request starts now.
+            checkout.server_mut().timing.next_turn();
         } else {
             checkout.server_mut().params = s.params.clone();
         }
