@@ -62,17 +62,18 @@ pub(super) async fn forward_client_bytes(
             }
 
             server.flow.watch.merge(&batch.watch);
-            // A lone prepared execution outside a transaction can be sent again if
-            // its statement turns out missing or stale: keep its bytes until the
-            // reply (split off, not copied).
-            // (The batch goes into the boxed future and back, so this future
-            // does not keep it across the wait.)
+            // A DROP DATABASE first (see `ease_database_drop`); the batch
+            // goes into the boxed future and back, so this future does not
+            // keep it across the wait.
             let (batch, retry) = if batch.dropped_database.is_some() {
                 Box::pin(ease_database_drop(stream, s, server, batch, idle_before)).await?
             } else {
                 let retry = batch.retry;
                 (batch, retry)
             };
+            // A lone prepared execution outside a transaction can be sent
+            // again if its statement turns out missing or stale: keep its
+            // bytes until the reply (split off, not copied).
             let replayable = retry != Retry::Never
                 && !replay.used
                 && idle_before
