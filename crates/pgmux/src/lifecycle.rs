@@ -46,7 +46,7 @@ pub struct StopSignal {
 
 impl StopSignal {
     pub fn get(&self) -> Stop {
-        match self.level.load(Ordering::Acquire) {
+        match self.level.load(Ordering::SeqCst) {
             0 => Stop::No,
             1 => Stop::AfterTransaction,
             _ => Stop::Now,
@@ -69,11 +69,7 @@ impl StopSignal {
         if !self.registered.swap(true, Ordering::SeqCst) {
             self.waker.register(cx.waker());
         }
-        match self.level.load(Ordering::SeqCst) {
-            0 => Stop::No,
-            1 => Stop::AfterTransaction,
-            _ => Stop::Now,
-        }
+        self.get()
     }
 
     /// Resolves once the level reaches `at_least`.

@@ -48,32 +48,8 @@ const PGBOUNCER_COLUMNS: &[(&str, &[&str])] = &[
             "avg_wait_time",
         ],
     ),
-    (
-        "SHOW STATS_TOTALS",
-        &[
-            "database",
-            "xact_count",
-            "query_count",
-            "bytes_received",
-            "bytes_sent",
-            "xact_time",
-            "query_time",
-            "wait_time",
-        ],
-    ),
-    (
-        "SHOW STATS_AVERAGES",
-        &[
-            "database",
-            "xact_count",
-            "query_count",
-            "bytes_received",
-            "bytes_sent",
-            "xact_time",
-            "query_time",
-            "wait_time",
-        ],
-    ),
+    ("SHOW STATS_TOTALS", STATS_TOTALS_COLUMNS),
+    ("SHOW STATS_AVERAGES", STATS_TOTALS_COLUMNS),
     ("SHOW SERVERS", CONNECTION_COLUMNS),
     ("SHOW CLIENTS", CONNECTION_COLUMNS),
     (
@@ -98,6 +74,18 @@ const PGBOUNCER_COLUMNS: &[(&str, &[&str])] = &[
     ("SHOW CONFIG", &["key", "value", "default", "changeable"]),
     ("SHOW LISTS", &["list", "items"]),
     ("SHOW VERSION", &["version"]),
+];
+
+/// SHOW STATS_TOTALS and SHOW STATS_AVERAGES share PgBouncer's columns.
+const STATS_TOTALS_COLUMNS: &[&str] = &[
+    "database",
+    "xact_count",
+    "query_count",
+    "bytes_received",
+    "bytes_sent",
+    "xact_time",
+    "query_time",
+    "wait_time",
 ];
 
 const CONNECTION_COLUMNS: &[&str] = &[

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Permit, Pool, PoolSettings};
+use super::{Pool, PoolSettings};
 use crate::conninfo::State;
 use crate::server::Server;
 use crate::stats::CloseReason;
@@ -79,6 +79,46 @@ impl Pool {
             server: Some(server),
             pool: self.clone(),
             permit: true,
+        }
+    }
+}
+
+impl Pool {
+    /// Give a permit back, or retire it while a shrink is still owed.
+    fn release_permit(&self) {
+        let retired = self.permit_debt.load(Ordering::Relaxed) > 0
+            && self
+                .permit_debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+                .is_ok();
+        if !retired {
+            self.permits.release(1);
+        }
+    }
+}
+
+/// A checkout permit held while a server is found; given back if the
+/// checkout is given up, else passed on to the [`Checkout`].
+pub(super) struct Permit<'a> {
+    pool: &'a Pool,
+    held: bool,
+}
+
+impl<'a> Permit<'a> {
+    pub(super) fn held(pool: &'a Pool) -> Permit<'a> {
+        Permit { pool, held: true }
+    }
+
+    /// The checkout holds it from now on.
+    fn pass_on(mut self) {
+        self.held = false;
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.pool.release_permit();
         }
     }
 }

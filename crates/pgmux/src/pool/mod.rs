@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use self::checkout::Permit;
 use self::permits::Permits;
 
 use crate::config::{PoolMode, Target};
@@ -442,44 +443,6 @@ impl Pool {
         tracing::debug!(server = server.info.id, database = %self.database, user = %self.user, backend_pid = server.backend_pid, reason = ?reason, "server connection closed");
         self.returned.notify_one();
         crate::io::spawn(server.close());
-    }
-
-    /// Give a permit back, or retire it while a shrink is still owed.
-    fn release_permit(&self) {
-        let retired = self.permit_debt.load(Ordering::Relaxed) > 0
-            && self
-                .permit_debt
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
-                .is_ok();
-        if !retired {
-            self.permits.release(1);
-        }
-    }
-}
-
-/// A checkout permit held while a server is found; given back if the
-/// checkout is given up, else passed on to the [`Checkout`].
-struct Permit<'a> {
-    pool: &'a Pool,
-    held: bool,
-}
-
-impl<'a> Permit<'a> {
-    fn held(pool: &'a Pool) -> Permit<'a> {
-        Permit { pool, held: true }
-    }
-
-    /// The checkout holds it from now on.
-    fn pass_on(mut self) {
-        self.held = false;
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        if self.held {
-            self.pool.release_permit();
-        }
     }
 }
 

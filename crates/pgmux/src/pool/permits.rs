@@ -109,7 +109,7 @@ impl Permits {
         taken as u32
     }
 
-    /// Free permits now (for tests and SHOW output).
+    /// Free permits now.
     #[cfg(test)]
     fn available(&self) -> u32 {
         (self.state.load(Ordering::Acquire) & FREE) as u32
